@@ -1,0 +1,250 @@
+"""Canonical triangle meshes: clean-up, normalization into the unit cube, quantization.
+
+Conventions (every other module relies on them):
+
+* A *canonical* mesh is a ``trimesh.Trimesh`` whose faces are triangles, with equal vertices merged,
+  degenerate faces (two equal corners, or zero area) and duplicate faces (the same vertex set, either
+  winding) dropped, and unreferenced vertices removed.
+* *Normalized* space is the cube ``[-0.5, 0.5]^3``: the bounding box is centred at the origin and its
+  longest side scaled to 1. :class:`Normalization` keeps the transform so outputs go back to the
+  user's frame with :meth:`Normalization.invert`.
+* *Quantization* with ``bits`` = b splits ``[-0.5, 0.5]`` into ``n = 2^b`` cells of width ``1/n``;
+  a coordinate maps to its cell index ``q = floor((x + 0.5) n)`` (clipped to ``n - 1``) and back to the
+  cell centre ``-0.5 + (q + 0.5) / n``, so the round-trip error is at most half a cell, ``0.5 / n``.
+* The *canonical order* (PolyGen, MeshGPT, Meshtron): vertices sorted by (z, y, x), each face rotated
+  (winding kept) so its lowest vertex index comes first, faces sorted lexicographically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import trimesh
+
+from .errors import MeshInputError
+
+MIN_BITS, MAX_BITS = 6, 12
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Affine map from the user's frame into the unit cube: ``unit = (world - center) / scale``.
+
+    Attributes
+    ----------
+    center : (3,) float
+        Bounding-box centre in the user's frame.
+    scale : float
+        Longest bounding-box side in the user's frame (1.0 for an already-unit mesh).
+    """
+
+    center: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    scale: float = 1.0
+
+    @classmethod
+    def fit(cls, points: np.ndarray) -> "Normalization":
+        """The normalization that puts ``points`` (n, 3) into ``[-0.5, 0.5]^3``."""
+        points = np.asarray(points, dtype=np.float64)
+        lo, hi = points.min(axis=0), points.max(axis=0)
+        extent = float((hi - lo).max())
+        scale = extent if extent > 0 else 1.0
+        return cls(center=tuple(float(c) for c in (lo + hi) / 2.0), scale=scale)
+
+    def apply(self, points: np.ndarray) -> np.ndarray:
+        """World (n, 3) -> unit cube (n, 3)."""
+        return (np.asarray(points, dtype=np.float64) - np.asarray(self.center)) / self.scale
+
+    def invert(self, points: np.ndarray) -> np.ndarray:
+        """Unit cube (n, 3) -> world (n, 3)."""
+        return np.asarray(points, dtype=np.float64) * self.scale + np.asarray(self.center)
+
+    def to_dict(self) -> dict:
+        return {"center": list(self.center), "scale": self.scale}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Normalization":
+        return cls(center=tuple(float(c) for c in d["center"]), scale=float(d["scale"]))
+
+
+@dataclass
+class QuantizedMesh:
+    """A triangle mesh on the integer grid ``[0, 2^bits)^3``.
+
+    Attributes
+    ----------
+    vertices : (V, 3) int64
+        Grid coordinates, columns x, y, z.
+    faces : (F, 3) int64
+        Vertex indices, counter-clockwise seen from outside.
+    bits : int
+        Grid resolution, 6 to 12.
+    """
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    bits: int
+    face_labels: np.ndarray | None = field(default=None)
+
+    @property
+    def levels(self) -> int:
+        return 1 << self.bits
+
+    @property
+    def n_faces(self) -> int:
+        return int(len(self.faces))
+
+    def to_trimesh(self) -> trimesh.Trimesh:
+        """Dequantize to cell centres in the unit cube (no processing, faces kept as they are)."""
+        return trimesh.Trimesh(dequantize(self.vertices, self.bits), self.faces.copy(), process=False)
+
+    def canonical_order(self) -> "QuantizedMesh":
+        """Vertices sorted by (z, y, x), faces rotated to start at their lowest vertex, faces sorted."""
+        return canonical_order(self)
+
+    def face_set(self) -> set[tuple[tuple[int, int, int], ...]]:
+        """Faces as cyclically-normalized tuples of vertex coordinates: equal sets mean equal meshes."""
+        tri = self.vertices[self.faces]  # (F, 3, 3)
+        out = set()
+        for f in tri:
+            corners = [tuple(int(c) for c in v) for v in f]
+            k = min(range(3), key=lambda i: (corners[i][2], corners[i][1], corners[i][0]))
+            out.add(tuple(corners[k:] + corners[:k]))
+        return out
+
+
+def validate_bits(bits: int) -> int:
+    if not isinstance(bits, (int, np.integer)) or not MIN_BITS <= int(bits) <= MAX_BITS:
+        raise ValueError(f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {bits!r}")
+    return int(bits)
+
+
+def quantize_coords(points: np.ndarray, bits: int) -> np.ndarray:
+    """Unit-cube coordinates (..., 3) -> grid indices (..., 3) int64 in ``[0, 2^bits)``."""
+    n = 1 << validate_bits(bits)
+    q = np.floor((np.asarray(points, dtype=np.float64) + 0.5) * n)
+    return np.clip(q, 0, n - 1).astype(np.int64)
+
+
+def dequantize(q: np.ndarray, bits: int) -> np.ndarray:
+    """Grid indices (..., 3) -> cell centres (..., 3) float64 in the unit cube."""
+    n = 1 << validate_bits(bits)
+    return -0.5 + (np.asarray(q, dtype=np.float64) + 0.5) / n
+
+
+def _check_finite(vertices: np.ndarray, source) -> None:
+    if not np.all(np.isfinite(vertices)):
+        raise MeshInputError(source, "mesh has NaN or infinite vertex coordinates")
+
+
+def clean_faces(vertices: np.ndarray, faces: np.ndarray, labels: np.ndarray | None = None):
+    """Merge equal vertices, drop degenerate and duplicate faces, drop unreferenced vertices.
+
+    Parameters
+    ----------
+    vertices : (V, 3) array (float or int)
+    faces : (F, 3) int
+    labels : (F,) int or None
+        Per-face labels carried along with the kept faces.
+
+    Returns
+    -------
+    vertices : (V', 3), faces : (F', 3) int64, labels : (F',) or None
+        Face order is preserved among kept faces (first occurrence of a duplicate wins).
+    """
+    vertices = np.asarray(vertices)
+    faces = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    if len(faces) and (faces.min() < 0 or faces.max() >= len(vertices)):
+        raise MeshInputError(None, "face references a vertex index out of range")
+    uniq, inverse = np.unique(vertices, axis=0, return_inverse=True)
+    faces = inverse.reshape(-1)[faces]  # (F, 3) indices into uniq
+    keep = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])
+    if len(faces) and keep.any():
+        tri = uniq[faces].astype(np.float64)
+        area2 = np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+        keep &= area2 > 0
+    faces = faces[keep]
+    labels = None if labels is None else np.asarray(labels)[keep]
+    if len(faces):
+        _, first = np.unique(np.sort(faces, axis=1), axis=0, return_index=True)
+        first = np.sort(first)
+        faces = faces[first]
+        labels = None if labels is None else labels[first]
+    used = np.unique(faces)
+    remap = np.full(len(uniq), -1, dtype=np.int64)
+    remap[used] = np.arange(len(used))
+    return uniq[used], remap[faces].reshape(-1, 3), labels
+
+
+def canonicalize(mesh: trimesh.Trimesh, *, source=None, labels: np.ndarray | None = None) -> trimesh.Trimesh:
+    """Clean a triangle mesh (see module docstring); per-face ``labels`` go to ``face_attributes['label']``.
+
+    Raises
+    ------
+    MeshInputError
+        If the mesh has non-finite coordinates or no face survives the clean-up.
+    """
+    vertices = np.asarray(mesh.vertices, dtype=np.float64)
+    _check_finite(vertices, source)
+    if labels is None and "label" in getattr(mesh, "face_attributes", {}):
+        labels = np.asarray(mesh.face_attributes["label"])
+    v, f, lab = clean_faces(vertices, np.asarray(mesh.faces), labels)
+    if len(f) == 0:
+        raise MeshInputError(source, "mesh is empty (no non-degenerate triangle)")
+    out = trimesh.Trimesh(v, f, process=False)
+    if lab is not None:
+        out.face_attributes["label"] = lab
+    return out
+
+
+def normalize(mesh: trimesh.Trimesh) -> tuple[trimesh.Trimesh, Normalization]:
+    """Scale and centre into ``[-0.5, 0.5]^3``; returns the new mesh and the transform to undo it."""
+    norm = Normalization.fit(mesh.vertices)
+    out = trimesh.Trimesh(norm.apply(mesh.vertices), np.asarray(mesh.faces), process=False)
+    for k, val in getattr(mesh, "face_attributes", {}).items():
+        out.face_attributes[k] = val
+    return out, norm
+
+
+def quantize(mesh: trimesh.Trimesh, bits: int, *, order: bool = True) -> QuantizedMesh:
+    """Quantize a normalized mesh; vertices in the same cell merge and collapsed faces are dropped.
+
+    Parameters
+    ----------
+    mesh : trimesh.Trimesh
+        Vertices in the unit cube (see :func:`normalize`).
+    bits : int
+        6 to 12; ``2^bits`` levels per axis.
+    order : bool
+        Put the result in canonical order (default).
+    """
+    q = quantize_coords(mesh.vertices, bits)
+    labels = mesh.face_attributes.get("label") if hasattr(mesh, "face_attributes") else None
+    v, f, lab = clean_faces(q, np.asarray(mesh.faces), labels)
+    qm = QuantizedMesh(v.astype(np.int64), f, int(bits), lab)
+    return canonical_order(qm) if order else qm
+
+
+def canonical_order(qm: QuantizedMesh) -> QuantizedMesh:
+    """Return ``qm`` in canonical order (see module docstring); labels follow their faces."""
+    v = np.asarray(qm.vertices, dtype=np.int64)
+    perm = np.lexsort((v[:, 0], v[:, 1], v[:, 2]))  # last key (z) is primary
+    rank = np.empty_like(perm)
+    rank[perm] = np.arange(len(perm))
+    faces = rank[np.asarray(qm.faces, dtype=np.int64)]  # (F, 3)
+    shift = np.argmin(faces, axis=1)
+    idx = (shift[:, None] + np.arange(3)[None, :]) % 3
+    faces = np.take_along_axis(faces, idx, axis=1)
+    forder = np.lexsort((faces[:, 2], faces[:, 1], faces[:, 0]))
+    labels = None if qm.face_labels is None else np.asarray(qm.face_labels)[forder]
+    return QuantizedMesh(v[perm], faces[forder], qm.bits, labels)
+
+
+def prepare(mesh: trimesh.Trimesh, bits: int, *, source=None) -> tuple[QuantizedMesh, Normalization]:
+    """canonicalize -> normalize -> quantize -> canonical order: what every tokenizer consumes."""
+    clean = canonicalize(mesh, source=source)
+    unit, norm = normalize(clean)
+    qm = quantize(unit, bits)
+    if qm.n_faces == 0:
+        raise MeshInputError(source, f"no face survives quantization at {bits} bits")
+    return qm, norm
