@@ -97,7 +97,7 @@ def load_mesh(path: str | Path, *, max_faces: int | None = None, clean: bool = T
             kinds = {type(g).__name__ for g in obj.geometry.values()}
             if kinds & {"PointCloud"}:
                 raise MeshInputError(path, "contains a point cloud, not a mesh (no faces)")
-            raise MeshInputError(path, "scene contains no triangle mesh")
+            raise MeshInputError(path, "no triangle mesh could be read (corrupt file, or no geometry in it)")
         obj = trimesh.util.concatenate(geoms) if len(geoms) > 1 else geoms[0]
     if isinstance(obj, trimesh.PointCloud):
         raise MeshInputError(path, "is a point cloud, not a mesh (no faces)")
@@ -198,27 +198,11 @@ def load_point_cloud(path: str | Path) -> PointCloud:
         return _as_point_cloud(arr, path)
     import open3d as o3d
 
-    if ext == ".pcd":
-        pcd = o3d.io.read_point_cloud(str(path))
-        pts = np.asarray(pcd.points)
-        if len(pts) == 0:
-            raise MeshInputError(path, "no points could be read (corrupt or empty .pcd)")
-        arr = np.hstack([pts, np.asarray(pcd.normals)]) if pcd.has_normals() else pts
-        return _as_point_cloud(arr, path)
-    # .ply: may be a point cloud or a mesh
-    try:
-        obj = trimesh.load(str(path), process=False)
-    except Exception as exc:
-        raise MeshInputError(path, f"cannot parse PLY file ({type(exc).__name__}: {exc})") from exc
-    pts = np.asarray(getattr(obj, "vertices", np.zeros((0, 3))))
-    normals = None
-    meta = getattr(obj, "metadata", {}) or {}
-    vert = meta.get("_ply_raw", {}).get("vertex", {}).get("data") if isinstance(meta, dict) else None
-    if vert is not None and vert.dtype.names and {"nx", "ny", "nz"} <= set(vert.dtype.names):
-        normals = np.stack([vert["nx"], vert["ny"], vert["nz"]], axis=1)
-    elif isinstance(obj, trimesh.Trimesh) and len(obj.faces):
-        normals = np.asarray(obj.vertex_normals)
-    arr = pts if normals is None else np.hstack([pts, normals])
+    pcd = o3d.io.read_point_cloud(str(path))  # .pcd or .ply (a mesh PLY gives its vertices)
+    pts = np.asarray(pcd.points)
+    if len(pts) == 0:
+        raise MeshInputError(path, f"no points could be read (corrupt or empty {ext} file)")
+    arr = np.hstack([pts, np.asarray(pcd.normals)]) if pcd.has_normals() else pts
     return _as_point_cloud(arr, path)
 
 
