@@ -1,0 +1,196 @@
+"""The ``meshgen`` command line.
+
+Every subcommand has ``--help``. Bad input (a missing, corrupt or unsuitable file) prints one readable
+line on stderr and exits with code 2; heavy modules are imported inside the commands so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from tokenizers3d.errors import MeshgenError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="3D mesh tokenization, generation, rendering and segmentation.")
+batch_app = typer.Typer(no_args_is_help=True, help="Dataset-scale batch jobs.")
+app.add_typer(batch_app, name="batch")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=False)
+
+
+@app.command()
+def info(mesh: Path = typer.Argument(..., help="Mesh file (OBJ, PLY, STL, OFF, GLB/GLTF)."),
+         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")):
+    """Counts, bounds, watertightness, manifoldness and genus of a mesh."""
+    from tokenizers3d.io import load_mesh
+    from tokenizers3d.metrics import mesh_info
+
+    data = mesh_info(load_mesh(mesh))
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title=str(mesh), show_header=False)
+    for k, v in data.items():
+        table.add_row(k, ", ".join(f"{x:.4g}" for x in v) if isinstance(v, list) else str(v))
+    _console().print(table)
+
+
+@app.command()
+def preview(mesh: Path = typer.Argument(..., help="Mesh file."),
+            out: Path = typer.Option(..., "-o", "--out", help="PNG to write."),
+            views: int = typer.Option(4, help="Number of views in the grid."),
+            size: int = typer.Option(256, help="Pixels per view.")):
+    """Render a PNG grid of shaded views with visible edges."""
+    from renderers.preview import render_preview
+    from tokenizers3d.io import load_mesh
+
+    render_preview(load_mesh(mesh), out, n_views=views, image_size=size)
+    print(f"wrote {out}")
+
+
+@app.command()
+def dataset(out: Path = typer.Option(..., "-o", "--out", help="Output directory."),
+            n: int = typer.Option(1000, "-n", help="Number of objects."),
+            seed: int = typer.Option(0, help="Dataset seed."),
+            workers: int = typer.Option(2, help="Worker processes."),
+            max_faces: int = typer.Option(None, help="Skip objects with more faces.")):
+    """Write the procedural artist-mesh dataset (resumable; train/val/test split)."""
+    from tokenizers3d.procedural import make_dataset
+
+    path = make_dataset(out, n, seed=seed, workers=workers, max_faces=max_faces)
+    print(f"dataset ready in {path}")
+
+
+@app.command()
+def tokenize(mesh: Path = typer.Argument(..., help="Mesh file."),
+             out: Path = typer.Option(..., "-o", "--out", help="Output .npz."),
+             tokenizer: str = typer.Option("coords", "-t", "--tokenizer", help="coords, adjacent or blocks."),
+             bits: int = typer.Option(10, help="Quantization bits (6-12)."),
+             max_faces: int = typer.Option(None, help="Refuse meshes with more faces.")):
+    """Tokenize a mesh; the .npz holds ids, tokenizer config and the normalization transform."""
+    from tokenizers3d.base import get_tokenizer
+    from tokenizers3d.io import atomic_path, load_mesh
+
+    tok = get_tokenizer(tokenizer, bits=bits)
+    enc = tok.encode(load_mesh(mesh, max_faces=max_faces), source=mesh)
+    with atomic_path(out, suffix=".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            import numpy as np
+
+            np.savez_compressed(fh, ids=enc.ids.astype(np.int32),
+                                tokenizer=np.array(json.dumps(tok.config)),
+                                normalization=np.array(json.dumps(enc.normalization.to_dict())))
+    token_bytes = enc.ids.astype("int32").nbytes if tok.vocab_size > 65535 else enc.ids.astype("uint16").nbytes
+    print(json.dumps({
+        "tokenizer": tok.config, "faces": enc.n_faces, "vertices": enc.n_vertices, "tokens": int(len(enc.ids)),
+        "tokens_per_face": round(enc.tokens_per_face, 3), "token_bytes": token_bytes,
+        "input_bytes": mesh.stat().st_size, "out": str(out),
+    }))
+
+
+@app.command()
+def detokenize(tokens: Path = typer.Argument(..., help=".npz written by `meshgen tokenize`."),
+               out: Path = typer.Option(..., "-o", "--out", help="Mesh to write (.obj, .ply, .glb)."),
+               lenient: bool = typer.Option(False, help="Drop a malformed tail instead of failing.")):
+    """Decode tokens back to a mesh at its original scale and place."""
+    import numpy as np
+    import trimesh
+
+    from tokenizers3d.base import get_tokenizer
+    from tokenizers3d.errors import MeshInputError
+    from tokenizers3d.io import save_mesh
+    from tokenizers3d.mesh import Normalization
+
+    try:
+        with np.load(tokens, allow_pickle=False) as z:
+            ids = z["ids"]
+            cfg = json.loads(str(z["tokenizer"]))
+            norm = Normalization.from_dict(json.loads(str(z["normalization"])))
+    except (OSError, KeyError, ValueError) as exc:
+        raise MeshInputError(tokens, f"not a token file written by `meshgen tokenize` ({exc})") from exc
+    tok = get_tokenizer(**cfg)
+    qm, report = tok.decode_quantized(ids, strict=not lenient)
+    mesh = qm.to_trimesh()
+    save_mesh(out, trimesh.Trimesh(norm.invert(mesh.vertices), mesh.faces, process=False))
+    print(json.dumps({"faces": qm.n_faces, "dropped_tokens": report.dropped_tokens, "out": str(out)}))
+
+
+@batch_app.command("tokenize")
+def batch_tokenize_cmd(input_dir: Path = typer.Argument(..., help="Directory tree of meshes."),
+                       out: Path = typer.Option(..., "-o", "--out", help="Shard directory."),
+                       tokenizer: str = typer.Option("adjacent", "-t", "--tokenizer"),
+                       bits: int = typer.Option(10),
+                       workers: int = typer.Option(1),
+                       engine: str = typer.Option("local", help="local or ray."),
+                       address: str = typer.Option(None, help="Ray cluster address (default: start a local one)."),
+                       max_faces: int = typer.Option(None)):
+    """Tokenize every mesh under a directory into Parquet shards (resumable; Ray optional)."""
+    from tokenizers3d.batch import batch_tokenize
+
+    report = batch_tokenize(input_dir, out, tokenizer=tokenizer, tokenizer_config={"bits": bits}, workers=workers,
+                            engine=engine, address=address, max_faces=max_faces)
+    print(json.dumps(report.to_dict() if hasattr(report, "to_dict") else vars(report), default=str))
+
+
+@app.command()
+def segment(mesh: Path = typer.Argument(..., help="Mesh file."),
+            out: Path = typer.Option(..., "-o", "--out", help="Output PLY with per-face colours and labels."),
+            views: int = typer.Option(12, help="Number of rendered views."),
+            sam_checkpoint: Path = typer.Option(None, help="Segment-Anything checkpoint (default: geometric masks)."),
+            sam_model_type: str = typer.Option("vit_b", help="vit_b, vit_l or vit_h."),
+            seed: int = typer.Option(0)):
+    """Split a mesh into parts by lifting 2D masks from many views (MeshSegmenter-style revoting)."""
+    from renderers.segment import segment_mesh_file
+
+    res = segment_mesh_file(mesh, out, views=views, sam_checkpoint=sam_checkpoint, sam_model_type=sam_model_type,
+                            seed=seed)
+    print(json.dumps({"segments": int(res.n_segments), "faces": int(len(res.labels)), "out": str(out)}))
+
+
+@app.command()
+def generate(inp: Path = typer.Argument(..., metavar="INPUT", help="Point cloud (.ply .pcd .xyz .npy) or mesh."),
+             out: Path = typer.Option(..., "-o", "--out", help="Mesh to write (.obj, .ply, .glb)."),
+             faces: int = typer.Option(None, help="Requested face count (default: the model's choice)."),
+             seed: int = typer.Option(0),
+             temperature: float = typer.Option(0.7),
+             top_p: float = typer.Option(0.95),
+             max_faces: int = typer.Option(800, help="Stop after this many faces."),
+             checkpoint: Path = typer.Option(None, help="Model directory (default: the bundled checkpoint)."),
+             no_constraints: bool = typer.Option(False, help="Disable order-enforcing sampling."),
+             no_preview: bool = typer.Option(False, help="Do not write the PNG preview.")):
+    """Turn a point cloud (or a mesh's surface) into a low-poly artist-like mesh."""
+    from meshgen.pipeline import generate_file
+
+    res = generate_file(inp, out, checkpoint=checkpoint, faces=faces, seed=seed, temperature=temperature,
+                        top_p=top_p, max_faces=max_faces, constraints=not no_constraints, preview=not no_preview)
+    print(json.dumps(res, default=str))
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("out/demo"), "--out", help="Output directory.")):
+    """Run the main job on the bundled default input: point cloud -> low-poly mesh + PNG preview."""
+    from meshgen.pipeline import run_demo
+
+    print(json.dumps(run_demo(out), default=str, indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app(args=argv, standalone_mode=True)
+    except MeshgenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

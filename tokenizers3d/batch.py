@@ -1,0 +1,708 @@
+"""Tokenize a directory tree of meshes into Parquet shards: resumable, on local processes or on Ray.
+
+::
+
+    report = batch_tokenize("meshes/", "shards/", tokenizer="adjacent", tokenizer_config={"bits": 10}, workers=2)
+    print(report.summary())
+
+Layout of an output directory (see ``docs/batch.md``)::
+
+    shards/
+      plan.json                    written first: tokenizer config, shard size, max_faces, the sorted file ids
+      shard-00000.parquet          one row per mesh of work unit 0 that tokenized (SHARD_SCHEMA)
+      shard-00000.failures.jsonl   the files of work unit 0 that did not (written just before the shard)
+      ...
+      failures.jsonl               every failure, merged in shard order at the end of a run
+      manifest.json                summary, rewritten at the end of a run (:func:`rebuild_manifest`)
+
+Work unit ``k`` is the files ``[k * shard_size, (k + 1) * shard_size)`` of the sorted list saved in
+``plan.json``. A unit is *complete* when its ``.parquet`` file exists (its failure sidecar is always
+written first), and both are written to a temporary name and renamed, so a run killed at any point
+and started again skips the complete units, redoes the others, and ends with every file either in
+exactly one row or in exactly one failure line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import json
+import math
+import multiprocessing
+import os
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.text import Text
+
+from .base import MeshTokenizer, get_tokenizer
+from .errors import MeshgenError, MeshInputError
+from .io import MESH_SUFFIXES, atomic_path, atomic_write_text, load_mesh
+
+FORMAT_VERSION = 1
+DEFAULT_SHARD_SIZE = 256
+ENGINES = ("local", "ray")
+PLAN_NAME = "plan.json"
+MANIFEST_NAME = "manifest.json"
+FAILURES_NAME = "failures.jsonl"
+SHARD_METADATA_KEY = b"tokenizers3d.batch"
+#: Test hook: seconds to sleep before each mesh, so tests can kill a run part-way deterministically.
+DELAY_ENV = "TOKENIZERS3D_BATCH_DELAY_S"
+RAY_INSTALL_HINT = "pip install 'meshgen[ray]'"
+
+NORMALIZATION_TYPE = pa.struct([("center", pa.list_(pa.float64())), ("scale", pa.float64())])
+#: One row per tokenized mesh; every shard has exactly this schema.
+SHARD_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("ids", pa.list_(pa.int32()), nullable=False),
+        pa.field("n_tokens", pa.int32(), nullable=False),
+        pa.field("n_faces", pa.int32(), nullable=False),
+        pa.field("n_vertices", pa.int32(), nullable=False),
+        pa.field("tokenizer", pa.string(), nullable=False),
+        pa.field("tokenizer_config", pa.string(), nullable=False),
+        pa.field("config_hash", pa.string(), nullable=False),
+        pa.field("normalization", NORMALIZATION_TYPE, nullable=False),
+    ]
+)
+
+
+class BatchError(MeshgenError, ValueError):
+    """A batch run cannot start: bad arguments, or an output directory made with other settings."""
+
+
+# ---- configuration and plan ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """How every worker rebuilds the same tokenizer.
+
+    Attributes
+    ----------
+    config : dict
+        Full ``tok.config`` (includes ``name``); ``get_tokenizer(**config)`` rebuilds the tokenizer.
+    plugins : tuple of str
+        Modules imported first (in every worker), e.g. to register tokenizers defined outside this package.
+    """
+
+    config: dict
+    plugins: tuple[str, ...] = ()
+
+    def build(self) -> MeshTokenizer:
+        import_plugins(self.plugins)
+        return get_tokenizer(**self.config)
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """Work unit ``index``: the relative file ids it covers, in order."""
+
+    index: int
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """Everything a worker needs to tokenize a work unit and write its shard (picklable, absolute paths)."""
+
+    input_dir: str
+    out_dir: str
+    tokenizer: TokenizerSpec
+    max_faces: int | None = None
+
+
+@dataclass
+class BatchPlan:
+    """The contents of ``plan.json``: fixed by the first run, followed by every resumed run.
+
+    Attributes
+    ----------
+    tokenizer_config : dict
+        Full tokenizer config, including ``name``.
+    shard_size : int
+    max_faces : int or None
+    ids : list of str
+        Sorted relative POSIX paths of the input meshes (the row ids).
+    input_dir : str
+        Where the first run read from (informative only; ids are relative).
+    """
+
+    tokenizer_config: dict
+    shard_size: int
+    max_faces: int | None
+    ids: list[str]
+    input_dir: str = ""
+    format: int = FORMAT_VERSION
+
+    @property
+    def n_shards(self) -> int:
+        return math.ceil(len(self.ids) / self.shard_size)
+
+    def tasks(self) -> list[ShardTask]:
+        size = self.shard_size
+        return [ShardTask(k, tuple(self.ids[k * size:(k + 1) * size])) for k in range(self.n_shards)]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1) + "\n"
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> BatchPlan:
+        path = Path(out_dir) / PLAN_NAME
+        try:
+            data = json.loads(path.read_text())
+            return cls(**data)
+        except FileNotFoundError:
+            raise BatchError(f"{out_dir}: no {PLAN_NAME}; not a batch_tokenize output directory") from None
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise BatchError(f"{path}: unreadable plan ({exc})") from exc
+
+
+@dataclass
+class BatchReport:
+    """What :func:`batch_tokenize` did.
+
+    Attributes
+    ----------
+    n_files : int
+        Meshes in the plan.
+    n_ok, n_failed : int
+        Rows and failures in the output directory after this run (all runs together).
+    n_processed : int
+        Files tokenized by this run (the rest were in shards complete before it started).
+    n_shards, n_shards_skipped : int
+        Work units in the plan, and those already complete when this run started.
+    wall_s : float
+        Wall time of the whole call (listing, pool/Ray start-up, tokenization, manifest).
+    meshes_per_s : float
+        ``n_processed / wall_s``.
+    """
+
+    out_dir: str
+    engine: str
+    workers: int
+    n_files: int = 0
+    n_ok: int = 0
+    n_failed: int = 0
+    n_processed: int = 0
+    n_shards: int = 0
+    n_shards_skipped: int = 0
+    wall_s: float = 0.0
+    meshes_per_s: float = 0.0
+    config_hash: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        return (
+            f"{self.n_ok} meshes tokenized, {self.n_failed} failed ({self.n_files} in plan, {self.n_processed} "
+            f"processed now in {self.wall_s:.1f} s, {self.meshes_per_s:.1f} meshes/s, {self.n_shards_skipped}/"
+            f"{self.n_shards} shards already done) -> {self.out_dir}"
+        )
+
+
+def import_plugins(plugins: Sequence[str]) -> None:
+    """Import modules for their side effects (``@register_tokenizer``)."""
+    for name in plugins:
+        importlib.import_module(name)
+
+
+def list_mesh_files(input_dir: str | Path) -> list[str]:
+    """Relative POSIX paths of every mesh file below ``input_dir`` (suffix in MESH_SUFFIXES), sorted.
+
+    Hidden files and directories (name starting with ``.``) are skipped.
+    """
+    root = Path(input_dir)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.startswith(".") and Path(name).suffix.lower() in MESH_SUFFIXES:
+                found.append((Path(dirpath) / name).relative_to(root).as_posix())
+    return sorted(found)
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.parquet"
+
+
+def failures_name(index: int) -> str:
+    return f"shard-{index:05d}.failures.jsonl"
+
+
+def _config_json(config: dict) -> str:
+    return json.dumps(config, sort_keys=True)
+
+
+# ---- tokenizing one file and writing one shard ------------------------------------------------------
+
+
+def _tokenize_one(tok: MeshTokenizer, job: BatchJob, rel: str) -> tuple[dict | None, dict | None]:
+    """Tokenize one file: ``(row, None)`` on success, ``(None, failure)`` otherwise."""
+    delay = float(os.environ.get(DELAY_ENV) or 0.0)
+    if delay > 0:
+        time.sleep(delay)
+    path = Path(job.input_dir) / rel
+    try:
+        mesh = load_mesh(path, max_faces=job.max_faces)
+        enc = tok.encode(mesh, source=path)
+    except MeshgenError as exc:
+        return None, {"id": rel, "path": str(path), "error": str(exc)}
+    except Exception as exc:  # one bad file must never stop the run; the type is kept in the message
+        return None, {"id": rel, "path": str(path), "error": f"{path}: unexpected {type(exc).__name__}: {exc}"}
+    row = {
+        "id": rel,
+        "source": str(path),
+        "ids": np.asarray(enc.ids, dtype=np.int32),
+        "n_faces": int(enc.n_faces),
+        "n_vertices": int(enc.n_vertices),
+        "normalization": enc.normalization.to_dict(),
+    }
+    return row, None
+
+
+def _tokenize_files(tok: MeshTokenizer, job: BatchJob, ids: Sequence[str]) -> tuple[list[dict], list[dict]]:
+    rows, failures = [], []
+    for rel in ids:
+        row, failure = _tokenize_one(tok, job, rel)
+        if row is not None:
+            rows.append(row)
+        else:
+            failures.append(failure)
+    return rows, failures
+
+
+def _shard_table(rows: Sequence[dict], tok_config: dict) -> pa.Table:
+    """Rows of one shard -> a table with SHARD_SCHEMA."""
+    lengths = np.array([len(r["ids"]) for r in rows], dtype=np.int32)
+    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.concatenate([r["ids"] for r in rows]).astype(np.int32) if rows else np.zeros(0, np.int32)
+    config_json = _config_json(tok_config)
+    n = len(rows)
+    columns = {
+        "id": pa.array([r["id"] for r in rows], pa.string()),
+        "source": pa.array([r["source"] for r in rows], pa.string()),
+        "ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
+        "n_tokens": pa.array(lengths, pa.int32()),
+        "n_faces": pa.array([r["n_faces"] for r in rows], pa.int32()),
+        "n_vertices": pa.array([r["n_vertices"] for r in rows], pa.int32()),
+        "tokenizer": pa.array([tok_config["name"]] * n, pa.string()),
+        "tokenizer_config": pa.array([config_json] * n, pa.string()),
+        "config_hash": pa.array([_config_hash(tok_config)] * n, pa.string()),
+        "normalization": pa.array([r["normalization"] for r in rows], NORMALIZATION_TYPE),
+    }
+    return pa.Table.from_pydict(columns, schema=SHARD_SCHEMA)
+
+
+def _config_hash(tok_config: dict) -> str:
+    """Same as ``MeshTokenizer.config_hash`` for a config dict."""
+    return hashlib.sha1(_config_json(tok_config).encode()).hexdigest()[:12]
+
+
+def write_shard(out_dir: str | Path, index: int, rows: Sequence[dict], failures: Sequence[dict], tok_config: dict) -> None:
+    """Write work unit ``index``: its failure sidecar, then its Parquet shard, each atomically.
+
+    The shard's existence marks the unit complete, so it is written last.
+    """
+    out_dir = Path(out_dir)
+    atomic_write_text(out_dir / failures_name(index), "".join(json.dumps(f) + "\n" for f in failures))
+    meta = {"format": FORMAT_VERSION, "shard": index, "tokenizer_config": tok_config,
+            "config_hash": _config_hash(tok_config), "n_rows": len(rows), "n_failed": len(failures)}
+    table = _shard_table(rows, tok_config).replace_schema_metadata({SHARD_METADATA_KEY: json.dumps(meta).encode()})
+    with atomic_path(out_dir / shard_name(index)) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def run_shard(job: BatchJob, task: ShardTask, tok: MeshTokenizer | None = None) -> tuple[int, int]:
+    """Tokenize one work unit and write its shard; returns ``(n_ok, n_failed)``."""
+    tok = tok if tok is not None else job.tokenizer.build()
+    rows, failures = _tokenize_files(tok, job, task.ids)
+    write_shard(job.out_dir, task.index, rows, failures, tok.config)
+    return len(rows), len(failures)
+
+
+def shard_complete(out_dir: str | Path, index: int) -> bool:
+    out_dir = Path(out_dir)
+    return (out_dir / shard_name(index)).is_file() and (out_dir / failures_name(index)).is_file()
+
+
+# ---- progress ----------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """A rich progress bar (meshes, meshes/s, failures) on stderr, or nothing."""
+
+    def __init__(self, total: int, *, enabled: bool):
+        self.total, self.enabled, self.n_failed = total, enabled, 0
+        self._bar = self._task = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 _RateColumn(), TimeRemainingColumn(), console=Console(stderr=True))
+            self._bar.__enter__()
+            self._task = self._bar.add_task("tokenizing", total=self.total)
+        return self
+
+    def advance(self, n_ok: int, n_failed: int) -> None:
+        self.n_failed += n_failed
+        if self._bar is not None:
+            self._bar.update(self._task, advance=n_ok + n_failed, description=f"tokenizing ({self.n_failed} failed)")
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+
+class _RateColumn(ProgressColumn):
+    """Average meshes per second since the start."""
+
+    def render(self, task) -> Text:
+        elapsed = task.elapsed or 0.0
+        rate = task.completed / elapsed if elapsed > 0 else 0.0
+        return Text(f"{rate:.1f} meshes/s", style="progress.data.speed")
+
+
+# ---- engines -----------------------------------------------------------------------------------------
+
+_WORKER_TOKENIZER: MeshTokenizer | None = None
+
+
+def _init_worker(spec: TokenizerSpec) -> None:
+    global _WORKER_TOKENIZER
+    _WORKER_TOKENIZER = spec.build()
+
+
+def _worker_tokenize(job: BatchJob, ids: tuple[str, ...]) -> tuple[list[dict], list[dict]]:
+    assert _WORKER_TOKENIZER is not None, "worker not initialized"
+    return _tokenize_files(_WORKER_TOKENIZER, job, ids)
+
+
+def _chunk_size(n_files: int, workers: int, shard_size: int) -> int:
+    """Files per pool task: small enough that every worker gets several tasks, at most 32."""
+    return max(1, min(shard_size, 32, math.ceil(n_files / (4 * workers))))
+
+
+def _pool_context():
+    methods = multiprocessing.get_all_start_methods()
+    if "forkserver" in methods:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def _run_local(job: BatchJob, tasks: Sequence[ShardTask], workers: int, shard_size: int, progress: _Progress,
+               tok: MeshTokenizer) -> None:
+    """Inline for one worker; otherwise a process pool over chunks of files, shards written here."""
+    if workers == 1:
+        for task in tasks:
+            rows, failures = [], []
+            for rel in task.ids:
+                row, failure = _tokenize_one(tok, job, rel)
+                if row is not None:
+                    rows.append(row)
+                else:
+                    failures.append(failure)
+                progress.advance(int(row is not None), int(failure is not None))
+            write_shard(job.out_dir, task.index, rows, failures, tok.config)
+        return
+    chunk = _chunk_size(sum(len(t.ids) for t in tasks), workers, shard_size)
+    pieces = [(t.index, j, t.ids[j:j + chunk]) for t in tasks for j in range(0, len(t.ids), chunk)]
+    expected = {t.index: math.ceil(len(t.ids) / chunk) for t in tasks}
+    done: dict[int, dict[int, tuple[list[dict], list[dict]]]] = {t.index: {} for t in tasks}
+    with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_init_worker,
+                             initargs=(job.tokenizer,)) as pool:
+        for (index, j), (rows, failures) in _bounded_map(pool, job, pieces, 2 * workers):
+            progress.advance(len(rows), len(failures))
+            done[index][j] = (rows, failures)
+            if len(done[index]) == expected[index]:
+                parts = [done[index][k] for k in sorted(done.pop(index))]
+                write_shard(job.out_dir, index, [r for p in parts for r in p[0]], [f for p in parts for f in p[1]],
+                            tok.config)
+
+
+def _bounded_map(pool: ProcessPoolExecutor, job: BatchJob, pieces: Sequence[tuple[int, int, tuple[str, ...]]],
+                 max_in_flight: int) -> Iterator[tuple[tuple[int, int], tuple[list[dict], list[dict]]]]:
+    """Submit pieces in order with at most ``max_in_flight`` pending; yield ``((shard, chunk), result)``."""
+    queue = iter(pieces)
+    pending: dict[Future, tuple[int, int]] = {}
+    try:
+        while True:
+            for index, j, ids in queue:
+                pending[pool.submit(_worker_tokenize, job, ids)] = (index, j)
+                if len(pending) >= max_in_flight:
+                    break
+            if not pending:
+                return
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                yield pending.pop(fut), fut.result()
+    finally:
+        for fut in pending:
+            fut.cancel()
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise BatchError(f"the ray engine needs Ray ({exc}); install it with: {RAY_INSTALL_HINT}") from exc
+    return ray
+
+
+def _ray_shard(item: dict, *, job: BatchJob) -> dict:
+    """Ray Data map function: one work unit in, its counts out (the shard is written by the task)."""
+    task = ShardTask(int(item["index"]), tuple(str(x) for x in item["ids"]))
+    n_ok, n_failed = run_shard(job, task)
+    return {"index": task.index, "n_ok": n_ok, "n_failed": n_failed}
+
+
+@contextlib.contextmanager
+def _ray_session(address: str | None, workers: int):
+    """Use the running Ray instance, or start one (local, or connected to ``address``) for this call."""
+    ray = _import_ray()
+    started = False
+    if not ray.is_initialized():
+        kwargs: dict = {"include_dashboard": False, "log_to_driver": False}
+        if address is not None:
+            kwargs["address"] = address
+        else:
+            kwargs["num_cpus"] = workers
+        ray.init(**kwargs)
+        started = True
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run_ray(job: BatchJob, tasks: Sequence[ShardTask], workers: int, address: str | None,
+             progress: _Progress, *, unlimited: bool) -> None:
+    """Ray Data maps :func:`run_shard` over the work units; each task writes its shard like the local engine."""
+    if not tasks:
+        return
+    with _ray_session(address, workers) as ray:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        items = [{"index": t.index, "ids": list(t.ids)} for t in tasks]
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        ds = ds.map(_ray_shard, fn_kwargs={"job": job}, num_cpus=1, concurrency=None if unlimited else workers)
+        for out in ds.iter_rows():
+            progress.advance(int(out["n_ok"]), int(out["n_failed"]))
+
+
+# ---- plan, manifest, failures ------------------------------------------------------------------------
+
+
+def _remove_temp_files(out_dir: Path) -> None:
+    """Delete temporaries left by a killed run (``.shard-*``, ``.manifest.json.*`` ...)."""
+    for p in out_dir.glob(".*"):
+        if p.is_file() and any(p.name.startswith(f".{stem}") for stem in ("shard-", PLAN_NAME, MANIFEST_NAME,
+                                                                             FAILURES_NAME)):
+            p.unlink(missing_ok=True)
+
+
+def _load_or_create_plan(out_dir: Path, tok_config: dict, shard_size: int, max_faces: int | None,
+                         input_dir: Path) -> tuple[BatchPlan, list[str]]:
+    """The saved plan (checked against the arguments) or a new one; also warnings about changed input."""
+    files = list_mesh_files(input_dir)
+    if not (out_dir / PLAN_NAME).exists():
+        if any(out_dir.glob("shard-*.parquet")):
+            raise BatchError(f"{out_dir}: has shards but no {PLAN_NAME}; use an empty output directory")
+        plan = BatchPlan(tok_config, shard_size, max_faces, files, str(input_dir))
+        atomic_write_text(out_dir / PLAN_NAME, plan.to_json())
+        return plan, []
+    plan = BatchPlan.load(out_dir)
+    _check_plan(out_dir, plan, tok_config, shard_size, max_faces)
+    new, missing = set(files) - set(plan.ids), set(plan.ids) - set(files)
+    notes = []
+    if new or missing:
+        notes.append(f"input changed since the first run into {out_dir}: {len(new)} new files ignored, "
+                     f"{len(missing)} planned files missing; use a new output directory to include new files")
+    return plan, notes
+
+
+def _check_plan(out_dir: Path, plan: BatchPlan, tok_config: dict, shard_size: int, max_faces: int | None) -> None:
+    if _config_json(plan.tokenizer_config) != _config_json(tok_config):
+        raise BatchError(
+            f"{out_dir} was made with tokenizer {_config_json(plan.tokenizer_config)}, not {_config_json(tok_config)}; "
+            "resume with the same tokenizer settings or use a new output directory"
+        )
+    if plan.shard_size != shard_size:
+        raise BatchError(f"{out_dir} was made with shard_size={plan.shard_size}, not {shard_size}; "
+                         "resume with the same shard size or use a new output directory")
+    if plan.max_faces != max_faces:
+        raise BatchError(f"{out_dir} was made with max_faces={plan.max_faces}, not {max_faces}; "
+                         "resume with the same limit or use a new output directory")
+
+
+def _read_sidecar(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def rebuild_manifest(out_dir: str | Path) -> dict:
+    """Recompute ``manifest.json`` and ``failures.jsonl`` from ``plan.json``, the shards and their sidecars.
+
+    Returns
+    -------
+    dict
+        The manifest: ``tokenizer`` (config), ``config_hash``, ``shard_size``, ``max_faces``, ``n_files``,
+        ``n_shards``, ``complete`` (every unit done), ``n_rows`` (ids with a row), ``n_failed``, ``n_done``
+        (ids with a row or a failure), ``shards`` (``file``, ``rows``, ``failed`` per complete shard).
+    """
+    out_dir = Path(out_dir)
+    plan = BatchPlan.load(out_dir)
+    shards, failures = [], []
+    for task in plan.tasks():
+        if not shard_complete(out_dir, task.index):
+            continue
+        fails = _read_sidecar(out_dir / failures_name(task.index))
+        rows = pq.ParquetFile(out_dir / shard_name(task.index)).metadata.num_rows
+        shards.append({"file": shard_name(task.index), "index": task.index, "files": len(task.ids), "rows": rows,
+                       "failed": len(fails)})
+        failures.extend(fails)
+    n_rows, n_failed = sum(s["rows"] for s in shards), len(failures)
+    manifest = {
+        "format": FORMAT_VERSION,
+        "tokenizer": plan.tokenizer_config,
+        "config_hash": _config_hash(plan.tokenizer_config),
+        "shard_size": plan.shard_size,
+        "max_faces": plan.max_faces,
+        "input_dir": plan.input_dir,
+        "n_files": len(plan.ids),
+        "n_shards": plan.n_shards,
+        "complete": len(shards) == plan.n_shards,
+        "n_rows": n_rows,
+        "n_failed": n_failed,
+        "n_done": n_rows + n_failed,
+        "shards": shards,
+    }
+    atomic_write_text(out_dir / FAILURES_NAME, "".join(json.dumps(f) + "\n" for f in failures))
+    atomic_write_text(out_dir / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+# ---- entry point ---------------------------------------------------------------------------------------
+
+
+def _check_args(input_dir: Path, engine: str, workers: int, shard_size: int, max_faces: int | None) -> None:
+    if not input_dir.exists():
+        raise MeshInputError(input_dir, "input directory does not exist")
+    if not input_dir.is_dir():
+        raise MeshInputError(input_dir, "is a file, expected a directory of meshes")
+    if engine not in ENGINES:
+        raise BatchError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    if not isinstance(workers, int) or workers < 0:
+        raise BatchError(f"workers must be a non-negative integer (0 = all CPUs), got {workers!r}")
+    if not isinstance(shard_size, int) or shard_size < 1:
+        raise BatchError(f"shard_size must be a positive integer, got {shard_size!r}")
+    if max_faces is not None and (not isinstance(max_faces, int) or max_faces < 1):
+        raise BatchError(f"max_faces must be a positive integer or None, got {max_faces!r}")
+
+
+def batch_tokenize(
+    input_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    tokenizer: str = "adjacent",
+    tokenizer_config: dict | None = None,
+    workers: int = 1,
+    engine: str = "local",
+    address: str | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    max_faces: int | None = None,
+    progress: bool = True,
+    plugins: Sequence[str] = (),
+) -> BatchReport:
+    """Tokenize every mesh below ``input_dir`` into Parquet shards in ``out_dir``; resumes a killed run.
+
+    Parameters
+    ----------
+    input_dir : str or Path
+        Walked recursively for files with a suffix in ``MESH_SUFFIXES``; a row's ``id`` is the file's
+        path relative to it.
+    out_dir : str or Path
+        Created if needed. If it holds an earlier run (``plan.json``), that run is resumed: complete
+        shards are kept, the rest redone. It must have been made with the same tokenizer config,
+        ``shard_size`` and ``max_faces`` (otherwise :class:`BatchError`).
+    tokenizer : str
+        Registered tokenizer name (``coords``, ``adjacent``, ``blocks`` ...).
+    tokenizer_config : dict, optional
+        Keyword arguments of the tokenizer, e.g. ``{"bits": 10}``.
+    workers : int
+        Processes (local) or concurrent Ray tasks; 1 runs inline; 0 means all CPUs (local) or as many as
+        the Ray cluster offers.
+    engine : {"local", "ray"}
+        ``ray`` maps the work units over Ray Data: the running Ray instance if ``ray.init`` was called,
+        else a local one with ``workers`` CPUs, or the cluster at ``address``.
+    address : str, optional
+        Ray cluster address (``ray://host:10001`` or ``auto``); ``out_dir`` must then be on storage every
+        node can write.
+    shard_size : int
+        Files per work unit / shard.
+    max_faces : int, optional
+        Meshes with more faces fail with a clear message instead of being tokenized.
+    progress : bool
+        Show a progress bar (meshes, meshes/s, failures) on stderr.
+    plugins : sequence of str
+        Modules imported in every worker before building the tokenizer (custom ``@register_tokenizer``).
+
+    Returns
+    -------
+    BatchReport
+        Counts, wall time and meshes/s of this call.
+
+    Raises
+    ------
+    MeshInputError
+        ``input_dir`` is missing or not a directory.
+    BatchError
+        Bad arguments, Ray missing, or ``out_dir`` made with other settings.
+    """
+    start = time.perf_counter()
+    input_dir, out_dir = Path(input_dir).resolve(), Path(out_dir).resolve()
+    _check_args(input_dir, engine, workers, shard_size, max_faces)
+    unlimited = workers == 0
+    workers = workers or (os.cpu_count() or 1)
+    plugins = tuple(plugins)
+    import_plugins(plugins)
+    tok = get_tokenizer(tokenizer, **(tokenizer_config or {}))
+    job = BatchJob(str(input_dir), str(out_dir), TokenizerSpec(tok.config, plugins), max_faces)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_temp_files(out_dir)
+    plan, notes = _load_or_create_plan(out_dir, tok.config, shard_size, max_faces, input_dir)
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+    tasks = plan.tasks()
+    pending = [t for t in tasks if not shard_complete(out_dir, t.index)]
+    n_pending = sum(len(t.ids) for t in pending)
+    with _Progress(n_pending, enabled=progress) as bar:
+        if engine == "ray":
+            _run_ray(job, pending, workers, address, bar, unlimited=unlimited)
+        else:
+            _run_local(job, pending, max(1, min(workers, n_pending)), plan.shard_size, bar, tok)
+    manifest = rebuild_manifest(out_dir)
+    wall = time.perf_counter() - start
+    return BatchReport(
+        out_dir=str(out_dir), engine=engine, workers=workers, n_files=len(plan.ids), n_ok=manifest["n_rows"],
+        n_failed=manifest["n_failed"], n_processed=n_pending, n_shards=plan.n_shards,
+        n_shards_skipped=len(tasks) - len(pending), wall_s=wall, meshes_per_s=n_pending / wall if wall > 0 else 0.0,
+        config_hash=manifest["config_hash"], warnings=notes,
+    )
