@@ -1,0 +1,101 @@
+"""Experiment configs: plain data files under ``configs/`` parsed into frozen dataclasses.
+
+A config file is YAML (or JSON) with three sections::
+
+    model: {name: hourglass, args: {dim: 256, ...}}     # any model registered in meshgen.modeling
+    data:  {train: data/shards/train, val: data/shards/val, window: 1152, n_points: 2048, ...}
+    train: {steps: 4000, batch_size: 8, lr: 5.0e-4, ...}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from tokenizers3d.errors import MeshInputError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the tokenized shards are and how training examples are cut from them."""
+
+    train: str = "data/shards/train"
+    val: str = "data/shards/val"
+    bits: int = 7
+    window: int = 1152  # tokens per training window (a multiple of 9: whole faces)
+    n_points: int = 2048  # conditioning points sampled from each mesh
+    max_faces: int = 800  # rows with more faces are skipped
+    shuffle_buffer: int = 256
+    num_workers: int = 1  # DataLoader workers (points are sampled there)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimization and bookkeeping."""
+
+    out_dir: str = "runs/default"
+    steps: int = 2000
+    batch_size: int = 8
+    lr: float = 5e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    log_every: int = 10
+    val_every: int = 200
+    val_batches: int = 8
+    ckpt_every: int = 100
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch intra-op threads on CPU (0: leave PyTorch's default)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    model: dict = field(default_factory=lambda: {"name": "hourglass", "args": {}})
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "data": asdict(self.data), "train": asdict(self.train)}
+
+
+def _build(cls, raw: dict | None, where: str):
+    raw = dict(raw or {})
+    known = {f.name for f in fields(cls)}
+    unknown = set(raw) - known
+    if unknown:
+        raise MeshInputError(where, f"unknown keys in section {cls.__name__}: {', '.join(sorted(unknown))}")
+    if "betas" in raw:
+        raw["betas"] = tuple(raw["betas"])
+    return cls(**raw)
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
+    """Read a YAML/JSON experiment config; ``overrides`` like ``{"train.steps": 10}`` replace values."""
+    path = Path(path)
+    if not path.exists():
+        raise MeshInputError(path, "config file does not exist")
+    text = path.read_text()
+    raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if not isinstance(raw, dict):
+        raise MeshInputError(path, "config must be a mapping with sections model, data, train")
+    for key, value in (overrides or {}).items():
+        section, _, name = key.partition(".")
+        raw.setdefault(section, {})
+        if section == "model" and name.startswith("args."):
+            raw["model"].setdefault("args", {})[name[5:]] = value
+        else:
+            raw[section][name] = value
+    model = raw.get("model") or {"name": "hourglass", "args": {}}
+    if "name" not in model:
+        raise MeshInputError(path, "model section needs a 'name'")
+    return ExperimentConfig(
+        model={"name": model["name"], "args": dict(model.get("args") or {})},
+        data=_build(DataConfig, raw.get("data"), str(path)),
+        train=_build(TrainConfig, raw.get("train"), str(path)),
+    )

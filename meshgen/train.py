@@ -1,0 +1,253 @@
+"""Training loop for the generators: AdamW, warmup + cosine decay, clipping, validation, resumable checkpoints.
+
+Single process::
+
+    python scripts/train_generator.py --config configs/hourglass_small.yaml
+
+Several processes (DDP; gloo on CPU, NCCL on GPU)::
+
+    torchrun --nproc_per_node 2 scripts/train_generator.py --config configs/hourglass_small.yaml
+
+Layout of ``out_dir``::
+
+    last/            model weights (config.json + model.safetensors) of the newest step
+    last/trainer_state.pt   optimizer, scheduler, step, RNG (tensors only; loaded with weights_only=True)
+    best/            weights with the lowest validation loss
+    log.csv          step, lr, train loss, tokens/s, val loss
+    config.yaml      the experiment config that was run
+
+Killed at any point and started again with the same command, training resumes from ``last/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from torch.utils.data import DataLoader
+
+from .config import ExperimentConfig
+from .data import ExampleBatch, GeneratorExamples, collate_examples
+from .modeling import build_model, load_model
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_kind: str) -> DistInfo:
+    """Initialize torch.distributed when launched by torchrun (``WORLD_SIZE`` > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    backend = "nccl" if device_kind == "cuda" else "gloo"
+    dist.init_process_group(backend=backend)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def lr_at(step: int, *, base: float, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warmup to ``base`` over ``warmup`` steps, then cosine decay to ``base * min_ratio`` at ``total``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def token_loss(logits: torch.Tensor, tokens: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, int]:
+    """Next-token cross entropy over non-PAD targets: logits (B, T, V), tokens (B, T) -> (mean loss, n targets)."""
+    targets = tokens[:, 1:]  # (B, T-1)
+    pred = logits[:, :-1].reshape(-1, logits.shape[-1])  # (B*(T-1), V)
+    loss = F.cross_entropy(pred.float(), targets.reshape(-1), ignore_index=pad_id)
+    return loss, int((targets != pad_id).sum())
+
+
+def forward_loss(model, batch: ExampleBatch, pad_id: int) -> tuple[torch.Tensor, int]:
+    from .generate import Conditioning
+
+    out = model(batch.tokens, cond=Conditioning(points=batch.points, n_faces=batch.n_faces), start_pos=batch.start)
+    return token_loss(out.logits, batch.tokens, pad_id)
+
+
+class Trainer:
+    """Owns the model, optimizer, data and the resumable state of one run."""
+
+    def __init__(self, cfg: ExperimentConfig, *, progress: bool = True):
+        self.cfg = cfg
+        tc = cfg.train
+        kind = tc.device if tc.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        self.dist = setup_distributed(kind)
+        self.device = torch.device(f"cuda:{self.dist.local_rank}" if kind == "cuda" else "cpu")
+        if kind == "cpu" and tc.threads:
+            torch.set_num_threads(tc.threads)
+        torch.manual_seed(tc.seed)
+        self.out = Path(tc.out_dir)
+        self.progress = progress and self.dist.is_main
+        self.step = 0
+        self.best_val = float("inf")
+        last = self.out / "last"
+        if (last / "config.json").exists():
+            self.model = load_model(last, map_location="cpu")
+        else:
+            self.model = build_model(cfg.model)
+        self.model.to(self.device)
+        self.ddp_model = self.model
+        if self.dist.world_size > 1:
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if kind == "cuda" else None)
+        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
+        no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=tc.betas)
+        if (last / "trainer_state.pt").exists():
+            self._load_state(last / "trainer_state.pt")
+        dc = cfg.data
+        self.train_data = GeneratorExamples(dc.train, window=dc.window, n_points=dc.n_points, max_faces=dc.max_faces,
+                                            seed=tc.seed + self.step, shuffle_buffer=dc.shuffle_buffer,
+                                            rank=self.dist.rank, world_size=self.dist.world_size)
+        self.pad_id = self.train_data.pad_id
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if kind == "cuda" else nullcontext())
+
+    # ---- state ----------------------------------------------------------------------------------
+    def _load_state(self, path: Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.opt.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.best_val = float(state["best_val"])
+        torch.set_rng_state(state["rng_cpu"])
+
+    def save(self, name: str = "last") -> None:
+        """Weights via save_pretrained, trainer state apart; written to a temp dir and swapped in."""
+        if not self.dist.is_main:
+            return
+        tmp = self.out / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.model.save_pretrained(tmp)
+        if name == "last":
+            torch.save({"optimizer": self.opt.state_dict(), "step": self.step, "best_val": self.best_val,
+                        "rng_cpu": torch.get_rng_state()}, tmp / "trainer_state.pt")
+        final = self.out / name
+        old = self.out / f".{name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+
+    # ---- loop -----------------------------------------------------------------------------------
+    def loader(self, data) -> DataLoader:
+        workers = self.cfg.data.num_workers
+        return DataLoader(data, batch_size=self.cfg.train.batch_size, num_workers=workers,
+                          collate_fn=lambda items: collate_examples(items, self.pad_id),
+                          persistent_workers=False, prefetch_factor=4 if workers else None)
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        dc, tc = self.cfg.data, self.cfg.train
+        if not Path(dc.val).exists():
+            return float("nan")
+        data = GeneratorExamples(dc.val, window=dc.window, n_points=dc.n_points, max_faces=dc.max_faces, seed=0,
+                                 repeat=False, shuffle=False, rank=self.dist.rank, world_size=self.dist.world_size)
+        self.model.eval()
+        total, count = 0.0, 0
+        for i, batch in enumerate(DataLoader(data, batch_size=tc.batch_size,
+                                             collate_fn=lambda items: collate_examples(items, self.pad_id))):
+            if i >= tc.val_batches:
+                break
+            with self.autocast:
+                loss, n = forward_loss(self.model, batch.to(self.device), self.pad_id)
+            total += float(loss) * n
+            count += n
+        self.model.train()
+        stats = torch.tensor([total, count], dtype=torch.float64)
+        if self.dist.world_size > 1:
+            dist.all_reduce(stats)
+        return float(stats[0] / max(stats[1], 1))
+
+    def _log(self, row: dict) -> None:
+        if not self.dist.is_main:
+            return
+        path = self.out / "log.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["step", "lr", "loss", "tokens_per_s", "val_loss", "elapsed_s"])
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def fit(self) -> dict:
+        tc = self.cfg.train
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:
+            (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        self.model.train()
+        it = iter(self.loader(self.train_data))
+        t0, tokens_seen, losses = time.time(), 0, []
+        bar = None
+        if self.progress:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            bar = Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(),
+                           TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn())
+            bar.start()
+            task = bar.add_task("train", total=tc.steps, completed=self.step, loss=float("nan"))
+        val_loss = float("nan")
+        try:
+            while self.step < tc.steps:
+                lr = lr_at(self.step, base=tc.lr, warmup=tc.warmup_steps, total=tc.steps, min_ratio=tc.min_lr_ratio)
+                for group in self.opt.param_groups:
+                    group["lr"] = lr
+                batch = next(it).to(self.device)
+                with self.autocast:
+                    loss, n = forward_loss(self.ddp_model, batch, self.pad_id)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+                self.opt.step()
+                self.step += 1
+                tokens_seen += n
+                losses.append(float(loss))
+                if bar is not None:
+                    bar.update(task, completed=self.step, loss=float(loss))
+                if self.step % tc.val_every == 0 or self.step == tc.steps:
+                    val_loss = self.validate()
+                    if val_loss < self.best_val:
+                        self.best_val = val_loss
+                        self.save("best")
+                if self.step % tc.log_every == 0 or self.step == tc.steps:
+                    elapsed = time.time() - t0
+                    self._log({"step": self.step, "lr": f"{lr:.3e}", "loss": f"{sum(losses) / len(losses):.4f}",
+                               "tokens_per_s": f"{tokens_seen * self.dist.world_size / elapsed:.1f}",
+                               "val_loss": f"{val_loss:.4f}", "elapsed_s": f"{elapsed:.1f}"})
+                    losses = []
+                if self.step % tc.ckpt_every == 0 or self.step == tc.steps:
+                    self.save("last")
+        finally:
+            if bar is not None:
+                bar.stop()
+        return {"step": self.step, "val_loss": val_loss, "best_val": self.best_val}
+
+
+def train(cfg: ExperimentConfig, *, progress: bool = True) -> dict:
+    trainer = Trainer(cfg, progress=progress)
+    try:
+        return trainer.fit()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

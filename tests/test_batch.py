@@ -1,0 +1,270 @@
+"""Batch tokenization into Parquet shards: rows, failures, kill + resume, Ray, and the PyTorch dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import trimesh
+from torch.utils.data import DataLoader
+
+from tokenizers3d.base import get_tokenizer
+from tokenizers3d.batch import DELAY_ENV, SHARD_SCHEMA, BatchError, batch_tokenize, rebuild_manifest
+from tokenizers3d.io import load_mesh
+from tokenizers3d.shards import TokenShardDataset, _consumer_slices, collate_tokens, iter_rows, read_shards
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "batch_tokenize.py"
+SHARD_SIZE = 3
+BAD_IDS = ["bad.obj", "c/empty.stl"]
+
+# Used only while the built-in tokenizers (tokenizers3d/coords.py ...) are not importable: a trivial
+# tokenizer in a module every worker (subprocess, process pool, Ray) can import as a plugin.
+_PLUGIN_MODULE = "tok3d_batch_test_plugin"
+_PLUGIN_SOURCE = textwrap.dedent('''
+    import numpy as np
+
+    from tokenizers3d import base
+
+    try:
+        base._import_builtin()
+    except ImportError:  # built-in tokenizers not written yet: let get_tokenizer find registered ones
+        base._import_builtin = lambda: None
+
+
+    @base.register_tokenizer("test-dummy")
+    class DummyTokenizer(base.MeshTokenizer):
+        """BOS, the face corners' quantized coordinates, EOS."""
+
+        @property
+        def vocab_size(self):
+            return (1 << self.bits) + 3
+
+        def encode_quantized(self, qm):
+            body = qm.vertices[qm.faces].reshape(-1)
+            return np.concatenate([[self.bos_id], body, [self.eos_id]]).astype(np.int64)
+
+        def decode_quantized(self, ids, *, strict=True):
+            raise NotImplementedError
+''')
+
+
+def _builtin_tokenizers_work() -> bool:
+    try:
+        get_tokenizer("coords", bits=7)
+    except (ImportError, KeyError):
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def tok_setup(tmp_path_factory) -> dict:
+    """Tokenizer arguments for batch_tokenize: the real ``coords`` tokenizer, or the dummy plugin."""
+    if _builtin_tokenizers_work():
+        return {"tokenizer": "coords", "tokenizer_config": {"bits": 7}, "plugins": (), "pythonpath": ""}
+    plugin_dir = tmp_path_factory.mktemp("plugin")
+    (plugin_dir / f"{_PLUGIN_MODULE}.py").write_text(_PLUGIN_SOURCE)
+    sys.path.insert(0, str(plugin_dir))
+    return {"tokenizer": "test-dummy", "tokenizer_config": {"bits": 7}, "plugins": (_PLUGIN_MODULE,),
+            "pythonpath": str(plugin_dir)}
+
+
+def _batch_kwargs(tok_setup: dict) -> dict:
+    return {k: tok_setup[k] for k in ("tokenizer", "tokenizer_config", "plugins")}
+
+
+def _env(tok_setup: dict, **extra: str) -> dict:
+    env = dict(os.environ, **extra)
+    paths = [p for p in (tok_setup["pythonpath"], env.get("PYTHONPATH", "")) if p]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
+@pytest.fixture(scope="module")
+def mesh_dir(tmp_path_factory) -> Path:
+    """10 good meshes (boxes, cylinders ... in nested dirs, 4 formats), a garbage .obj, an empty .stl."""
+    root = tmp_path_factory.mktemp("meshes")
+    c = trimesh.creation
+    meshes = {
+        "a/box1.obj": c.box(extents=(1, 2, 3)),
+        "a/box2.stl": c.box(extents=(0.5, 0.5, 2)),
+        "a/b/cyl1.ply": c.cylinder(radius=0.5, height=2, sections=8),
+        "a/b/cyl2.off": c.cylinder(radius=1, height=0.3, sections=12),
+        "c/sphere.obj": c.icosphere(subdivisions=1, radius=2),
+        "c/box3.ply": c.box(extents=(4, 1, 1)),
+        "top.stl": c.box(extents=(1, 1, 1)),
+        "d/e/f/cyl3.obj": c.cylinder(radius=0.2, height=5, sections=6),
+        "d/cone.stl": c.cone(radius=1, height=2, sections=10),
+        "d/box4.off": c.box(extents=(2, 3, 1)),
+    }
+    for rel, mesh in meshes.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        mesh.export(root / rel)
+    (root / "bad.obj").write_bytes(bytes(range(256)) * 4)
+    (root / "c" / "empty.stl").write_bytes(b"")
+    (root / "notes.txt").write_text("not a mesh")
+    return root
+
+
+@pytest.fixture(scope="module")
+def good_ids(mesh_dir) -> list[str]:
+    return sorted(p.relative_to(mesh_dir).as_posix() for p in mesh_dir.rglob("*")
+                  if p.is_file() and p.suffix != ".txt" and p.relative_to(mesh_dir).as_posix() not in BAD_IDS)
+
+
+@pytest.fixture(scope="module")
+def clean_run(mesh_dir, tok_setup, tmp_path_factory):
+    """One uninterrupted inline run: (out dir, report)."""
+    out = tmp_path_factory.mktemp("clean") / "shards"
+    report = batch_tokenize(mesh_dir, out, workers=1, shard_size=SHARD_SIZE, progress=False, **_batch_kwargs(tok_setup))
+    return out, report
+
+
+def _failures(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+
+
+def test_rows_failures_and_manifest(clean_run, good_ids, tok_setup, mesh_dir):
+    out, report = clean_run
+    table = read_shards(out)
+    assert table.schema.equals(SHARD_SCHEMA)
+    assert table.column("id").to_pylist() == good_ids
+    assert (report.n_files, report.n_ok, report.n_failed, report.n_shards) == (12, 10, 2, 4)
+    assert report.meshes_per_s > 0
+    assert sorted(f["id"] for f in _failures(out)) == BAD_IDS
+    assert all(f["error"] and f["path"].endswith(f["id"]) for f in _failures(out))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["n_rows"] == 10 and manifest["n_failed"] == 2
+    assert [s["file"] for s in manifest["shards"]] == [f"shard-{k:05d}.parquet" for k in range(4)]
+    assert sum(s["rows"] for s in manifest["shards"]) == 10
+    assert rebuild_manifest(out) == manifest
+    tok = get_tokenizer(tok_setup["tokenizer"], **tok_setup["tokenizer_config"])
+    row = next(r for r in iter_rows(out) if r["id"] == "a/b/cyl1.ply")
+    enc = tok.encode(load_mesh(mesh_dir / "a/b/cyl1.ply"))
+    np.testing.assert_array_equal(row["ids"], enc.ids)
+    assert row["n_tokens"] == len(enc.ids) and row["n_faces"] == enc.n_faces
+    assert row["normalization"] == enc.normalization.to_dict()
+    assert row["tokenizer_config"] == json.dumps(tok.config, sort_keys=True)
+    assert row["config_hash"] == tok.config_hash
+
+
+def test_rerun_skips_done_shards_and_refuses_other_config(clean_run, mesh_dir, tok_setup):
+    out, _ = clean_run
+    kwargs = _batch_kwargs(tok_setup)
+    again = batch_tokenize(mesh_dir, out, workers=1, shard_size=SHARD_SIZE, progress=False, **kwargs)
+    assert (again.n_processed, again.n_shards_skipped, again.n_ok, again.n_failed) == (0, 4, 10, 2)
+    other = dict(kwargs, tokenizer_config={"bits": 8})
+    with pytest.raises(BatchError, match="was made with tokenizer"):
+        batch_tokenize(mesh_dir, out, shard_size=SHARD_SIZE, progress=False, **other)
+    with pytest.raises(BatchError, match="shard_size=3"):
+        batch_tokenize(mesh_dir, out, shard_size=5, progress=False, **kwargs)
+
+
+def test_two_workers_give_same_rows(clean_run, mesh_dir, tok_setup, tmp_path):
+    report = batch_tokenize(mesh_dir, tmp_path / "out", workers=2, shard_size=SHARD_SIZE, progress=False,
+                            **_batch_kwargs(tok_setup))
+    assert report.n_ok == 10 and report.workers == 2
+    assert read_shards(tmp_path / "out").to_pylist() == read_shards(clean_run[0]).to_pylist()
+    assert _failures(tmp_path / "out") == _failures(clean_run[0])
+
+
+def test_sigkill_then_resume_loses_and_duplicates_nothing(clean_run, mesh_dir, tok_setup, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(SCRIPT), str(mesh_dir), "--out", str(out), "-t", tok_setup["tokenizer"],
+           "--bits", "7", "--shard-size", str(SHARD_SIZE), "--no-progress"]
+    cmd += [a for p in tok_setup["plugins"] for a in ("--plugin", p)]
+    proc = subprocess.Popen(cmd, env=_env(tok_setup, **{DELAY_ENV: "0.3"}), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not (out / "shard-00000.parquet").exists():
+        assert proc.poll() is None, proc.communicate()[1].decode()
+        assert time.monotonic() < deadline, "no shard written within 60 s"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "shard-00003.parquet").exists() and not (out / "manifest.json").exists()
+    done = run = subprocess.run(cmd, env=_env(tok_setup), capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "10 meshes tokenized, 2 failed" in done.stdout
+    ids = read_shards(out).column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 10
+    assert read_shards(out).to_pylist() == read_shards(clean_run[0]).to_pylist()
+    assert _failures(out) == _failures(clean_run[0])
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_cli_bad_arguments_exit_2_with_one_line(tmp_path):
+    for args in ([str(tmp_path / "missing"), "--out", str(tmp_path / "o")], [str(tmp_path)]):
+        run = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 2
+        assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert "does not exist" in run.stderr or "required" in run.stderr
+
+
+def test_ray_engine_gives_same_rows(clean_run, mesh_dir, tok_setup, tmp_path, monkeypatch):
+    pytest.importorskip("ray.data", reason="Ray not installed (pip install 'meshgen[ray]')")
+    monkeypatch.setenv("PYTHONPATH", _env(tok_setup)["PYTHONPATH"])  # Ray workers inherit the driver's env
+    report = batch_tokenize(mesh_dir, tmp_path / "out", engine="ray", workers=1, shard_size=SHARD_SIZE,
+                            progress=False, **_batch_kwargs(tok_setup))
+    assert (report.engine, report.n_ok, report.n_failed) == ("ray", 10, 2)
+    assert read_shards(tmp_path / "out").to_pylist() == read_shards(clean_run[0]).to_pylist()
+    assert _failures(tmp_path / "out") == _failures(clean_run[0])
+
+
+# ---- dataset -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("counts", [[3, 3, 3, 1], [0, 5, 0], [10], [1, 1]])
+@pytest.mark.parametrize("n_consumers", [1, 3, 4])
+def test_consumer_slices_partition_rows(counts, n_consumers):
+    seen = [(pos, r) for c in range(n_consumers) for pos, a, b in _consumer_slices(counts, c, n_consumers)
+            for r in range(a, b)]
+    assert seen == [(pos, r) for pos, n in enumerate(counts) for r in range(n)]
+
+
+def _epoch_ids(out: Path, *, world_size: int, num_workers: int, **kwargs) -> list[str]:
+    got = []
+    for rank in range(world_size):
+        ds = TokenShardDataset(out, rank=rank, world_size=world_size, shuffle_buffer=4, **kwargs)
+        loader = DataLoader(ds, batch_size=None, num_workers=num_workers)
+        got += [row["id"] for row in loader]
+    return got
+
+
+def test_dataset_ranks_and_workers_cover_every_row_once(clean_run, good_ids):
+    out, _ = clean_run
+    got = _epoch_ids(out, world_size=2, num_workers=2, seed=3, epoch=1)
+    assert sorted(got) == good_ids
+
+
+def test_dataset_shuffle_is_deterministic_and_changes_with_epoch(clean_run, good_ids):
+    out, _ = clean_run
+    ds = TokenShardDataset(out, seed=7, shuffle_buffer=4)
+    first = [r["id"] for r in ds]
+    assert [r["id"] for r in TokenShardDataset(out, seed=7, shuffle_buffer=4)] == first
+    ds.set_epoch(1)
+    second = [r["id"] for r in ds]
+    assert sorted(first) == sorted(second) == good_ids and first != second
+    assert [r["id"] for r in TokenShardDataset(out, shuffle=False)] == good_ids
+    row = next(iter(TokenShardDataset(out, shuffle=False)))
+    assert row["ids"].dtype == np.int64 and {"id", "n_faces", "n_vertices", "normalization"} <= set(row)
+    short = TokenShardDataset(out, shuffle=False, max_len=int(np.median([len(r["ids"]) for r in ds])))
+    assert 0 < len(list(short)) < len(good_ids)
+
+
+def test_collate_pads_with_pad_id_and_returns_mask():
+    batch = [{"id": "a", "ids": np.array([5, 6, 7]), "n_faces": 1}, {"id": "b", "ids": np.array([8]), "n_faces": 2}]
+    out = collate_tokens(batch, pad_id=99)
+    assert out["ids"].dtype == torch.int64 and out["ids"].tolist() == [[5, 6, 7], [8, 99, 99]]
+    assert out["mask"].dtype == torch.bool and out["mask"].tolist() == [[True] * 3, [True, False, False]]
+    assert out["lengths"].tolist() == [3, 1] and out["id"] == ["a", "b"] and out["n_faces"].tolist() == [1, 2]
