@@ -26,7 +26,7 @@ class ExampleBatch:
 
     Attributes
     ----------
-    tokens : (B, T) int64, PAD on the right
+    tokens : (B, T + 1) int64, PAD on the right; inputs are ``tokens[:, :-1]``, targets ``tokens[:, 1:]``
     start : (B,) int64, position of ``tokens[:, 0]`` in its full sequence
     points : (B, N, 6) float32, xyz and normals in the unit cube
     n_faces : (B,) int64, face count of each full mesh
@@ -85,10 +85,10 @@ class GeneratorExamples(IterableDataset):
         ids = np.asarray(row["ids"], dtype=np.int64)
         qm, _ = self.tokenizer.decode_quantized(ids, strict=True)
         cloud = sample_surface(qm.to_trimesh(), self.n_points, seed=int(rng.integers(2**31)))
-        tokens, start = sample_training_window(ids, self.window, rng)
+        win = sample_training_window(ids, self.window, rng)
         return {
-            "tokens": torch.as_tensor(tokens, dtype=torch.long),
-            "start": int(start),
+            "tokens": torch.as_tensor(win.tokens, dtype=torch.long),
+            "start": int(win.start_pos),
             "points": torch.from_numpy(np.concatenate([cloud.points, cloud.normals], axis=1)),
             "n_faces": int(row["n_faces"]),
         }

@@ -32,13 +32,12 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 import yaml
 from torch.utils.data import DataLoader
 
 from .config import ExperimentConfig
 from .data import ExampleBatch, GeneratorExamples, collate_examples
-from .modeling import build_model, load_model
+from .modeling import Conditioning, MeshGenerator, config_from_dict
 
 
 @dataclass
@@ -70,19 +69,27 @@ def lr_at(step: int, *, base: float, warmup: int, total: int, min_ratio: float) 
     return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def token_loss(logits: torch.Tensor, tokens: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, int]:
-    """Next-token cross entropy over non-PAD targets: logits (B, T, V), tokens (B, T) -> (mean loss, n targets)."""
-    targets = tokens[:, 1:]  # (B, T-1)
-    pred = logits[:, :-1].reshape(-1, logits.shape[-1])  # (B*(T-1), V)
-    loss = F.cross_entropy(pred.float(), targets.reshape(-1), ignore_index=pad_id)
-    return loss, int((targets != pad_id).sum())
+MODEL_REGISTRY = {"hourglass": ("meshgen.hourglass", "HourglassTransformer", "HourglassConfig"),
+                  "flat": ("meshgen.transformer", "Transformer", "TransformerConfig")}
+
+
+def build_model(spec: dict) -> MeshGenerator:
+    """A fresh model from a plain-data spec ``{"name": "hourglass" | "flat", "args": {...config fields}}``."""
+    import importlib
+
+    if spec["name"] not in MODEL_REGISTRY:
+        raise ValueError(f"unknown model {spec['name']!r}; available: {sorted(MODEL_REGISTRY)}")
+    module, cls_name, cfg_name = MODEL_REGISTRY[spec["name"]]
+    mod = importlib.import_module(module)
+    return getattr(mod, cls_name)(config_from_dict(getattr(mod, cfg_name), dict(spec.get("args") or {})))
 
 
 def forward_loss(model, batch: ExampleBatch, pad_id: int) -> tuple[torch.Tensor, int]:
-    from .generate import Conditioning
-
-    out = model(batch.tokens, cond=Conditioning(points=batch.points, n_faces=batch.n_faces), start_pos=batch.start)
-    return token_loss(out.logits, batch.tokens, pad_id)
+    """Mean next-token cross entropy over non-PAD targets, and the number of targets."""
+    inputs, targets = batch.tokens[:, :-1], batch.tokens[:, 1:]  # (B, T) each
+    out = model(inputs, cond=Conditioning(points=batch.points, n_faces=batch.n_faces), start_pos=batch.start,
+                targets=targets)
+    return out.loss, int((targets != pad_id).sum())
 
 
 class Trainer:
@@ -103,7 +110,7 @@ class Trainer:
         self.best_val = float("inf")
         last = self.out / "last"
         if (last / "config.json").exists():
-            self.model = load_model(last, map_location="cpu")
+            self.model = MeshGenerator.from_pretrained(last, map_location="cpu")
         else:
             self.model = build_model(cfg.model)
         self.model.to(self.device)

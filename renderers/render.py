@@ -36,6 +36,7 @@ from tokenizers3d.mesh import Normalization
 from .cameras import ViewRig, framing_distance, sphere_rig
 
 DEFAULT_COLOR = (0.72, 0.76, 0.84)
+BACKENDS = ("auto", "pytorch3d", "tiled", "torch")
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,8 @@ class RenderSettings:
             raise ValueError(f"faces_per_pixel must be at least 1, got {self.faces_per_pixel}")
         if self.tile_size < 4:
             raise ValueError(f"tile_size must be at least 4, got {self.tile_size}")
-        if self.backend not in ("auto", "tiled", "pytorch3d"):
-            raise ValueError(f"backend must be 'auto', 'tiled' or 'pytorch3d', got {self.backend!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
 
 
 @dataclass
@@ -270,6 +271,78 @@ def _rasterize_tiled(face_ndc: torch.Tensor, settings: RenderSettings):
     return untile(pix), untile(zbuf), untile(bary)
 
 
+def _rasterize_torch(face_ndc: torch.Tensor, settings: RenderSettings, budget: int = 4_000_000):
+    """Vectorized z-buffer in plain PyTorch (any device); same outputs as PyTorch3D's naive kernel.
+
+    Every (view, face) pair is expanded to the pixel centres inside its screen bounding box, tested
+    with edge functions (pixels on a shared edge count for both faces, so there are no cracks) and
+    depth-tested with ``scatter_reduce``; depth and barycentrics are perspective-correct. Views are
+    processed in chunks of about ``budget`` candidate pixels.
+    """
+    n_views, n_faces = face_ndc.shape[:2]
+    size, k_layers = settings.image_size, settings.faces_per_pixel
+    device, dtype = face_ndc.device, face_ndc.dtype
+    col = ((1.0 - face_ndc[..., 0]) * size - 1.0) / 2.0  # (V, F, 3) pixel-centre coordinates
+    row = ((1.0 - face_ndc[..., 1]) * size - 1.0) / 2.0
+    z = face_ndc[..., 2]
+    c0 = torch.ceil(col.amin(-1)).clamp(min=0)
+    c1 = torch.floor(col.amax(-1)).clamp(max=size - 1)
+    r0 = torch.ceil(row.amin(-1)).clamp(min=0)
+    r1 = torch.floor(row.amax(-1)).clamp(max=size - 1)
+    area = (col[..., 1] - col[..., 0]) * (row[..., 2] - row[..., 0]) - (col[..., 2] - col[..., 0]) * (row[..., 1] - row[..., 0])
+    ok = (z.amin(-1) > 1e-6) & (c1 >= c0) & (r1 >= r0) & (area.abs() > 1e-12) & torch.isfinite(area)
+    nx = torch.where(ok, c1 - c0 + 1, torch.zeros_like(c0)).long()
+    ny = torch.where(ok, r1 - r0 + 1, torch.zeros_like(r0)).long()
+    count = nx * ny  # (V, F)
+
+    pix = torch.full((n_views, size * size, k_layers), -1, dtype=torch.long, device=device)
+    zbuf = torch.full((n_views, size * size, k_layers), -1.0, dtype=dtype, device=device)
+    bary = torch.full((n_views, size * size, k_layers, 3), -1.0, dtype=dtype, device=device)
+    per_view = count.sum(1).tolist()
+    start = 0
+    while start < n_views:
+        stop, total = start + 1, per_view[start]
+        while stop < n_views and total + per_view[stop] <= budget:
+            total += per_view[stop]
+            stop += 1
+        view, face = torch.nonzero(count[start:stop] > 0, as_tuple=True)
+        view = view + start
+        n = count[view, face]
+        rep = torch.repeat_interleave(torch.arange(len(view), device=device), n)
+        local = torch.arange(len(rep), device=device) - (torch.cumsum(n, 0) - n)[rep]
+        v, f = view[rep], face[rep]
+        w = nx[v, f]
+        pc = c0[v, f] + (local % w).to(dtype)
+        pr = r0[v, f] + torch.div(local, w, rounding_mode="floor").to(dtype)
+        fc, fr, fz = col[v, f], row[v, f], z[v, f]  # (C, 3)
+        e0 = (fc[:, 2] - fc[:, 1]) * (pr - fr[:, 1]) - (fr[:, 2] - fr[:, 1]) * (pc - fc[:, 1])
+        e1 = (fc[:, 0] - fc[:, 2]) * (pr - fr[:, 2]) - (fr[:, 0] - fr[:, 2]) * (pc - fc[:, 2])
+        e2 = (fc[:, 1] - fc[:, 0]) * (pr - fr[:, 0]) - (fr[:, 1] - fr[:, 0]) * (pc - fc[:, 0])
+        b = torch.stack([e0, e1, e2], 1) / area[v, f][:, None]
+        inside = (b >= -1e-6).all(1)
+        b, v, f, fz = b[inside], v[inside], f[inside], fz[inside]
+        key = v * (size * size) + (pr[inside] * size + pc[inside]).long()
+        inv = b / fz
+        depth = 1.0 / inv.sum(1)
+        b = inv * depth[:, None]
+        for layer in range(k_layers):
+            if len(key) == 0:
+                break
+            best = torch.full((n_views * size * size,), float("inf"), dtype=dtype, device=device)
+            best.scatter_reduce_(0, key, depth, reduce="amin")
+            win = depth <= best[key]
+            first = torch.full((n_views * size * size,), n_faces, dtype=torch.long, device=device)
+            first.scatter_reduce_(0, key[win], f[win], reduce="amin")
+            win &= f == first[key]
+            kv, kp = torch.div(key[win], size * size, rounding_mode="floor"), key[win] % (size * size)
+            pix[kv, kp, layer], zbuf[kv, kp, layer], bary[kv, kp, layer] = f[win], depth[win], b[win]
+            keep = ~win
+            key, depth, f, b = key[keep], depth[keep], f[keep], b[keep]
+        start = stop
+    shape = (n_views, size, size, k_layers)
+    return pix.reshape(shape), zbuf.reshape(shape), bary.reshape(*shape, 3)
+
+
 def _rasterize_pytorch3d(verts: torch.Tensor, faces: torch.Tensor, face_ndc: torch.Tensor, cameras,
                          settings: RenderSettings):
     """One ``MeshRasterizer`` pass over ``V`` copies of the mesh (coarse-to-fine on CUDA)."""
@@ -315,8 +388,11 @@ def rasterize(verts: torch.Tensor, faces: torch.Tensor, rig: ViewRig, settings: 
     """
     cameras = rig.to_pytorch3d(verts.device)
     face_ndc = project_to_ndc(verts, cameras)[:, faces]  # (V, F, 3, 3)
-    if _resolve_backend(settings, verts.device) == "tiled":
+    backend = _resolve_backend(settings, verts.device)
+    if backend == "tiled":
         pix, zbuf, bary = _rasterize_tiled(face_ndc, settings)
+    elif backend == "torch":
+        pix, zbuf, bary = _rasterize_torch(face_ndc, settings)
     else:
         pix, zbuf, bary = _rasterize_pytorch3d(verts, faces, face_ndc, cameras, settings)
     return pix, zbuf, bary, cameras

@@ -31,6 +31,7 @@ import json
 import math
 import multiprocessing
 import os
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -47,7 +48,7 @@ from rich.text import Text
 
 from .base import MeshTokenizer, get_tokenizer
 from .errors import MeshgenError, MeshInputError
-from .io import MESH_SUFFIXES, atomic_path, atomic_write_text, load_mesh
+from .io import MESH_SUFFIXES, atomic_path, load_mesh
 
 FORMAT_VERSION = 1
 DEFAULT_SHARD_SIZE = 256
@@ -59,6 +60,7 @@ SHARD_METADATA_KEY = b"tokenizers3d.batch"
 #: Test hook: seconds to sleep before each mesh, so tests can kill a run part-way deterministically.
 DELAY_ENV = "TOKENIZERS3D_BATCH_DELAY_S"
 RAY_INSTALL_HINT = "pip install 'meshgen[ray]'"
+FILE_MODE = 0o644
 
 NORMALIZATION_TYPE = pa.struct([("center", pa.list_(pa.float64())), ("scale", pa.float64())])
 #: One row per tokenized mesh; every shard has exactly this schema.
@@ -243,6 +245,13 @@ def failures_name(index: int) -> str:
     return f"shard-{index:05d}.failures.jsonl"
 
 
+def _write_text(path: Path, text: str) -> None:
+    """Atomic write, readable by everyone (``atomic_path`` temporaries are private, 0600)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.chmod(FILE_MODE)
+
+
 def _config_json(config: dict) -> str:
     return json.dumps(config, sort_keys=True)
 
@@ -319,12 +328,13 @@ def write_shard(out_dir: str | Path, index: int, rows: Sequence[dict], failures:
     The shard's existence marks the unit complete, so it is written last.
     """
     out_dir = Path(out_dir)
-    atomic_write_text(out_dir / failures_name(index), "".join(json.dumps(f) + "\n" for f in failures))
+    _write_text(out_dir / failures_name(index), "".join(json.dumps(f) + "\n" for f in failures))
     meta = {"format": FORMAT_VERSION, "shard": index, "tokenizer_config": tok_config,
             "config_hash": _config_hash(tok_config), "n_rows": len(rows), "n_failed": len(failures)}
     table = _shard_table(rows, tok_config).replace_schema_metadata({SHARD_METADATA_KEY: json.dumps(meta).encode()})
     with atomic_path(out_dir / shard_name(index)) as tmp:
         pq.write_table(table, tmp, compression="zstd")
+        tmp.chmod(FILE_MODE)
 
 
 def run_shard(job: BatchJob, task: ShardTask, tok: MeshTokenizer | None = None) -> tuple[int, int]:
@@ -344,22 +354,28 @@ def shard_complete(out_dir: str | Path, index: int) -> bool:
 
 
 class _Progress:
-    """A rich progress bar (meshes, meshes/s, failures) on stderr, or nothing."""
+    """A rich progress bar (meshes, meshes/s, failures) on stderr, or nothing.
+
+    The bar (and its refresh thread) starts at the first update, after the process pool has forked.
+    """
 
     def __init__(self, total: int, *, enabled: bool):
         self.total, self.enabled, self.n_failed = total, enabled, 0
         self._bar = self._task = None
 
     def __enter__(self) -> _Progress:
-        if self.enabled:
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 _RateColumn(), TimeRemainingColumn(), console=Console(stderr=True))
-            self._bar.__enter__()
-            self._task = self._bar.add_task("tokenizing", total=self.total)
         return self
+
+    def _start(self) -> None:
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+                             TimeRemainingColumn(), console=Console(stderr=True))
+        self._bar.__enter__()
+        self._task = self._bar.add_task("tokenizing", total=self.total)
 
     def advance(self, n_ok: int, n_failed: int) -> None:
         self.n_failed += n_failed
+        if self.enabled and self._bar is None:
+            self._start()
         if self._bar is not None:
             self._bar.update(self._task, advance=n_ok + n_failed, description=f"tokenizing ({self.n_failed} failed)")
 
@@ -382,13 +398,28 @@ class _RateColumn(ProgressColumn):
 _WORKER_TOKENIZER: MeshTokenizer | None = None
 
 
+def _exit_with_parent() -> None:
+    """In a pool worker: exit as soon as the parent process dies (e.g. SIGKILL), instead of lingering."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()  # returns when the parent's sentinel closes
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _init_worker(spec: TokenizerSpec) -> None:
     global _WORKER_TOKENIZER
+    _exit_with_parent()
     _WORKER_TOKENIZER = spec.build()
 
 
 def _worker_tokenize(job: BatchJob, ids: tuple[str, ...]) -> tuple[list[dict], list[dict]]:
-    assert _WORKER_TOKENIZER is not None, "worker not initialized"
+    if _WORKER_TOKENIZER is None:
+        raise RuntimeError("pool worker was not initialized with a tokenizer")
     return _tokenize_files(_WORKER_TOKENIZER, job, ids)
 
 
@@ -398,7 +429,11 @@ def _chunk_size(n_files: int, workers: int, shard_size: int) -> int:
 
 
 def _pool_context():
+    """``fork`` when this process runs no other thread (fast, and needs no ``__main__`` guard), else
+    ``forkserver`` (preloading this module), else ``spawn``."""
     methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
     if "forkserver" in methods:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload([__name__])
@@ -431,7 +466,8 @@ def _run_local(job: BatchJob, tasks: Sequence[ShardTask], workers: int, shard_si
             progress.advance(len(rows), len(failures))
             done[index][j] = (rows, failures)
             if len(done[index]) == expected[index]:
-                parts = [done[index][k] for k in sorted(done.pop(index))]
+                chunks = done.pop(index)
+                parts = [chunks[k] for k in sorted(chunks)]
                 write_shard(job.out_dir, index, [r for p in parts for r in p[0]], [f for p in parts for f in p[1]],
                             tok.config)
 
@@ -500,12 +536,15 @@ def _run_ray(job: BatchJob, tasks: Sequence[ShardTask], workers: int, address: s
         return
     with _ray_session(address, workers) as ray:
         ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
-        items = [{"index": t.index, "ids": list(t.ids)} for t in tasks]
-        ds = ray.data.from_items(items, override_num_blocks=len(items))
-        ds = ds.map(_ray_shard, fn_kwargs={"job": job}, num_cpus=1, concurrency=None if unlimited else workers)
-        for out in ds.iter_rows():
-            progress.advance(int(out["n_ok"]), int(out["n_failed"]))
+        ray_bars, ctx.enable_progress_bars = ctx.enable_progress_bars, False
+        try:
+            items = [{"index": t.index, "ids": list(t.ids)} for t in tasks]
+            ds = ray.data.from_items(items, override_num_blocks=len(items))
+            ds = ds.map(_ray_shard, fn_kwargs={"job": job}, num_cpus=1, concurrency=None if unlimited else workers)
+            for out in ds.iter_rows():
+                progress.advance(int(out["n_ok"]), int(out["n_failed"]))
+        finally:
+            ctx.enable_progress_bars = ray_bars
 
 
 # ---- plan, manifest, failures ------------------------------------------------------------------------
@@ -527,7 +566,7 @@ def _load_or_create_plan(out_dir: Path, tok_config: dict, shard_size: int, max_f
         if any(out_dir.glob("shard-*.parquet")):
             raise BatchError(f"{out_dir}: has shards but no {PLAN_NAME}; use an empty output directory")
         plan = BatchPlan(tok_config, shard_size, max_faces, files, str(input_dir))
-        atomic_write_text(out_dir / PLAN_NAME, plan.to_json())
+        _write_text(out_dir / PLAN_NAME, plan.to_json())
         return plan, []
     plan = BatchPlan.load(out_dir)
     _check_plan(out_dir, plan, tok_config, shard_size, max_faces)
@@ -594,8 +633,8 @@ def rebuild_manifest(out_dir: str | Path) -> dict:
         "n_done": n_rows + n_failed,
         "shards": shards,
     }
-    atomic_write_text(out_dir / FAILURES_NAME, "".join(json.dumps(f) + "\n" for f in failures))
-    atomic_write_text(out_dir / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
+    _write_text(out_dir / FAILURES_NAME, "".join(json.dumps(f) + "\n" for f in failures))
+    _write_text(out_dir / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 
@@ -706,3 +745,31 @@ def batch_tokenize(
         n_shards_skipped=len(tasks) - len(pending), wall_s=wall, meshes_per_s=n_pending / wall if wall > 0 else 0.0,
         config_hash=manifest["config_hash"], warnings=notes,
     )
+
+
+def benchmark_batch(input_dir: str | Path, *, workers: Sequence[int] = (1, 2), tokenizer: str = "adjacent",
+                    tokenizer_config: dict | None = None, engine: str = "local", shard_size: int = DEFAULT_SHARD_SIZE,
+                    max_faces: int | None = None) -> list[BatchReport]:
+    """Time fresh batch runs (one per entry of ``workers``) into temporary directories, deleted afterwards.
+
+    The first few meshes are tokenized and written to a throwaway shard once, untimed, so one-off
+    costs (lazy imports of trimesh loaders, Parquet writer set-up) are not charged to the first run.
+
+    Returns
+    -------
+    list of BatchReport
+        One per worker count; ``meshes_per_s`` includes pool / Ray start-up.
+    """
+    import tempfile
+
+    tok = get_tokenizer(tokenizer, **(tokenizer_config or {}))
+    with tempfile.TemporaryDirectory(prefix="batch-warmup-") as tmp:
+        warm = BatchJob(str(Path(input_dir).resolve()), tmp, TokenizerSpec(tok.config), max_faces)
+        run_shard(warm, ShardTask(0, tuple(list_mesh_files(input_dir)[:4])), tok)
+    reports = []
+    for n in workers:
+        with tempfile.TemporaryDirectory(prefix="batch-bench-") as tmp:
+            reports.append(batch_tokenize(input_dir, Path(tmp) / "shards", tokenizer=tokenizer,
+                                          tokenizer_config=tokenizer_config, workers=n, engine=engine,
+                                          shard_size=shard_size, max_faces=max_faces, progress=False))
+    return reports

@@ -25,9 +25,9 @@ import hashlib
 import json
 import math
 import multiprocessing
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -229,8 +229,12 @@ def extrude(polygon: np.ndarray, z0: float, z1: float, *, name: str = "body") ->
     if polygon_area(poly) < 0:
         poly = poly[::-1]
     cap = triangulate_polygon(poly)
-    lift = lambda z: np.hstack([poly, np.full((len(poly), 1), float(z))])  # noqa: E731
-    return _loft(lift(z0), lift(z1), cap, name)
+    return _loft(_lift(poly, z0), _lift(poly, z1), cap, name)
+
+
+def _lift(polygon: np.ndarray, z: float) -> np.ndarray:
+    """(N, 2) polygon -> (N, 3) points at height ``z``."""
+    return np.hstack([polygon, np.full((len(polygon), 1), float(z))])
 
 
 def box(size: Sequence[float], center: Sequence[float] = (0.0, 0.0, 0.0), *, name: str = "body") -> Part:
@@ -353,46 +357,34 @@ def rounded_box(size: Sequence[float], radius: float, segments: int, *, name: st
             index[(*sign, *ijk)] = len(verts)
             verts.append(sg * (half - radius) + radius * d / np.linalg.norm(d))
     faces: list[tuple[int, int, int]] = []
-
-    def quad(a, b, c, d):
-        faces.extend([(a, b, c), (a, c, d)])
-
-    for sign in np.ndindex(2, 2, 2):  # corner patches
-        v = lambda a, b: index[(*sign, a, b, s - a - b)]  # noqa: E731
+    for sign in np.ndindex(2, 2, 2):  # corner patches: a triangle grid over the octant
         for a in range(s):
             for b in range(s - a):
-                faces.append((v(a, b), v(a + 1, b), v(a, b + 1)))
+                faces.append((index[(*sign, a, b, s - a - b)], index[(*sign, a + 1, b, s - a - b - 1)],
+                              index[(*sign, a, b + 1, s - a - b - 1)]))
                 if a + b <= s - 2:
-                    faces.append((v(a + 1, b), v(a + 1, b + 1), v(a, b + 1)))
-    for axis in range(3):  # edge strips: the two corners differ in `axis`, boundary rows have ijk[axis] == 0
-        o1, o2 = [ax for ax in range(3) if ax != axis]
-        for s1 in (0, 1):
-            for s2 in (0, 1):
-                corner = {}
-                for sa in (0, 1):
-                    sign = [0, 0, 0]
-                    sign[axis], sign[o1], sign[o2] = sa, s1, s2
-                    corner[sa] = tuple(sign)
-                for t in range(s):
-                    def key(sa, t, corner=corner, axis=axis, o1=o1, o2=o2):
-                        ijk = [0, 0, 0]
-                        ijk[o1], ijk[o2] = t, s - t
-                        return index[(*corner[sa], *ijk)]
-                    quad(key(0, t), key(1, t), key(1, t + 1), key(0, t + 1))
-    for axis in range(3):  # flat sides: the four corners' pure-axis vertices
-        o1, o2 = [ax for ax in range(3) if ax != axis]
-        ijk = [0, 0, 0]
-        ijk[axis] = s
-        for sa in (0, 1):
-            ring = []
-            for s1, s2 in ((0, 0), (1, 0), (1, 1), (0, 1)):
-                sign = [0, 0, 0]
-                sign[axis], sign[o1], sign[o2] = sa, s1, s2
-                ring.append(index[(*sign, *ijk)])
-            quad(*ring)
+                    faces.append((index[(*sign, a + 1, b, s - a - b - 1)], index[(*sign, a + 1, b + 1, s - a - b - 2)],
+                                  index[(*sign, a, b + 1, s - a - b - 1)]))
+    for axis, s1, s2 in product(range(3), (0, 1), (0, 1)):  # edge strips between corners that differ in `axis`
+        for t in range(s):
+            ring = [index[(*_on_axes(axis, sa, s1, s2), *_on_axes(axis, 0, tt, s - tt))]
+                    for sa, tt in ((0, t), (1, t), (1, t + 1), (0, t + 1))]
+            faces += [(ring[0], ring[1], ring[2]), (ring[0], ring[2], ring[3])]
+    for axis, sa in product(range(3), (0, 1)):  # flat sides: the four corners' pure-axis vertices
+        ring = [index[(*_on_axes(axis, sa, s1, s2), *_on_axes(axis, s, 0, 0))]
+                for s1, s2 in ((0, 0), (1, 0), (1, 1), (0, 1))]
+        faces += [(ring[0], ring[1], ring[2]), (ring[0], ring[2], ring[3])]
     verts = np.asarray(verts)
     faces = np.asarray(faces, dtype=np.int64)
     return Part(verts, _orient_convex(verts, faces), name)
+
+
+def _on_axes(axis: int, along: int, first: int, second: int) -> tuple[int, int, int]:
+    """A 3-tuple with ``along`` at ``axis`` and ``first``, ``second`` at the other two axes in order."""
+    out = [0, 0, 0]
+    o1, o2 = (ax for ax in range(3) if ax != axis)
+    out[axis], out[o1], out[o2] = along, first, second
+    return out[0], out[1], out[2]
 
 
 def _orient_convex(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -594,10 +586,10 @@ def _gen_extrusion(rng: np.random.Generator) -> Generated:
     return [extrude(poly, 0.0, height)], {"style": style, "n_points": len(poly), "height": height, **extra}
 
 
-def _smooth_profile(rng: np.random.Generator, z: np.ndarray, knots_z: np.ndarray, knots_r: np.ndarray) -> np.ndarray:
+def _smooth_profile(z: np.ndarray, knots_z: np.ndarray, knots_r: np.ndarray) -> np.ndarray:
+    """Monotone cubic (no overshoot) radius profile through the knots, sampled at ``z``."""
     from scipy.interpolate import PchipInterpolator
 
-    del rng
     return PchipInterpolator(knots_z, knots_r)(z)
 
 
@@ -621,7 +613,7 @@ def _gen_lathe(rng: np.random.Generator) -> Generated:
         body, neck = _uniform(rng, 0.25, 0.45), _uniform(rng, 0.06, 0.12)
         shoulder = _uniform(rng, 0.45, 0.7) * height
         kz = np.array([0.0, shoulder, shoulder + 0.15 * height, height])
-        r = _smooth_profile(rng, z, kz, np.array([body, body, neck, neck]))
+        r = _smooth_profile(z, kz, np.array([body, body, neck, neck]))
     else:
         n_knots = 4
         kz = np.linspace(0.0, height, n_knots)
@@ -629,7 +621,7 @@ def _gen_lathe(rng: np.random.Generator) -> Generated:
         kr = rng.uniform(lo, hi, n_knots)
         if style == "bowl":
             kr = np.sort(kr) * np.array([0.5, 0.9, 1.0, 1.0])
-        r = _smooth_profile(rng, z, kz, kr)
+        r = _smooth_profile(z, kz, kr)
     if style in ("vase", "bowl"):
         thickness = _uniform(rng, 0.02, 0.05)
         r = np.maximum(r, 2.5 * thickness)
@@ -756,11 +748,11 @@ def _gen_shelf(rng: np.random.Generator) -> Generated:
         parts.append(_board(rng, (inner_w + t, depth * 0.98, t), (0, -0.005 * depth, zc), style, seg, f"board_{i}"))
     has_back = bool(rng.random() < 0.5)
     if has_back:
-        parts.append(box((inner_w + t, t / 2.0, height - t), (0, depth / 2.0 - t / 4.0 + 1e-3, height / 2.0),
+        parts.append(box((inner_w + t, t / 2.0, height - t), (0, depth / 2.0 - t / 4.0 - 1e-3, height / 2.0),
                          name="back"))
     n_div = int(rng.integers(0, 4)) if n_boards >= 2 else 0
     for i, x in enumerate(np.linspace(-inner_w / 2.0, inner_w / 2.0, n_div + 2)[1:-1]):
-        parts.append(_board(rng, (t, depth * 0.95, height - 2 * t), (x, -0.01 * depth, height / 2.0), style, seg,
+        parts.append(_board(rng, (t, depth * 0.95, height - t), (x, -0.01 * depth, height / 2.0), style, seg,
                             f"divider_{i}"))
     params = {"width": width, "depth": depth, "height": height, "thickness": t, "n_boards": n_boards,
               "style": style, "segments": seg, "back": has_back, "n_dividers": n_div}
@@ -791,7 +783,7 @@ def _gen_lamp(rng: np.random.Generator) -> Generated:
     has_bulb = bool(rng.random() < 0.6)
     if has_bulb:
         br = min(_uniform(rng, 0.03, 0.05), 0.6 * (r_top - t))
-        ang = np.linspace(0.0, np.pi, _log_int(rng, 4, 8) + 1)[::-1]
+        ang = np.linspace(0.0, np.pi, _log_int(rng, 4, 8) + 1)
         prof = np.stack([br * np.sin(ang), top_z - br * np.cos(ang)], 1)
         prof[0, 0] = prof[-1, 0] = 0.0
         parts.append(lathe(prof, max(8, n // 2), name="bulb"))
@@ -808,8 +800,8 @@ def _gen_mug(rng: np.random.Generator) -> Generated:
     prof = np.array([(0, 0), (radius - bev, 0), (radius, bev), (radius, height), (radius - t, height),
                      (radius - t, floor), (0, floor)])
     body = lathe(prof, n, name="body")
-    arc = _uniform(rng, 0.6, 0.8) * 2 * np.pi
-    tube = _uniform(rng, 0.04, 0.07)
+    arc = _uniform(rng, 0.5, 0.56) * 2 * np.pi  # ends enter the wall almost horizontally
+    tube = _uniform(rng, 0.035, 0.06)
     span = _uniform(rng, 0.45, 0.65) * height  # vertical distance between the two ends
     major = span / 2.0 / math.sin(arc / 2.0)
     xc = radius - t / 2.0 - major * math.cos(arc / 2.0)  # both ends sit in the wall
@@ -868,13 +860,13 @@ FAMILIES: dict[str, FamilySpec] = {s.name: s for s in (
     _spec("torus", _gen_torus, (18, 4096), "low-poly torus, 3-64 x 3-32 segments"),
     _spec("stairs", _gen_stairs, (20, 132), "straight staircase, 2-16 steps, extruded profile"),
     _spec("extrusion", _gen_extrusion, (16, 156), "extruded random simple polygon (star, blob, letter)"),
-    _spec("lathe", _gen_lathe, (48, 6400), "vases, bowls (hollow), bottles, balusters; 6-64 segments"),
-    _spec("table", _gen_table, (34, 1200), "top + legs (+ apron), or round top + pedestal", composite=True),
-    _spec("chair", _gen_chair, (84, 1000), "seat + 4 legs + back (panel, slats, rails) + stretchers",
+    _spec("lathe", _gen_lathe, (48, 6272), "vases, bowls (hollow), bottles, balusters; 6-64 segments"),
+    _spec("table", _gen_table, (60, 1056), "top + legs (+ apron), or round top + pedestal", composite=True),
+    _spec("chair", _gen_chair, (72, 392), "seat + 4 legs + back (panel, slats, rails) + stretchers",
           composite=True),
-    _spec("shelf", _gen_shelf, (48, 4400), "side panels + boards (+ back, dividers)", composite=True),
-    _spec("lamp", _gen_lamp, (76, 2200), "base + stem + shade (+ bulb)", composite=True),
-    _spec("mug", _gen_mug, (200, 1300), "hollow lathed body + tube-arc handle", composite=True),
+    _spec("shelf", _gen_shelf, (48, 4024), "side panels + boards (+ back, dividers)", composite=True),
+    _spec("lamp", _gen_lamp, (120, 1264), "base + stem + shade (+ bulb)", composite=True),
+    _spec("mug", _gen_mug, (176, 888), "hollow lathed body + tube-arc handle", composite=True),
 )}
 
 
@@ -981,6 +973,7 @@ def generate(family: str, seed: int, *, rotate: bool = False) -> ProceduralMesh:
         quat = rng.normal(size=4)
         quat /= np.linalg.norm(quat)
         vertices = vertices @ _quaternion_matrix(quat).T
+        vertices -= (vertices.min(0) + vertices.max(0)) / 2.0
         params["rotation"] = quat.tolist()
     _check_clean(vertices, faces, family, seed)
     mesh = trimesh.Trimesh(vertices, faces, process=False)
@@ -1008,7 +1001,7 @@ def sample_family(seed: int, families: Sequence[str] | None = None) -> str:
 
 def object_seed(seed: int, index: int, attempt: int = 0) -> int:
     """Seed of object ``index`` of a dataset made with ``seed`` (independent of worker count)."""
-    key = [int(seed), int(index)] + ([int(attempt)] if attempt else [])
+    key = [int(seed), int(index)] + ([int(attempt) % 2**32, int(attempt < 0)] if attempt else [])
     return int(np.random.SeedSequence(key).generate_state(1, dtype=np.uint32)[0])
 
 
@@ -1016,8 +1009,8 @@ def object_seed(seed: int, index: int, attempt: int = 0) -> int:
 # Dataset
 # ----------------------------------------------------------------------------------------------
 
-MAX_ATTEMPTS = 64
-
+ATTEMPTS_PER_FAMILY = 16
+MAX_ATTEMPTS = 256
 
 @dataclass(frozen=True)
 class DatasetConfig:
@@ -1069,14 +1062,23 @@ def _eligible_families(families: Sequence[str] | None, max_faces: int | None) ->
 
 
 def build_object(index: int, config: DatasetConfig) -> tuple[ProceduralMesh, int]:
-    """Object ``index`` of a dataset: its mesh and the attempt that met ``max_faces``."""
+    """Object ``index`` of a dataset and the attempt that met ``config.max_faces``.
+
+    Attempt 0 is ``generate(sample_family(object_seed(seed, index)), object_seed(seed, index))``.
+    Too large a mesh is re-drawn with seed ``object_seed(seed, index, attempt)``; after every
+    :data:`ATTEMPTS_PER_FAMILY` failures the family is re-drawn too, so with ``max_faces`` the
+    families that rarely fit are somewhat under-represented.
+    """
     names = _eligible_families(config.families, config.max_faces)
     family = sample_family(object_seed(config.seed, index), names)
     for attempt in range(MAX_ATTEMPTS):
+        if attempt and attempt % ATTEMPTS_PER_FAMILY == 0:
+            family = sample_family(object_seed(config.seed, index, -attempt), names)
         pm = generate(family, object_seed(config.seed, index, attempt), rotate=config.rotate)
         if config.max_faces is None or pm.n_faces <= config.max_faces:
             return pm, attempt
-    raise RuntimeError(f"{family!r} made no mesh with at most {config.max_faces} faces in {MAX_ATTEMPTS} attempts")
+    raise RuntimeError(f"no mesh with at most {config.max_faces} faces for object {index} in {MAX_ATTEMPTS} attempts "
+                       f"(families {', '.join(names)})")
 
 
 def _write_object(out_dir: str, index: int, config: DatasetConfig) -> dict:
@@ -1183,8 +1185,8 @@ def make_dataset(out_dir: str | Path, n: int, *, seed: int = 0, workers: int = 2
     Path
         ``out_dir``.
     """
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+    if n < 0 or seed < 0:
+        raise ValueError(f"n and seed must be >= 0, got n={n}, seed={seed}")
     config = DatasetConfig(int(seed), None if families is None else tuple(sorted(set(families))),
                            _check_splits(splits), None if max_faces is None else int(max_faces), bool(rotate))
     _eligible_families(config.families, config.max_faces)
@@ -1289,12 +1291,12 @@ def write_samples(out_dir: str | Path, *, max_faces: int = 400) -> Path:
         "```bash\n"
         f"python scripts/make_dataset.py --samples assets/procedural --sample-max-faces {max_faces}\n"
         "```\n\n"
-        "i.e. `tokenizers3d.procedural.write_samples(\"assets/procedural\", max_faces="
-        f"{max_faces})`: for each family the first seed in 0..63 whose mesh has at most {max_faces} faces,\n"
-        "unrotated. Files are binary PLY with a per-face integer `label` property (part index; 0 for\n"
-        "single-part families) and matching face colours; read the labels with\n"
-        "`tokenizers3d.io.read_ply_face_labels`. Regenerating gives identical files for the same\n"
-        f"generator version ({GENERATOR_VERSION}).\n\n"
+        f"which calls `tokenizers3d.procedural.write_samples(\"assets/procedural\", max_faces={max_faces})`: for each\n"
+        f"family, the first seed in 0..{SAMPLE_SEEDS.stop - 1} whose (unrotated) mesh has at most {max_faces} faces.\n"
+        "Files are binary PLY with a per-face integer `label` property (part index; 0 for single-part\n"
+        "families) and matching face colours; read the labels with `tokenizers3d.io.read_ply_face_labels`.\n"
+        "Regenerating gives the same meshes for the same generator version "
+        f"({GENERATOR_VERSION}); `tests/test_procedural.py` checks that.\n\n"
         "| family | seed | faces | vertices | parts | part kinds |\n|---|---|---|---|---|---|\n"
         + "\n".join(rows) + "\n"
     )
@@ -1315,4 +1317,3 @@ __all__ = [
     "lathe_loop", "torus", "cylinder", "pyramid", "regular_polygon",
 ]
 
-_ = os  # os is used by type-checkers in docs; keep import stable

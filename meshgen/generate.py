@@ -1,0 +1,223 @@
+"""Sliding-window generation, and the training-window sampler that matches it.
+
+Inference keeps a rolling KV cache of at most ``window / 3^i`` elements per layer at level ``i``
+(``model.init_cache(cond, window=...)``), so memory stays flat however long the mesh grows, and meshes
+longer than any training window can be generated.
+
+Training windows (truncated training): :func:`sample_training_window` crops a token sequence to
+``window + 1`` ids starting at ``start_pos = 9 k`` -- BOS for ``k = 0``, otherwise the last token of face
+``k - 1`` -- so that vertex and face groups line up with the hourglass pooling (see
+``meshgen.hourglass``). Feed ``inputs = crop[:-1]``, ``targets = crop[1:]`` and ``start_pos``; sequences
+of at most ``window + 1`` ids are used whole.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .modeling import Conditioning, Context, CoordVocab, MeshGenerator
+from .sampling import FaceConstraint, invalid_rate, sample_next
+
+FACE_TOKENS = 9
+
+
+# ---- training windows -----------------------------------------------------------------------------
+@dataclass
+class TrainingWindow:
+    """``tokens`` (<= window + 1 ids) taken from position ``start_pos`` (a multiple of 9) of a sequence."""
+
+    tokens: np.ndarray
+    start_pos: int
+
+
+def sample_training_window(ids: Sequence[int] | np.ndarray, window: int, rng: np.random.Generator) -> TrainingWindow:
+    """A random face-aligned crop of ``window + 1`` ids (whole sequence if it fits).
+
+    Starts are ``9 k`` for ``k`` uniform in ``0 .. ceil((len - window - 1) / 9)``, so every token,
+    EOS included, can be a target.
+    """
+    if window < FACE_TOKENS or window % FACE_TOKENS:
+        raise ValueError(f"window must be a positive multiple of {FACE_TOKENS}, got {window}")
+    ids = np.asarray(ids, dtype=np.int64)
+    excess = len(ids) - (window + 1)
+    if excess <= 0:
+        return TrainingWindow(ids, 0)
+    k = int(rng.integers(0, -(-excess // FACE_TOKENS) + 1))
+    start = FACE_TOKENS * k
+    return TrainingWindow(ids[start : start + window + 1], start)
+
+
+@dataclass
+class WindowBatch:
+    inputs: torch.Tensor  # (B, T) long, PAD-filled
+    targets: torch.Tensor  # (B, T) long, PAD where there is nothing to predict
+    start_pos: torch.Tensor  # (B,) long
+
+
+def collate_windows(
+    seqs: Sequence[Sequence[int] | np.ndarray], window: int, rng: np.random.Generator, *, pad_id: int
+) -> WindowBatch:
+    """Crop each sequence with :func:`sample_training_window` and right-pad into model inputs and targets."""
+    crops = [sample_training_window(s, window, rng) for s in seqs]
+    T = max(len(c.tokens) for c in crops) - 1
+    inputs = np.full((len(crops), T), pad_id, dtype=np.int64)
+    targets = np.full((len(crops), T), pad_id, dtype=np.int64)
+    for i, c in enumerate(crops):
+        inputs[i, : len(c.tokens) - 1] = c.tokens[:-1]
+        targets[i, : len(c.tokens) - 1] = c.tokens[1:]
+    starts = torch.tensor([c.start_pos for c in crops], dtype=torch.long)
+    return WindowBatch(torch.from_numpy(inputs), torch.from_numpy(targets), starts)
+
+
+# ---- sampling loop --------------------------------------------------------------------------------
+@dataclass
+class GenerationResult:
+    """One entry per batch row. ``ids`` run from BOS to EOS (no EOS when ``stopped_reason`` is
+    ``max_length`` or ``invalid_token``, which only unconstrained sampling produces)."""
+
+    ids: list[np.ndarray]
+    n_faces: list[int]
+    stopped_reason: list[str]  # "eos" | "max_faces" | "max_length" | "invalid_token"
+    n_steps: int
+    seconds: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.n_steps * len(self.ids) / max(self.seconds, 1e-9)
+
+
+def sample_sequences(
+    step: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    batch: int,
+    bits: int,
+    max_faces: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    constraints: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+    device: str | torch.device = "cpu",
+) -> GenerationResult:
+    """Autoregressive loop around ``step(tokens (B, 1)) -> logits (B, V)`` (the model plus its cache).
+
+    Rows that finished are fed PAD. With ``constraints`` every row is a valid canonical mesh.
+    """
+    if max_faces < 1:
+        raise ValueError("max_faces must be >= 1")
+    vocab = CoordVocab(bits)
+    seqs = [[vocab.bos] for _ in range(batch)]
+    reasons = ["max_length"] * batch
+    done = [False] * batch
+    states = [FaceConstraint(bits, max_faces=max_faces) for _ in range(batch)] if constraints else None
+    pad_only = np.zeros(vocab.size, dtype=bool)
+    pad_only[vocab.pad] = True
+    max_steps = FACE_TOKENS * max_faces + 1
+    cur = torch.full((batch, 1), vocab.bos, dtype=torch.long, device=device)
+    t0 = time.perf_counter()
+    n_steps = 0
+    for n_steps in range(1, max_steps + 1):
+        logits = step(cur)  # (B, V)
+        allowed = None
+        if states is not None:
+            rows = [pad_only if done[b] else states[b].allowed() for b in range(batch)]
+            allowed = torch.from_numpy(np.stack(rows)).to(logits.device)  # (B, V)
+        nxt = sample_next(
+            logits, allowed=allowed, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
+        ).tolist()
+        for b in range(batch):
+            if done[b]:
+                nxt[b] = vocab.pad
+                continue
+            t = nxt[b]
+            seqs[b].append(t)
+            if states is not None:
+                states[b].push(t)
+            if t == vocab.eos:
+                done[b] = True
+                full = states is not None and states[b].n_faces >= max_faces
+                reasons[b] = "max_faces" if full else "eos"
+            elif t >= vocab.n:
+                done[b], reasons[b] = True, "invalid_token"
+        if progress is not None:
+            progress(n_steps, max_steps)
+        if all(done):
+            break
+        cur = torch.tensor(nxt, dtype=torch.long, device=device)[:, None]  # (B, 1)
+    seconds = time.perf_counter() - t0
+    n_faces = [max(len(s) - 2, 0) // FACE_TOKENS for s in seqs]
+    return GenerationResult([np.asarray(s, dtype=np.int64) for s in seqs], n_faces, reasons, n_steps, seconds)
+
+
+@torch.no_grad()
+def generate(
+    model: MeshGenerator,
+    cond: Conditioning | Context | None,
+    *,
+    max_faces: int = 800,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    constraints: bool = True,
+    window: int | None = None,
+    batch_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> GenerationResult:
+    """Sample one mesh per conditioning row with a sliding-window cache.
+
+    Parameters
+    ----------
+    cond : Conditioning (B rows) or an encoded Context; ``None`` with ``batch_size`` for unconditional.
+    max_faces : stop (EOS) after this many faces.
+    temperature, top_k, top_p : sampling controls; ``temperature=0`` is greedy.
+    seed : seeds a ``torch.Generator``, so the same seed gives the same meshes.
+    constraints : mask logits so the output is a valid canonical mesh (:mod:`meshgen.sampling`).
+    window : attention window in tokens at inference (multiple of 9); default the model's.
+    progress : called as ``progress(steps_done, max_steps)`` after every token.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        cache = model.init_cache(cond, window=window, batch_size=batch_size)
+        batch = cache.context.cond_emb.shape[0]
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=device).manual_seed(seed)
+
+        def step(tokens: torch.Tensor) -> torch.Tensor:
+            return model(tokens, cache=cache).logits[:, -1]  # (B, V)
+
+        return sample_sequences(
+            step,
+            batch=batch,
+            bits=model.config.bits,
+            max_faces=max_faces,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            generator=generator,
+            constraints=constraints,
+            progress=progress,
+            device=device,
+        )
+    finally:
+        model.train(was_training)
+
+
+def measure_invalid_rate(model: MeshGenerator, cond: Conditioning | None, *, max_faces: int, seed: int = 0, **kw) -> dict:
+    """Invalid-mesh rate of :func:`generate` with and without constraints on the same inputs and seed."""
+    out = {}
+    for name, flag in (("constrained", True), ("unconstrained", False)):
+        res = generate(model, cond, max_faces=max_faces, seed=seed, constraints=flag, **kw)
+        out[name] = invalid_rate(res.ids, model.config.bits)
+        out[f"{name}_reasons"] = {r: res.stopped_reason.count(r) for r in sorted(set(res.stopped_reason))}
+    out["n"] = len(res.ids)
+    return out

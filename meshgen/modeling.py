@@ -1,0 +1,279 @@
+"""What every mesh generator shares: vocabulary, conditioning, outputs, weight init, save / load.
+
+* :class:`CoordVocab` -- ids of the ``coords`` tokenizer at ``bits`` b: ``0..n-1`` coordinate values
+  (``n = 2^b``), ``PAD = n``, ``BOS = n + 1``, ``EOS = n + 2``.
+* :class:`Conditioning` -- what the user gives (point cloud with normals, requested face count);
+  :meth:`MeshGenerator.encode` turns it into a :class:`Context` (encoder latents + a global embedding)
+  that is computed once per mesh and reused by every decoding step.
+* :class:`PretrainedMixin` -- ``save_pretrained(dir)`` writes ``config.json`` (class, format version,
+  config fields) and ``model.safetensors``; ``from_pretrained(dir)`` rebuilds the model from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from .encoder import PointEncoder
+from .layers import face_count_bucket
+
+FORMAT_VERSION = 1
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+
+
+# ---- vocabulary -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CoordVocab:
+    """Token ids of the ``coords`` sequence (see tokenizers3d.coords)."""
+
+    bits: int
+
+    @property
+    def n(self) -> int:
+        return 1 << self.bits
+
+    @property
+    def pad(self) -> int:
+        return self.n
+
+    @property
+    def bos(self) -> int:
+        return self.n + 1
+
+    @property
+    def eos(self) -> int:
+        return self.n + 2
+
+    @property
+    def size(self) -> int:
+        return self.n + 3
+
+
+# ---- inputs and outputs ---------------------------------------------------------------------------
+@dataclass
+class Conditioning:
+    """Model input besides the tokens.
+
+    Attributes
+    ----------
+    points : (B, N, 6) float or None
+        Point cloud in the unit cube ``[-0.5, 0.5]^3`` with unit normals (xyz, nx ny nz). ``None`` for an
+        unconditional model (cross-attention is skipped).
+    n_faces : (B,) int or None
+        Requested face count; ``None`` or ``<= 0`` means unknown.
+    """
+
+    points: torch.Tensor | None = None
+    n_faces: torch.Tensor | None = None
+
+    @property
+    def batch_size(self) -> int | None:
+        for t in (self.points, self.n_faces):
+            if t is not None:
+                return t.shape[0]
+        return None
+
+    def repeat(self, k: int) -> Conditioning:
+        """Each conditioning ``k`` times in a row (k samples per input)."""
+        rep = None if self.points is None else self.points.repeat_interleave(k, dim=0)
+        nf = None if self.n_faces is None else self.n_faces.repeat_interleave(k, dim=0)
+        return Conditioning(rep, nf)
+
+    def to(self, device) -> Conditioning:
+        return Conditioning(
+            None if self.points is None else self.points.to(device),
+            None if self.n_faces is None else self.n_faces.to(device),
+        )
+
+
+@dataclass
+class Context:
+    """Encoded conditioning: ``latents (B, L, Dc)`` (or None) and ``cond_emb (B, D)`` added to every token."""
+
+    latents: torch.Tensor | None
+    cond_emb: torch.Tensor
+
+
+@dataclass
+class ModelOutput:
+    """``logits (B, T, V)``; ``loss`` (mean cross entropy over non-PAD targets) when targets were given."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+
+
+# ---- config (de)serialization ----------------------------------------------------------------------
+def config_to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(cls, d: dict):
+    """Rebuild a (possibly nested) frozen config dataclass from :func:`config_to_dict` output."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    kw = {}
+    for name, value in d.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            value = config_from_dict(tp, value)
+        elif typing.get_origin(tp) is tuple and isinstance(value, list):
+            value = tuple(value)
+        kw[name] = value
+    return cls(**kw)
+
+
+# ---- save / load ----------------------------------------------------------------------------------
+_MODEL_CLASSES: dict[str, type] = {}
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("meshgen")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class PretrainedMixin:
+    """Save / load for an ``nn.Module`` with a frozen-dataclass ``config`` and a ``config_class``.
+
+    Subclasses register themselves by class name, so ``MeshGenerator.from_pretrained(dir)`` returns
+    whichever model was saved there.
+    """
+
+    config_class: type | None = None
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if cls.config_class is not None:
+            _MODEL_CLASSES[cls.__name__] = cls
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = self.state_dict()
+        tensors, tied, seen = {}, {}, {}
+        for name, t in state.items():
+            key = (t.data_ptr(), t.dtype, tuple(t.shape), t.stride(), t.device)
+            if t.numel() and key in seen:  # shared storage (e.g. tied embedding / head): store once
+                tied[name] = seen[key]
+                continue
+            seen[key] = name
+            tensors[name] = t.detach().to("cpu").contiguous()
+        meta = {
+            "class": type(self).__name__,
+            "format_version": FORMAT_VERSION,
+            "package_version": _package_version(),
+            "config": config_to_dict(self.config),
+            "tied": tied,
+        }
+        (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format_version": str(FORMAT_VERSION)})
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, map_location: str | torch.device = "cpu"):
+        """Rebuild the model saved in ``directory`` and load its weights (every key must match)."""
+        directory = Path(directory)
+        meta = json.loads((directory / CONFIG_NAME).read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{directory}: format_version {meta.get('format_version')} != {FORMAT_VERSION}")
+        name = meta["class"]
+        target = _MODEL_CLASSES.get(name)
+        if target is None:
+            raise ValueError(f"{directory}: unknown model class {name!r}; known: {sorted(_MODEL_CLASSES)}")
+        if not issubclass(target, cls):
+            raise TypeError(f"{directory} holds a {name}, not a {cls.__name__}")
+        model = target(config_from_dict(target.config_class, meta["config"]))
+        state = load_file(str(directory / WEIGHTS_NAME), device="cpu")
+        for alias, source in meta.get("tied", {}).items():
+            state[alias] = state[source]
+        model.load_state_dict(state, strict=True)
+        return model.to(map_location)
+
+
+# ---- base model -----------------------------------------------------------------------------------
+class MeshGenerator(nn.Module, PretrainedMixin):
+    """Shared parts of the decoders: token embedding, tied head, point encoder, face-count embedding.
+
+    Subclasses build ``self.blocks``-like stacks and implement ``forward`` and ``init_cache``.
+    """
+
+    def _build_shared(self, config) -> None:
+        self.vocab = CoordVocab(config.bits)
+        self.tok_emb = nn.Embedding(self.vocab.size, config.dim)
+        self.face_count_emb = nn.Embedding(config.n_face_buckets, config.dim)
+        self.encoder = PointEncoder(config.encoder)
+        self.ln_f = nn.LayerNorm(config.dim)
+        self.head = nn.Linear(config.dim, self.vocab.size, bias=False)
+        self.head.weight = self.tok_emb.weight  # tied
+
+    def init_weights(self, n_layers: int) -> None:
+        """GPT-2 init: N(0, 0.02), residual projections scaled by ``1 / sqrt(2 n_layers)``."""
+        std_res = 0.02 / math.sqrt(2 * max(n_layers, 1))
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=std_res if getattr(m, "is_residual", False) else 0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=0.02)
+
+    @property
+    def context_dim(self) -> int:
+        return self.encoder.dim
+
+    def num_params(self, *, decoder_only: bool = False) -> int:
+        """Parameters (tied ones counted once); ``decoder_only`` leaves the point encoder out."""
+        params = {id(p): p for n, p in self.named_parameters() if not (decoder_only and n.startswith("encoder."))}
+        return sum(p.numel() for p in params.values())
+
+    def encode(self, cond: Conditioning | Context | None, *, batch_size: int | None = None) -> Context:
+        """Run the point encoder and the face-count embedding once; a :class:`Context` passes through."""
+        if isinstance(cond, Context):
+            return cond
+        cond = cond or Conditioning()
+        B = cond.batch_size or batch_size
+        if B is None:
+            raise ValueError("batch size unknown: give a Conditioning with points or n_faces, or tokens")
+        device = self.tok_emb.weight.device
+        latents = None if cond.points is None else self.encoder(cond.points.to(device, torch.float32))
+        if cond.n_faces is None:
+            bucket = torch.zeros(B, dtype=torch.long, device=device)
+        else:
+            bucket = face_count_bucket(cond.n_faces.to(device), self.config.n_face_buckets)
+        return Context(latents, self.face_count_emb(bucket))
+
+    def _output(self, h: torch.Tensor, targets: torch.Tensor | None) -> ModelOutput:
+        logits = self.head(self.ln_f(h))  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]),  # (B T, V)
+                targets.reshape(-1),  # (B T,)
+                ignore_index=self.vocab.pad,
+            )
+        return ModelOutput(logits, loss)
+
+
+def start_positions(start_pos: int | torch.Tensor, batch: int, device, *, multiple: int = 1) -> torch.Tensor:
+    """``start_pos`` (int or ``(B,)``) as a ``(1, 1)`` or ``(B, 1)`` long tensor; checks it is a ``multiple``."""
+    s = torch.as_tensor(start_pos, dtype=torch.long, device=device)
+    s = s.reshape(1, 1) if s.numel() == 1 else s.reshape(batch, 1)
+    if bool((s < 0).any()) or bool((s % multiple != 0).any()):
+        raise ValueError(f"start_pos must be >= 0 and a multiple of {multiple} (a face boundary), got {start_pos}")
+    return s

@@ -1,0 +1,278 @@
+"""Order-enforcing logit masks and the sampling controls (temperature, top-k, top-p).
+
+A ``coords`` body is a list of faces, 9 tokens each: vertices ``v0, v1, v2``, each ``(z, y, x)``. The
+tokenizer's canonical order makes a valid sequence exactly one in which, writing ``<`` for the
+lexicographic order of ``(z, y, x)`` tuples (= vertex-index order):
+
+1. ``v0 < v1`` and ``v0 < v2`` (a face starts at its lowest vertex), ``v1 != v2``;
+2. the face is not degenerate: ``v0, v1, v2`` not collinear (zero area);
+3. faces strictly increase as 9-tuples ``(v0, v1, v2)`` -- i.e. the 9 tokens read as a string;
+4. no face repeats its vertex set with the other winding (``(v0, v2, v1)`` after ``(v0, v1, v2)``);
+5. EOS comes only at a face boundary, after at least one face.
+
+:class:`FaceConstraint` is a state machine over the emitted tokens that returns, before every token,
+the exact set of ids after which the current face can still be completed: a value is allowed iff
+some valid face starts with the prefix so far plus that value. Vertices are handled as ranks
+``r = z n^2 + y n + x`` (the lexicographic order), and each digit of the current vertex selects an
+interval of ranks; a value is allowed iff its interval holds an allowed rank. The allowed ranks of a
+vertex are always "at least a bound, minus a short sorted list of exceptions", so one mask costs
+``O(n)`` numpy work, and EOS at a face boundary means generation never gets stuck.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .modeling import CoordVocab
+
+
+# ---- sampling controls ----------------------------------------------------------------------------
+def filter_logits(
+    logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> torch.Tensor:
+    """Scale by temperature and keep the top-k / nucleus (top-p) tokens of ``logits (B, V)``; others -> -inf."""
+    logits = logits.float() / max(temperature, 1e-6)
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0.0 < top_p < 1.0:
+        sorted_logits, idx = torch.sort(logits, dim=-1, descending=True)  # (B, V)
+        probs = sorted_logits.softmax(dim=-1)
+        drop = probs.cumsum(dim=-1) - probs > top_p  # keep the smallest prefix reaching top_p
+        drop[:, 0] = False
+        logits = logits.masked_fill(drop.scatter(1, idx, drop), float("-inf"))
+    return logits
+
+
+def sample_next(
+    logits: torch.Tensor,
+    *,
+    allowed: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Sample one id per row of ``logits (B, V)``; ``allowed (B, V)`` bool masks the rest out first.
+
+    ``temperature == 0`` is greedy (argmax over the allowed ids).
+    """
+    logits = logits.float()
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    probs = logits.softmax(dim=-1)  # (B, V)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
+
+
+# ---- geometry helpers -----------------------------------------------------------------------------
+def _collinear(a: tuple, b: tuple, c: tuple) -> bool:
+    u = (b[0] - a[0], b[1] - a[1], b[2] - a[2])
+    w = (c[0] - a[0], c[1] - a[1], c[2] - a[2])
+    return u[1] * w[2] == u[2] * w[1] and u[2] * w[0] == u[0] * w[2] and u[0] * w[1] == u[1] * w[0]
+
+
+class FaceConstraint:
+    """Allowed next ids for one ``coords`` sequence (body only: feed tokens after BOS with :meth:`push`).
+
+    Parameters
+    ----------
+    bits : int
+        Coordinate bits (``n = 2^bits`` values per axis). ``levels`` overrides ``n`` (tests use tiny grids).
+    max_faces : int or None
+        After this many faces only EOS is allowed.
+    """
+
+    def __init__(self, bits: int = 7, *, max_faces: int | None = None, levels: int | None = None):
+        self.vocab = CoordVocab(bits)
+        self.n = levels if levels is not None else self.vocab.n
+        self.top = self.n**3  # number of ranks
+        self.max_faces = max_faces
+        self.prev: tuple[int, int, int] | None = None  # ranks of the previous face
+        self.group: set[tuple[int, int]] = set()  # (r1, r2) of emitted faces whose r0 == prev[0]
+        self.cur: list[int] = []  # digits of the face being written
+        self.n_faces = 0
+        self.finished = False
+        self._domain: tuple[int, np.ndarray] | None = None  # (lower bound, sorted exceptions) of this vertex
+
+    # -- ranks ---------------------------------------------------------------------------------------
+    def _rank(self, v: Sequence[int]) -> int:
+        return (v[0] * self.n + v[1]) * self.n + v[2]
+
+    def _unrank(self, r: int) -> tuple[int, int, int]:
+        n = self.n
+        return (r // (n * n), (r // n) % n, r % n)
+
+    def _ray(self, v0: tuple, v1: tuple) -> tuple[int, int]:
+        """(delta, K): lattice points ``v0 + t d`` (d primitive along v1 - v0, t = 1..K) have rank r0 + t delta."""
+        diff = [b - a for a, b in zip(v0, v1, strict=True)]
+        g = math.gcd(*diff)
+        d = [c // g for c in diff]
+        delta = self._rank(d)  # rank is linear in the coordinates
+        k = min((self.n - 1 - a) // c if c > 0 else a // -c for a, c in zip(v0, d, strict=True) if c != 0)
+        return delta, k
+
+    def _exclusions(self, r1: int) -> set[int]:
+        """v2 ranks that would repeat an emitted face's vertex set (only within the current v0 group)."""
+        return {a for a, b in self.group if b == r1} | {b for a, b in self.group if a == r1}
+
+    def _v2_count(self, r0: int, r1: int, tight0: bool) -> int:
+        """Number of valid v2 ranks for a full (v0, v1)."""
+        tight01 = tight0 and r1 == self.prev[1]
+        low = max(r0, self.prev[2]) if tight01 else r0  # v2 rank must exceed this
+        v0, v1 = self._unrank(r0), self._unrank(r1)
+        delta, k = self._ray(v0, v1)
+        on_line = max(0, k - (low - r0) // delta)  # line points above `low` (r1 is one of them)
+        extra = 0
+        if tight0:
+            for x in self._exclusions(r1):
+                if x > low and not _collinear(v0, v1, self._unrank(x)):
+                    extra += 1
+        return (self.top - 1 - low) - on_line - extra
+
+    def _v1_domain(self, r0: int) -> tuple[int, np.ndarray]:
+        tight0 = self.prev is not None and r0 == self.prev[0]
+        lb = max(r0 + 1, self.prev[1]) if tight0 else r0 + 1
+        above = self.top - 1 - r0
+        bad: list[int] = []
+        # a v1 can fail only if the higher ranks are nearly all on its line (<= n - 1) or excluded (2 per face)
+        if above <= self.n + 1 + (2 * len(self.group) if tight0 else 0):
+            # near the top corner: check every candidate exactly (at most ~n of them)
+            bad = [r1 for r1 in range(lb, self.top) if self._v2_count(r0, r1, tight0) <= 0]
+        elif tight0 and self._v2_count(r0, lb, tight0) <= 0:
+            bad = [lb]  # elsewhere only the candidate equal to the previous face's v1 can fail
+        return lb, np.asarray(bad, dtype=np.int64)
+
+    def _v0_domain(self) -> tuple[int, np.ndarray]:
+        n = self.n
+        # with z = y = n - 1 every higher vertex lies on one line through v0: no face can start there
+        bad = set(range((n - 1) * n * n + (n - 1) * n, self.top))
+        lb = 0
+        if self.prev is not None:
+            lb = self.prev[0]
+            lo1, bad1 = self._v1_domain(lb)
+            if self.top - lo1 - len(bad1) <= 0:
+                bad.add(lb)
+        return lb, np.asarray(sorted(bad), dtype=np.int64)
+
+    def _v2_domain(self, r0: int, r1: int) -> tuple[int, np.ndarray]:
+        tight0 = self.prev is not None and r0 == self.prev[0]
+        tight01 = tight0 and r1 == self.prev[1]
+        low = max(r0, self.prev[2]) if tight01 else r0
+        delta, k = self._ray(self._unrank(r0), self._unrank(r1))
+        t0 = (low - r0) // delta + 1
+        line = r0 + delta * np.arange(max(t0, 1), k + 1, dtype=np.int64)
+        extra = np.asarray(sorted(self._exclusions(r1)) if tight0 else [], dtype=np.int64)
+        bad = np.unique(np.concatenate([line, extra, np.asarray([r1], dtype=np.int64)]))
+        return low + 1, bad[bad > low]
+
+    def _vertex_domain(self) -> tuple[int, np.ndarray]:
+        if self._domain is None:
+            a = len(self.cur) // 3
+            ranks = [self._rank(self.cur[3 * i : 3 * i + 3]) for i in range(a)]
+            if a == 0:
+                self._domain = self._v0_domain()
+            elif a == 1:
+                self._domain = self._v1_domain(ranks[0])
+            else:
+                self._domain = self._v2_domain(ranks[0], ranks[1])
+        return self._domain
+
+    # -- public --------------------------------------------------------------------------------------
+    @property
+    def at_face_boundary(self) -> bool:
+        return not self.cur
+
+    def allowed_values(self) -> np.ndarray:
+        """``(n,)`` bool: coordinate values allowed as the next token."""
+        n = self.n
+        if self.finished or (not self.cur and self.max_faces is not None and self.n_faces >= self.max_faces):
+            return np.zeros(n, dtype=bool)
+        lb, bad = self._vertex_domain()
+        c = len(self.cur) % 3
+        a = len(self.cur) - c
+        span = n ** (2 - c)
+        base = sum(d * n ** (2 - i) for i, d in enumerate(self.cur[a : a + c]))
+        lo = base + np.arange(n, dtype=np.int64) * span  # (n,) rank interval of each candidate value
+        hi = lo + span - 1
+        lo = np.maximum(lo, lb)
+        count = hi - lo + 1 - (np.searchsorted(bad, hi, side="right") - np.searchsorted(bad, lo, side="left"))
+        return (hi >= lo) & (count > 0)
+
+    def allowed(self) -> np.ndarray:
+        """``(vocab_size,)`` bool over the full vocabulary (EOS only at a face boundary after >= 1 face)."""
+        out = np.zeros(self.vocab.size, dtype=bool)
+        if self.finished:
+            return out
+        vals = self.allowed_values()
+        out[: len(vals)] = vals
+        out[self.vocab.eos] = not self.cur and self.n_faces > 0
+        return out
+
+    def push(self, token: int) -> None:
+        """Advance with ``token`` (not checked; use :meth:`allowed` first)."""
+        token = int(token)
+        if token == self.vocab.eos or token >= self.vocab.n:
+            self.finished = True
+            return
+        self.cur.append(token)
+        if len(self.cur) % 3 == 0:
+            self._domain = None
+        if len(self.cur) == 9:
+            r = tuple(self._rank(self.cur[i : i + 3]) for i in (0, 3, 6))
+            if self.prev is not None and r[0] == self.prev[0]:
+                self.group.add((r[1], r[2]))
+            else:
+                self.group = {(r[1], r[2])}
+            self.prev = r
+            self.cur = []
+            self.n_faces += 1
+
+
+# ---- validity -------------------------------------------------------------------------------------
+def validate_coords(ids: Sequence[int] | np.ndarray, bits: int) -> str | None:
+    """``None`` if ``ids`` (BOS .. EOS) is a valid canonical ``coords`` mesh, else the first problem found."""
+    vocab = CoordVocab(bits)
+    ids = [int(t) for t in ids]
+    if len(ids) < 2 or ids[0] != vocab.bos:
+        return "does not start with BOS"
+    if ids[-1] != vocab.eos:
+        return "does not end with EOS"
+    body = ids[1:-1]
+    if not body:
+        return "no faces"
+    if len(body) % 9:
+        return f"body length {len(body)} is not a multiple of 9"
+    if any(not 0 <= t < vocab.n for t in body):
+        return "special token inside the body"
+    prev, seen = None, set()
+    for k in range(len(body) // 9):
+        f = body[9 * k : 9 * k + 9]
+        v0, v1, v2 = (tuple(f[i : i + 3]) for i in (0, 3, 6))
+        if not (v0 < v1 and v0 < v2):
+            return f"face {k}: first vertex is not the lowest"
+        if v1 == v2:
+            return f"face {k}: repeated vertex"
+        if _collinear(v0, v1, v2):
+            return f"face {k}: zero area"
+        if prev is not None and not tuple(f) > prev:
+            return f"face {k}: out of order"
+        key = (v0, *sorted((v1, v2)))
+        if key in seen:
+            return f"face {k}: duplicate face"
+        seen.add(key)
+        prev = tuple(f)
+    return None
+
+
+def invalid_rate(sequences: Sequence[Sequence[int] | np.ndarray], bits: int) -> float:
+    """Fraction of sequences that are not valid canonical meshes (:func:`validate_coords`)."""
+    if not sequences:
+        return 0.0
+    return sum(validate_coords(s, bits) is not None for s in sequences) / len(sequences)
