@@ -159,7 +159,8 @@ class RotaryEmbedding(nn.Module):
 def apply_rotary(x: torch.Tensor, rope: Rope) -> torch.Tensor:
     """Rotate ``x (B, T, nh, hs)`` by its positions' angles (first half / second half pairing)."""
     half = x.shape[-1] // 2
-    x1, x2 = x[..., :half].float(), x[..., half:].float()
+    xf = x if x.dtype == rope.cos.dtype else x.float()  # rotate in float32 under autocast
+    x1, x2 = xf[..., :half], xf[..., half:]
     out = torch.cat([x1 * rope.cos - x2 * rope.sin, x2 * rope.cos + x1 * rope.sin], dim=-1)
     return out.to(x.dtype)
 

@@ -51,6 +51,7 @@ def preview(mesh: Path = typer.Argument(..., help="Mesh file."),
             size: int = typer.Option(256, help="Pixels per view.")):
     """Render a PNG grid of shaded views with visible edges."""
     from renderers.preview import render_preview
+
     from tokenizers3d.io import load_mesh
 
     render_preview(load_mesh(mesh), out, n_views=views, image_size=size)
@@ -62,11 +63,14 @@ def dataset(out: Path = typer.Option(..., "-o", "--out", help="Output directory.
             n: int = typer.Option(1000, "-n", help="Number of objects."),
             seed: int = typer.Option(0, help="Dataset seed."),
             workers: int = typer.Option(2, help="Worker processes."),
-            max_faces: int = typer.Option(None, help="Skip objects with more faces.")):
+            max_faces: int = typer.Option(None, help="Objects with more faces are re-drawn with a new seed."),
+            family: list[str] = typer.Option(None, "--family", help="Restrict to these families (repeatable)."),
+            rotate: bool = typer.Option(False, help="Random rotations.")):
     """Write the procedural artist-mesh dataset (resumable; train/val/test split)."""
     from tokenizers3d.procedural import make_dataset
 
-    path = make_dataset(out, n, seed=seed, workers=workers, max_faces=max_faces)
+    path = make_dataset(out, n, seed=seed, workers=workers, max_faces=max_faces, families=family or None,
+                        rotate=rotate)
     print(f"dataset ready in {path}")
 
 
@@ -132,13 +136,14 @@ def batch_tokenize_cmd(input_dir: Path = typer.Argument(..., help="Directory tre
                        workers: int = typer.Option(1),
                        engine: str = typer.Option("local", help="local or ray."),
                        address: str = typer.Option(None, help="Ray cluster address (default: start a local one)."),
-                       max_faces: int = typer.Option(None)):
+                       max_faces: int = typer.Option(None),
+                       shard_size: int = typer.Option(256, help="Meshes per Parquet shard.")):
     """Tokenize every mesh under a directory into Parquet shards (resumable; Ray optional)."""
     from tokenizers3d.batch import batch_tokenize
 
     report = batch_tokenize(input_dir, out, tokenizer=tokenizer, tokenizer_config={"bits": bits}, workers=workers,
-                            engine=engine, address=address, max_faces=max_faces)
-    print(json.dumps(report.to_dict() if hasattr(report, "to_dict") else vars(report), default=str))
+                            engine=engine, address=address, max_faces=max_faces, shard_size=shard_size)
+    print(json.dumps(report.to_dict(), default=str))
 
 
 @app.command()

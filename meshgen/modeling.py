@@ -272,8 +272,13 @@ class MeshGenerator(nn.Module, PretrainedMixin):
 
 def start_positions(start_pos: int | torch.Tensor, batch: int, device, *, multiple: int = 1) -> torch.Tensor:
     """``start_pos`` (int or ``(B,)``) as a ``(1, 1)`` or ``(B, 1)`` long tensor; checks it is a ``multiple``."""
-    s = torch.as_tensor(start_pos, dtype=torch.long, device=device)
-    s = s.reshape(1, 1) if s.numel() == 1 else s.reshape(batch, 1)
-    if bool((s < 0).any()) or bool((s % multiple != 0).any()):
+    if isinstance(start_pos, int):
+        bad = start_pos < 0 or start_pos % multiple
+        s = torch.full((1, 1), start_pos, dtype=torch.long, device=device)
+    else:
+        s = torch.as_tensor(start_pos, dtype=torch.long, device=device)
+        s = s.reshape(1, 1) if s.numel() == 1 else s.reshape(batch, 1)
+        bad = bool((s < 0).any()) or bool((s % multiple != 0).any())
+    if bad:
         raise ValueError(f"start_pos must be >= 0 and a multiple of {multiple} (a face boundary), got {start_pos}")
     return s

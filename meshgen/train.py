@@ -229,7 +229,7 @@ class Trainer:
                 self.opt.step()
                 self.step += 1
                 tokens_seen += n
-                losses.append(float(loss))
+                losses.append(loss.item())
                 if bar is not None:
                     bar.update(task, completed=self.step, loss=float(loss))
                 if self.step % tc.val_every == 0 or self.step == tc.steps:

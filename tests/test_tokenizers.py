@@ -27,11 +27,7 @@ def make_qm(vertices, faces, bits: int) -> QuantizedMesh:
 
 
 def same_mesh(a: QuantizedMesh, b: QuantizedMesh) -> bool:
-    return (
-        np.array_equal(a.vertices, b.vertices)
-        and np.array_equal(a.faces, b.faces)
-        and a.face_set() == b.face_set()
-    )
+    return np.array_equal(a.vertices, b.vertices) and np.array_equal(a.faces, b.faces) and a.face_set() == b.face_set()
 
 
 def tokenizers(bits: int):
@@ -199,9 +195,7 @@ def test_blocks_hand_written_sequence_with_references_side_and_restart():
     seq += [tok.eos_id]
     qm, report = tok.decode_quantized(seq)
     pts = {k: val[0] for k, val in v.items()}
-    expected = make_qm(
-        [pts[k] for k in "abcde"], [(0, 1, 2), (0, 2, 3), (3, 2, 1), (0, 3, 4)], 7
-    )
+    expected = make_qm([pts[k] for k in "abcde"], [(0, 1, 2), (0, 2, 3), (3, 2, 1), (0, 3, 4)], 7)
     assert same_mesh(qm, expected)
     assert report.error is None and report.dropped_tokens == 0 and report.used_tokens == len(seq)
 

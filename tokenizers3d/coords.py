@@ -92,7 +92,11 @@ class CoordsTokenizer(MeshTokenizer):
         """
         pos = np.arange(int(n_tokens), dtype=np.int64) - 1
         roles = np.stack(
-            [pos // cls.TOKENS_PER_FACE, (pos % cls.TOKENS_PER_FACE) // cls.TOKENS_PER_VERTEX, pos % cls.TOKENS_PER_VERTEX],
+            [
+                pos // cls.TOKENS_PER_FACE,
+                (pos % cls.TOKENS_PER_FACE) // cls.TOKENS_PER_VERTEX,
+                pos % cls.TOKENS_PER_VERTEX,
+            ],
             axis=1,
         )
         roles[pos < 0] = -1

@@ -43,7 +43,7 @@ class Normalization:
     scale: float = 1.0
 
     @classmethod
-    def fit(cls, points: np.ndarray) -> "Normalization":
+    def fit(cls, points: np.ndarray) -> Normalization:
         """The normalization that puts ``points`` (n, 3) into ``[-0.5, 0.5]^3``."""
         points = np.asarray(points, dtype=np.float64)
         lo, hi = points.min(axis=0), points.max(axis=0)
@@ -63,7 +63,7 @@ class Normalization:
         return {"center": list(self.center), "scale": self.scale}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Normalization":
+    def from_dict(cls, d: dict) -> Normalization:
         return cls(center=tuple(float(c) for c in d["center"]), scale=float(d["scale"]))
 
 
@@ -98,7 +98,7 @@ class QuantizedMesh:
         """Dequantize to cell centres in the unit cube (no processing, faces kept as they are)."""
         return trimesh.Trimesh(dequantize(self.vertices, self.bits), self.faces.copy(), process=False)
 
-    def canonical_order(self) -> "QuantizedMesh":
+    def canonical_order(self) -> QuantizedMesh:
         """Vertices sorted by (z, y, x), faces rotated to start at their lowest vertex, faces sorted."""
         return canonical_order(self)
 
