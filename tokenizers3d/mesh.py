@@ -137,6 +137,57 @@ def _check_finite(vertices: np.ndarray, source) -> None:
         raise MeshInputError(source, "mesh has NaN or infinite vertex coordinates")
 
 
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+def _sorted_unique_first(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Stable argsort of a non-negative int64 ``key`` and a mask of the first element of each run of equal keys
+    (in sorted order); one plain sort of ``key * n + index`` when that fits in int64."""
+    n = max(len(key), 1)
+    if len(key) and int(key.max()) < (_INT64_MAX - n) // n:
+        packed = np.sort(key * n + np.arange(len(key)))
+        order, skey = packed % n, packed // n
+    else:
+        order = np.argsort(key, kind="stable")
+        skey = key[order]
+    new = np.ones(len(key), dtype=bool)
+    new[1:] = skey[1:] != skey[:-1]
+    return order, new
+
+
+def _unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Like ``np.unique(rows, axis=0, return_inverse=True)`` for (n, 3) arrays."""
+    if rows.dtype.kind in "iu" and len(rows) and rows.min() >= 0:
+        base = int(rows.max()) + 1
+        if base**3 < _INT64_MAX // 4:
+            r = rows.astype(np.int64)
+            order, new = _sorted_unique_first((r[:, 0] * base + r[:, 1]) * base + r[:, 2])
+            inverse = np.empty(len(rows), dtype=np.int64)
+            inverse[order] = np.cumsum(new) - 1
+            return rows[order[new]], inverse
+    order = np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))
+    srt = rows[order]
+    new = np.ones(len(rows), dtype=bool)
+    new[1:] = np.any(srt[1:] != srt[:-1], axis=1)
+    inverse = np.empty(len(rows), dtype=np.int64)
+    inverse[order] = np.cumsum(new) - 1
+    return srt[new], inverse
+
+
+def _nonzero_area(points: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(F,) bool: the triangle has a non-zero cross product (``|cross|^2 > 0``, as ``norm > 0``)."""
+    p = points.astype(np.float64) if points.dtype.kind == "f" else points.astype(np.int64)
+    a = p[faces[:, 0]]
+    e1 = p[faces[:, 1]] - a
+    e2 = p[faces[:, 2]] - a
+    cx = e1[:, 1] * e2[:, 2] - e1[:, 2] * e2[:, 1]
+    cy = e1[:, 2] * e2[:, 0] - e1[:, 0] * e2[:, 2]
+    cz = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
+    if p.dtype.kind == "f":
+        return cx * cx + cy * cy + cz * cz > 0
+    return (cx != 0) | (cy != 0) | (cz != 0)
+
+
 def clean_faces(vertices: np.ndarray, faces: np.ndarray, labels: np.ndarray | None = None):
     """Merge equal vertices, drop degenerate and duplicate faces, drop unreferenced vertices.
 
@@ -156,24 +207,32 @@ def clean_faces(vertices: np.ndarray, faces: np.ndarray, labels: np.ndarray | No
     faces = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
     if len(faces) and (faces.min() < 0 or faces.max() >= len(vertices)):
         raise MeshInputError(None, "face references a vertex index out of range")
-    uniq, inverse = np.unique(vertices, axis=0, return_inverse=True)
-    faces = inverse.reshape(-1)[faces]  # (F, 3) indices into uniq
+    uniq, inverse = _unique_rows(vertices.reshape(-1, 3))
+    faces = inverse[faces]
     keep = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])
     if len(faces) and keep.any():
-        tri = uniq[faces].astype(np.float64)
-        area2 = np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
-        keep &= area2 > 0
+        keep &= _nonzero_area(uniq, faces)
     faces = faces[keep]
     labels = None if labels is None else np.asarray(labels)[keep]
     if len(faces):
-        _, first = np.unique(np.sort(faces, axis=1), axis=0, return_index=True)
-        first = np.sort(first)
-        faces = faces[first]
-        labels = None if labels is None else labels[first]
-    used = np.unique(faces)
+        n = len(uniq)
+        a, b, c = faces[:, 0], faces[:, 1], faces[:, 2]
+        lo, hi = np.minimum(np.minimum(a, b), c), np.maximum(np.maximum(a, b), c)
+        if n < 2_000_000:  # n^3 fits in int64
+            order, new = _sorted_unique_first((lo * n + (a + b + c - lo - hi)) * n + hi)
+            first = np.sort(order[new])
+        else:
+            _, first = np.unique(np.sort(faces, axis=1), axis=0, return_index=True)
+            first = np.sort(first)
+        if len(first) < len(faces):
+            faces = faces[first]
+            labels = None if labels is None else labels[first]
+    used = np.flatnonzero(np.bincount(faces.reshape(-1), minlength=len(uniq)))
     remap = np.full(len(uniq), -1, dtype=np.int64)
     remap[used] = np.arange(len(used))
     return uniq[used], remap[faces].reshape(-1, 3), labels
+
+
 
 
 def canonicalize(mesh: trimesh.Trimesh, *, source=None, labels: np.ndarray | None = None) -> trimesh.Trimesh:
@@ -226,19 +285,30 @@ def quantize(mesh: trimesh.Trimesh, bits: int, *, order: bool = True) -> Quantiz
 
 
 def canonical_order(qm: QuantizedMesh) -> QuantizedMesh:
-    """Return ``qm`` in canonical order (see module docstring); labels follow their faces."""
+    """Return ``qm`` in canonical order (see module docstring); labels follow their faces.
+
+    Sorting uses packed int64 keys (z, y, x) and (i0, i1, i2); equal to a lexsort, several times faster.
+    """
     v = np.asarray(qm.vertices, dtype=np.int64)
-    perm = np.lexsort((v[:, 0], v[:, 1], v[:, 2]))  # last key (z) is primary
+    b = int(qm.bits)
+    if len(v) and v.min() >= 0 and v.max() < (1 << b):
+        perm = np.argsort((v[:, 2] << (2 * b)) | (v[:, 1] << b) | v[:, 0], kind="stable")
+    else:
+        perm = np.lexsort((v[:, 0], v[:, 1], v[:, 2]))
     rank = np.empty_like(perm)
     rank[perm] = np.arange(len(perm))
-    faces = rank[np.asarray(qm.faces, dtype=np.int64)]  # (F, 3)
-    shift = np.argmin(faces, axis=1)
-    idx = (shift[:, None] + np.arange(3)[None, :]) % 3
+    faces = rank[np.asarray(qm.faces, dtype=np.int64)].reshape(-1, 3)
+    f0, f1, f2 = faces[:, 0], faces[:, 1], faces[:, 2]
+    shift = np.where((f0 <= f1) & (f0 <= f2), 0, np.where(f1 <= f2, 1, 2))  # = np.argmin(faces, axis=1)
+    idx = (shift[:, None] + np.arange(3)) % 3
     faces = np.take_along_axis(faces, idx, axis=1)
-    forder = np.lexsort((faces[:, 2], faces[:, 1], faces[:, 0]))
+    n = max(len(v), 1)
+    if n < 2_000_000:
+        forder = np.argsort((faces[:, 0] * n + faces[:, 1]) * n + faces[:, 2], kind="stable")
+    else:
+        forder = np.lexsort((faces[:, 2], faces[:, 1], faces[:, 0]))
     labels = None if qm.face_labels is None else np.asarray(qm.face_labels)[forder]
     return QuantizedMesh(v[perm], faces[forder], qm.bits, labels)
-
 
 def prepare(mesh: trimesh.Trimesh, bits: int, *, source=None) -> tuple[QuantizedMesh, Normalization]:
     """canonicalize -> normalize -> quantize -> canonical order: what every tokenizer consumes."""
