@@ -51,7 +51,6 @@ def preview(mesh: Path = typer.Argument(..., help="Mesh file."),
             size: int = typer.Option(256, help="Pixels per view.")):
     """Render a PNG grid of shaded views with visible edges."""
     from renderers.preview import render_preview
-
     from tokenizers3d.io import load_mesh
 
     render_preview(load_mesh(mesh), out, n_views=views, image_size=size)

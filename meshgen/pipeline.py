@@ -23,6 +23,7 @@ from tokenizers3d.mesh import Normalization, canonicalize
 from tokenizers3d.sample import sample_surface
 
 from .modeling import Conditioning, MeshGenerator
+from .registry import load_model
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_CHECKPOINT = ASSETS / "checkpoints" / "hourglass-small"
@@ -70,7 +71,7 @@ def load_generator(checkpoint: str | Path | None = None, *, device: str = "cpu")
     path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
     if not (path / "config.json").exists():
         raise MeshInputError(path, "not a model directory (no config.json); train one with scripts/train_generator.py")
-    return MeshGenerator.from_pretrained(path, map_location=device)
+    return load_model(path, map_location=device)
 
 
 def generate_mesh(model: MeshGenerator, cloud: PointCloud, *, faces: int | None = None, seed: int = 0,

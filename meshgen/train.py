@@ -37,7 +37,8 @@ from torch.utils.data import DataLoader
 
 from .config import ExperimentConfig
 from .data import ExampleBatch, GeneratorExamples, collate_examples
-from .modeling import Conditioning, MeshGenerator, config_from_dict
+from .modeling import Conditioning
+from .registry import build_model, load_model
 
 
 @dataclass
@@ -69,21 +70,6 @@ def lr_at(step: int, *, base: float, warmup: int, total: int, min_ratio: float) 
     return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-MODEL_REGISTRY = {"hourglass": ("meshgen.hourglass", "HourglassTransformer", "HourglassConfig"),
-                  "flat": ("meshgen.transformer", "Transformer", "TransformerConfig")}
-
-
-def build_model(spec: dict) -> MeshGenerator:
-    """A fresh model from a plain-data spec ``{"name": "hourglass" | "flat", "args": {...config fields}}``."""
-    import importlib
-
-    if spec["name"] not in MODEL_REGISTRY:
-        raise ValueError(f"unknown model {spec['name']!r}; available: {sorted(MODEL_REGISTRY)}")
-    module, cls_name, cfg_name = MODEL_REGISTRY[spec["name"]]
-    mod = importlib.import_module(module)
-    return getattr(mod, cls_name)(config_from_dict(getattr(mod, cfg_name), dict(spec.get("args") or {})))
-
-
 def forward_loss(model, batch: ExampleBatch, pad_id: int) -> tuple[torch.Tensor, int]:
     """Mean next-token cross entropy over non-PAD targets, and the number of targets."""
     inputs, targets = batch.tokens[:, :-1], batch.tokens[:, 1:]  # (B, T) each
@@ -110,7 +96,7 @@ class Trainer:
         self.best_val = float("inf")
         last = self.out / "last"
         if (last / "config.json").exists():
-            self.model = MeshGenerator.from_pretrained(last, map_location="cpu")
+            self.model = load_model(last, map_location="cpu")
         else:
             self.model = build_model(cfg.model)
         self.model.to(self.device)

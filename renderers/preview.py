@@ -82,7 +82,8 @@ def _fitted_fov(mesh_unit: trimesh.Trimesh, eyes: np.ndarray, fov: float, fill: 
 
 def render_preview_views(mesh: trimesh.Trimesh, *, n_views: int = 4, image_size: int = 256,
                          face_colors: np.ndarray | None = None, edges: bool = True, elevation: float = 25.0,
-                         supersample: int = 2, fill: float = 0.92, device: str | torch.device = "cpu",
+                         supersample: int = 2, fill: float = 0.92, crop: bool = True,
+                         device: str | torch.device = "cpu",
                          background: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> np.ndarray:
     """Shaded views of ``mesh`` with edges drawn.
 
@@ -104,10 +105,13 @@ def render_preview_views(mesh: trimesh.Trimesh, *, n_views: int = 4, image_size:
         Render at this multiple of ``image_size`` and box-filter down.
     fill : float
         Fraction of the frame half-width the widest view's projection reaches.
+    crop : bool
+        Crop every view to the rows and columns any view covers (flat objects leave no empty bands).
 
     Returns
     -------
-    views : (n_views, image_size, image_size, 3) uint8
+    views : (n_views, H, W, 3) uint8
+        ``H = W = image_size`` unless cropped.
     """
     supersample = max(1, int(supersample))
     settings = RenderSettings(image_size=image_size * supersample, n_views=n_views, elevations=(float(elevation),))
@@ -122,7 +126,21 @@ def render_preview_views(mesh: trimesh.Trimesh, *, n_views: int = 4, image_size:
         interior, silhouette = face_edges(out.pix_to_face)
         rgb[interior] *= 1.0 - edge_strength(interior, out.foreground)
         rgb[silhouette] *= 1.0 - SILHOUETTE_DARKEN
-    return to_uint8(_downsample(rgb, supersample))
+    views = to_uint8(_downsample(rgb, supersample))
+    return _crop_to_content(views, out.foreground.reshape(n_views, image_size, supersample, image_size, supersample)
+                            .any(axis=(2, 4))) if crop else views
+
+
+def _crop_to_content(views: np.ndarray, foreground: np.ndarray, margin: float = 0.04) -> np.ndarray:
+    """Crop all views (N, H, W, 3) to the rows and columns where any view shows the mesh, plus a margin."""
+    rows = np.nonzero(foreground.any(axis=(0, 2)))[0]
+    cols = np.nonzero(foreground.any(axis=(0, 1)))[0]
+    if len(rows) == 0:
+        return views
+    pad = int(round(margin * views.shape[1]))
+    r0, r1 = max(0, rows[0] - pad), min(views.shape[1], rows[-1] + 1 + pad)
+    c0, c1 = max(0, cols[0] - pad), min(views.shape[2], cols[-1] + 1 + pad)
+    return views[:, r0:r1, c0:c1]
 
 
 def renderer_unit_vertices(mesh: trimesh.Trimesh) -> np.ndarray:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from meshgen.config import load_config
-from meshgen.modeling import MeshGenerator
+from meshgen.registry import load_model
 from meshgen.train import lr_at, train
 from tokenizers3d.batch import batch_tokenize
 from tokenizers3d.io import save_mesh
@@ -61,7 +61,7 @@ def test_train_checkpoint_and_resume(shards, tmp_path):
     assert res["step"] == 4
     log = (out / "log.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in log[1:]] == ["1", "2", "3", "4"]
-    model = MeshGenerator.from_pretrained(out / "last")
+    model = load_model(out / "last")
     assert json.loads((out / "last" / "config.json").read_text())["class"] == type(model).__name__
 
 
