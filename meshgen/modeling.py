@@ -251,7 +251,7 @@ class MeshGenerator(nn.Module, PretrainedMixin):
         if B is None:
             raise ValueError("batch size unknown: give a Conditioning with points or n_faces, or tokens")
         device = self.tok_emb.weight.device
-        latents = None if cond.points is None else self.encoder(cond.points.to(device, torch.float32))
+        latents = None if cond.points is None else self.encoder(cond.points.to(device, self.tok_emb.weight.dtype))
         if cond.n_faces is None:
             bucket = torch.zeros(B, dtype=torch.long, device=device)
         else:

@@ -180,8 +180,8 @@ def obj_load_vs_encode(*, names=NAMES, bits: int = 10, repeats: int = 15) -> dic
     return out
 
 
-def bench_corpus(corpus: Corpus, *, names=NAMES, bits: int = 10) -> dict:
-    """Corpus-level measurements (hook): extend with batch throughput (meshes/s with 1 and 2 workers).
+def bench_corpus(corpus: Corpus, *, names=NAMES, bits: int = 10, workers: Sequence[int] = (1, 2)) -> dict:
+    """Batch throughput: each mesh set written as OBJ files, then ``batch_tokenize`` with 1 and 2 workers.
 
     Parameters
     ----------
@@ -191,9 +191,22 @@ def bench_corpus(corpus: Corpus, *, names=NAMES, bits: int = 10) -> dict:
     Returns
     -------
     dict
-        JSON-ready; :func:`main` stores it under ``"corpus"``.
+        Per set and tokenizer: ``{workers: meshes_per_s}`` (fresh runs, pool start-up included).
     """
-    return {key: {"n_meshes": len(meshes)} for key, meshes in corpus.items()}
+    import tempfile
+
+    from tokenizers3d.batch import benchmark_batch
+
+    out = {}
+    for key, meshes in corpus.items():
+        with tempfile.TemporaryDirectory(prefix=f"bench-{key}-") as tmp:
+            for i, (_, mesh) in enumerate(meshes):
+                mesh.export(Path(tmp) / f"{i:05d}.obj")
+            out[key] = {"n_meshes": len(meshes)}
+            for name in names:
+                reports = benchmark_batch(tmp, workers=workers, tokenizer=name, tokenizer_config={"bits": bits})
+                out[key][name] = {f"workers_{w}": round(r.meshes_per_s, 1) for w, r in zip(workers, reports, strict=True)}
+    return out
 
 
 # ---- command line --------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import trimesh
 from meshgen.pipeline import generate_mesh, load_generator
 from tokenizers3d.errors import MeshInputError
 from tokenizers3d.io import PointCloud, atomic_write_text, load_mesh
-from tokenizers3d.mesh import canonicalize
+from tokenizers3d.mesh import Normalization, canonicalize
 from tokenizers3d.metrics import evaluate_mesh
 from tokenizers3d.sample import sample_surface
 
@@ -94,6 +94,24 @@ def evaluate_items(model, items, *, n_points: int, seed: int, temperature: float
     return {"summary": summarize(per_item), "items": per_item}
 
 
+def invalid_rates(model, items, *, n_points: int, seed: int, temperature: float) -> dict:
+    """Share of sampled sequences that are not a valid canonical mesh, with and without order constraints."""
+    import torch
+
+    from meshgen.generate import measure_invalid_rate
+    from meshgen.modeling import Conditioning
+
+    pts, faces = [], []
+    for _, path in items:
+        ref = load_mesh(path)
+        cloud = sample_surface(ref, n_points, seed=seed)
+        norm = Normalization.fit(cloud.points)
+        pts.append(np.concatenate([norm.apply(cloud.points), cloud.normals], axis=1).astype(np.float32))
+        faces.append(len(ref.faces))
+    cond = Conditioning(points=torch.from_numpy(np.stack(pts)), n_faces=torch.tensor(faces))
+    return measure_invalid_rate(model, cond, max_faces=max(faces) * 2, seed=seed, temperature=temperature)
+
+
 def summarize(rows: list[dict]) -> dict:
     out = {}
     for key in ("model", "baseline"):
@@ -130,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-points", type=int, default=2048)
     p.add_argument("--temperature", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--invalid-rate", type=int, default=8,
+                   help="inputs on which to compare sampling with and without constraints (0: skip)")
     p.add_argument("--out", default=None, help="write the JSON here too")
     p.add_argument("--markdown", action="store_true", help="print a markdown table on stderr")
     args = p.parse_args(argv)
@@ -146,10 +166,18 @@ def main(argv: list[str] | None = None) -> int:
         if items:
             results["splits"][split] = evaluate_items(model, items, n_points=args.n_points, seed=args.seed,
                                                       temperature=args.temperature, log=log)
+    if args.invalid_rate and results["splits"].get("procedural"):
+        results["invalid_rate"] = invalid_rates(model, procedural_items(Path(args.procedural), args.invalid_rate,
+                                                                        args.max_faces),
+                                                n_points=args.n_points, seed=args.seed,
+                                                temperature=args.temperature)
+        log(f"invalid-mesh rate: {results['invalid_rate']}")
     text = json.dumps(results, indent=2)
     if args.out:
         atomic_write_text(args.out, text)
-    print(json.dumps({s: r["summary"] for s, r in results["splits"].items()}, indent=2))
+    summary = {s: r["summary"] for s, r in results["splits"].items()}
+    summary["invalid_rate"] = results.get("invalid_rate")
+    print(json.dumps(summary, indent=2))
     if args.markdown:
         print(markdown(results), file=sys.stderr)
     return 0
