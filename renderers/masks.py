@@ -80,12 +80,17 @@ class GeometricSettings:
     Attributes
     ----------
     crease_angle : float
-        Neighbouring pixels whose normals differ by more than this (degrees) lie on a crease.
+        Neighbouring pixels whose normals differ by more than this (degrees) lie on a crease; it is cut
+        unless convex.
     cut_convex : bool
         Cut convex creases too (regions become smooth patches rather than parts).
-    depth_jump : float
-        A neighbour farther than this many pixel footprints from a pixel's tangent plane (and the pixel
-        from the neighbour's) is across a depth discontinuity.
+    convex_tolerance : float
+        A crease is convex when neither point lies in front of the other's tangent plane by more than
+        this fraction of their distance.
+    gap_ratio : float
+        Depth gap test: a point in front of its neighbour's tangent plane by more than this fraction of
+        their distance (and more than ``1.5 sin`` of the angle between their normals, which a shallow
+        concave crease inside a part could explain) is across an occluding contour.
     relative_depth_jump : float
         Without a points map: a depth change above this fraction of the depth is a discontinuity.
     min_region_pixels : int
@@ -94,16 +99,33 @@ class GeometricSettings:
         Regions at least this big get the full size factor of the score.
     """
 
-    crease_angle: float = 30.0
+    crease_angle: float = 40.0
     cut_convex: bool = False
-    depth_jump: float = 3.0
+    convex_tolerance: float = 0.05
+    gap_ratio: float = 0.35
     relative_depth_jump: float = 0.03
     min_region_pixels: int = 12
     full_score_pixels: int = 400
 
 
 class GeometricMaskGenerator(MaskGenerator):
-    """Regions between concave creases and depth discontinuities; needs no weights.
+    """Regions between concave creases and occluding contours; needs no weights.
+
+    Neighbouring pixels ``a, b`` (4-neighbourhood) with surface points ``P_a, P_b`` and camera-facing
+    normals ``n_a, n_b`` stay linked unless
+
+    * one is background;
+    * they lie on a crease (normals more than ``crease_angle`` apart) that is not convex: each point must
+      lie on or behind the other's tangent plane, ``n_a . (P_b - P_a) <= 0`` and ``n_b . (P_a - P_b) <= 0``
+      (up to ``convex_tolerance``). A concave crease breaks both, a pixel pair across an occluding contour
+      (the side of a table leg seen against the underside of the top right where they touch, with no
+      depth gap to see) breaks at least one;
+    * one point lies clearly in front of the other's tangent plane (``gap_ratio``): a depth gap between
+      surfaces that face the same way, e.g. a leg set back a few millimetres from the seat's edge.
+
+    Regions are the connected components of the links (``scipy.sparse.csgraph``), so a cut along a
+    one-pixel-wide line is exact. Without a points map the creases are cut whatever their sign and depth
+    jumps are relative depth changes.
 
     Parameters
     ----------
@@ -124,64 +146,38 @@ class GeometricMaskGenerator(MaskGenerator):
         """Region id per pixel (H, W) int64, -1 on background, before small regions are dropped."""
         if normals is None and depth is None:
             raise ValueError("GeometricMaskGenerator needs a normal or depth map (render with renderers.render)")
-        s = self.settings
         if depth is not None:
             fg = np.asarray(depth) > 0
         else:
             fg = np.linalg.norm(normals, axis=-1) > 0.5
-        h, w = fg.shape
         keep_right = fg[:, :-1] & fg[:, 1:]
         keep_down = fg[:-1, :] & fg[1:, :]
-        if normals is not None:
-            n = np.asarray(normals, dtype=np.float64)
-            cos_limit = math.cos(math.radians(s.crease_angle))
-            p = None if points is None else np.asarray(points, dtype=np.float64)
-            keep_right &= ~_crease(n[:, :-1], n[:, 1:], None if p is None else (p[:, :-1], p[:, 1:]), cos_limit,
-                                   s.cut_convex)
-            keep_down &= ~_crease(n[:-1, :], n[1:, :], None if p is None else (p[:-1, :], p[1:, :]), cos_limit,
-                                  s.cut_convex)
-        if points is not None and normals is not None and depth is not None:
-            p, d = np.asarray(points, dtype=np.float64), np.asarray(depth, dtype=np.float64)
-            k = _footprint_per_depth(p, d, fg)
-            keep_right &= ~_plane_jump(n[:, :-1], n[:, 1:], p[:, :-1], p[:, 1:], d[:, :-1], d[:, 1:], k, s.depth_jump)
-            keep_down &= ~_plane_jump(n[:-1, :], n[1:, :], p[:-1, :], p[1:, :], d[:-1, :], d[1:, :], k, s.depth_jump)
-        elif depth is not None:
-            d = np.asarray(depth, dtype=np.float64)
-            keep_right &= np.abs(d[:, 1:] - d[:, :-1]) <= s.relative_depth_jump * np.minimum(d[:, 1:], d[:, :-1])
-            keep_down &= np.abs(d[1:, :] - d[:-1, :]) <= s.relative_depth_jump * np.minimum(d[1:, :], d[:-1, :])
+        n = None if normals is None else np.asarray(normals, dtype=np.float64)
+        p = None if points is None else np.asarray(points, dtype=np.float64)
+        d = None if depth is None else np.asarray(depth, dtype=np.float64)
+        for keep, a, b in ((keep_right, np.s_[:, :-1], np.s_[:, 1:]), (keep_down, np.s_[:-1, :], np.s_[1:, :])):
+            if n is not None and p is not None:
+                keep &= ~self._cut(n[a], n[b], p[a], p[b])
+            elif n is not None:
+                keep &= np.einsum("...i,...i->...", n[a], n[b]) >= math.cos(math.radians(self.settings.crease_angle))
+            if p is None and d is not None:
+                keep &= np.abs(d[b] - d[a]) <= self.settings.relative_depth_jump * np.minimum(d[a], d[b])
         return _components(fg, keep_right, keep_down)
 
-
-def _crease(n_a: np.ndarray, n_b: np.ndarray, pts, cos_limit: float, cut_convex: bool) -> np.ndarray:
-    """Pixel pairs on a crease to cut: normals apart by more than the limit and (unless ``cut_convex``) concave.
-
-    Concave means the normals turn towards each other: ``(n_b - n_a) . (P_b - P_a) < 0``.
-    """
-    crease = np.einsum("...i,...i->...", n_a, n_b) < cos_limit
-    if pts is None or cut_convex:
-        return crease
-    p_a, p_b = pts
-    return crease & (np.einsum("...i,...i->...", n_b - n_a, p_b - p_a) < 0)
-
-
-def _footprint_per_depth(points: np.ndarray, depth: np.ndarray, fg: np.ndarray) -> float:
-    """Pixel footprint per unit depth (``2 tan(fov / 2) / H`` for the renderer's cameras), from the maps.
-
-    Neighbouring rays are at least one footprint apart, reached on surfaces facing the camera, so a low
-    percentile of ``|P(x + 1) - P(x)| / depth`` estimates it without knowing the camera.
-    """
-    both = fg[:, :-1] & fg[:, 1:]
-    if not both.any():
-        return 0.0
-    step = np.linalg.norm(points[:, 1:] - points[:, :-1], axis=-1)[both]
-    return float(np.percentile(step / np.maximum(depth[:, :-1][both], 1e-9), 10))
-
-
-def _plane_jump(n_a, n_b, p_a, p_b, d_a, d_b, k: float, limit: float) -> np.ndarray:
-    """Pixel pairs across a depth discontinuity: each point is off the other's tangent plane by > limit footprints."""
-    delta = p_b - p_a
-    off = np.minimum(np.abs(np.einsum("...i,...i->...", n_a, delta)), np.abs(np.einsum("...i,...i->...", n_b, delta)))
-    return off > limit * k * np.maximum(d_a, d_b)
+    def _cut(self, n_a: np.ndarray, n_b: np.ndarray, p_a: np.ndarray, p_b: np.ndarray) -> np.ndarray:
+        """Which neighbour links (same shape as the maps minus the last axis) to cut; see the class docstring."""
+        s = self.settings
+        delta = p_b - p_a
+        dist = np.linalg.norm(delta, axis=-1)
+        front = np.maximum(np.einsum("...i,...i->...", n_a, delta), np.einsum("...i,...i->...", n_b, -delta))
+        cos = np.einsum("...i,...i->...", n_a, n_b)
+        crease = cos < math.cos(math.radians(s.crease_angle))
+        if s.cut_convex:
+            cut = crease
+        else:
+            cut = crease & (front > s.convex_tolerance * dist + 1e-9)
+        sin = np.sqrt(np.clip(1.0 - cos * cos, 0.0, 1.0))
+        return cut | (front > np.maximum(s.gap_ratio, 1.5 * sin) * dist + 1e-9)
 
 
 def _components(fg: np.ndarray, keep_right: np.ndarray, keep_down: np.ndarray) -> np.ndarray:

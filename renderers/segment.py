@@ -1,0 +1,527 @@
+"""Mesh segmentation from 2D masks: render views, make masks per view, revote them onto faces.
+
+Pipeline (:class:`MeshSegmenter`)
+---------------------------------
+1. Render ``n_views`` views (:class:`~renderers.render.MeshRenderer`): shaded image, normals, depth,
+   surface points and ``pix_to_face``.
+2. Run a :class:`~renderers.masks.MaskGenerator` on every view (default
+   :class:`~renderers.masks.GeometricMaskGenerator`; :class:`~renderers.sam.SamMaskGenerator` with a
+   checkpoint). Each view's masks are flattened into a partition, smaller masks painted over larger ones.
+3. Revote (:func:`revote`):
+
+   * *Lift*: a mask's pixels map to faces through ``pix_to_face``. Mask ``m`` in view ``v`` holds face
+     ``f`` with fraction ``c(m, f) / c(v, f)`` (its pixels of ``f`` over all visible pixels of ``f``) and
+     votes for it with weight ``score(m) * |cos(n_f, view direction)| * c(m, f) / c(v, f)``.
+   * *Associate*: a face belongs to the mask holding most of its pixels in a view. Masks from different
+     views belong to the same 3D segment when their face sets agree where both views can judge: the
+     area-weighted IoU over the faces visible in *both* views exceeds ``association_iou`` (and the
+     overlap is not negligible). Connected masks are united (union-find); every group is a segment.
+   * *Vote*: every face takes the segment with the largest summed vote; ``confidence`` is that vote's
+     share of all the face's votes.
+   * *Fill*: faces no view saw take the majority label of their labelled neighbours over the face
+     adjacency graph, repeatedly; whole components nobody saw take the nearest labelled face's label.
+   * *Smooth*: a few rounds of majority filtering over face adjacency for low-confidence faces.
+   * *Clean*: segments below ``min_segment_area`` of the surface merge into the neighbour they share most
+     edges with; labels are renumbered 0..K-1 by decreasing area.
+
+:func:`segment_mesh_file` is the file-to-file entry point behind ``meshgen segment``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import trimesh
+from scipy.sparse import coo_matrix
+from scipy.spatial import cKDTree
+
+from tokenizers3d.errors import MeshInputError
+from tokenizers3d.io import atomic_path, label_colors, load_mesh, save_mesh
+
+from .masks import GeometricMaskGenerator, Mask, MaskGenerator
+from .render import MeshRenderer, RenderOutput, RenderSettings, face_normals_of
+
+
+@dataclass(frozen=True)
+class RevoteSettings:
+    """How masks become face labels (see the module docstring).
+
+    Attributes
+    ----------
+    association_iou : float
+        Masks of two views join one segment when their co-visible weighted IoU exceeds this.
+    min_overlap : float
+        ... and their co-visible intersection is at least this fraction of the smaller mask's area.
+    view_weighting : bool
+        Weigh votes by ``|cos|`` between face normal and viewing direction.
+    smooth_iterations : int
+        Rounds of majority filtering.
+    smooth_below_confidence : float
+        Only faces with a lower confidence are smoothed.
+    min_segment_area : float
+        Segments with a smaller fraction of the total surface area merge into a neighbour.
+    min_mask_pixels : int
+        Masks with fewer foreground pixels (after flattening) are ignored.
+    """
+
+    association_iou: float = 0.5
+    min_overlap: float = 0.05
+    view_weighting: bool = True
+    smooth_iterations: int = 3
+    smooth_below_confidence: float = 0.75
+    min_segment_area: float = 0.002
+    min_mask_pixels: int = 12
+
+
+@dataclass(frozen=True)
+class SegmentSettings:
+    """Rendering and revoting settings of :class:`MeshSegmenter`."""
+
+    render: RenderSettings = field(default_factory=lambda: RenderSettings(n_views=12, image_size=256))
+    revote: RevoteSettings = field(default_factory=RevoteSettings)
+
+
+@dataclass
+class SegmentationResult:
+    """Per-face segment labels.
+
+    Attributes
+    ----------
+    labels : (F,) int64
+        Segment per face, 0..K-1 by decreasing area.
+    confidence : (F,) float32
+        Share of the face's votes its label got; 0 for faces no view saw.
+    n_segments : int
+        ``K``.
+    n_views : int
+        Views rendered.
+    n_masks : int
+        Masks used (after flattening and size filtering), all views together.
+    seen : (F,) bool
+        Faces some mask voted for.
+    mask_segments : list of (M_v,) int64
+        Per view, the segment (before clean-up and renumbering) each of its masks joined.
+    render : RenderOutput or None
+        The views, when the segmenter rendered them.
+    """
+
+    labels: np.ndarray
+    confidence: np.ndarray
+    n_segments: int
+    n_views: int
+    n_masks: int
+    seen: np.ndarray
+    mask_segments: list = field(default_factory=list)
+    render: RenderOutput | None = None
+
+    def summary(self) -> dict:
+        """JSON-ready counts."""
+        return {"n_segments": self.n_segments, "n_views": self.n_views, "n_masks": self.n_masks,
+                "n_faces": int(len(self.labels)), "seen_fraction": float(self.seen.mean()) if len(self.seen) else 0.0,
+                "mean_confidence": float(self.confidence.mean()) if len(self.confidence) else 0.0}
+
+
+# --------------------------------------------------------------------------------------------- graph helpers
+
+
+def face_adjacency(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Pairs of faces sharing an edge (E, 2) int64, with equal vertex positions merged first.
+
+    Non-manifold edges (three or more faces) link their faces in a chain. Face order is untouched.
+    """
+    faces = np.asarray(faces, dtype=np.int64)
+    if len(faces) == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    _, inverse = np.unique(np.asarray(vertices), axis=0, return_inverse=True)
+    f = inverse.reshape(-1)[faces]
+    edges = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
+    owner = np.tile(np.arange(len(f)), 3)
+    keep = edges[:, 0] != edges[:, 1]
+    edges, owner = edges[keep], owner[keep]
+    order = np.lexsort((owner, edges[:, 1], edges[:, 0]))
+    edges, owner = edges[order], owner[order]
+    same = np.all(edges[1:] == edges[:-1], axis=1) & (owner[1:] != owner[:-1])
+    pairs = np.stack([owner[:-1][same], owner[1:][same]], axis=1)
+    return np.unique(np.sort(pairs, axis=1), axis=0) if len(pairs) else pairs
+
+
+def _neighbour_lists(n_faces: int, adjacency: np.ndarray):
+    """CSR-style neighbour lists: (indptr (F+1,), indices (2E,))."""
+    if len(adjacency) == 0:
+        return np.zeros(n_faces + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    a = np.concatenate([adjacency[:, 0], adjacency[:, 1]])
+    b = np.concatenate([adjacency[:, 1], adjacency[:, 0]])
+    order = np.argsort(a, kind="stable")
+    indptr = np.zeros(n_faces + 1, dtype=np.int64)
+    np.cumsum(np.bincount(a, minlength=n_faces), out=indptr[1:])
+    return indptr, b[order]
+
+
+class _UnionFind:
+    def __init__(self, n: int):
+        self.parent = np.arange(n)
+
+    def find(self, i: int) -> int:
+        root = i
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[i] != root:
+            self.parent[i], i = root, self.parent[i]
+        return root
+
+    def union(self, i: int, j: int) -> None:
+        ri, rj = self.find(i), self.find(j)
+        if ri != rj:
+            self.parent[max(ri, rj)] = min(ri, rj)
+
+    def roots(self) -> np.ndarray:
+        return np.array([self.find(i) for i in range(len(self.parent))], dtype=np.int64)
+
+
+# --------------------------------------------------------------------------------------------- revoting
+
+
+def flatten_masks(masks: Sequence[Mask], foreground: np.ndarray, *, min_pixels: int = 12) -> tuple[np.ndarray, list[float]]:
+    """Paint one view's masks into a partition: larger masks first, so smaller (finer) ones win overlaps.
+
+    Parameters
+    ----------
+    masks : sequence of Mask
+    foreground : (H, W) bool
+        Pixels showing the mesh; masks are clipped to it.
+    min_pixels : int
+        Masks left with fewer pixels are dropped.
+
+    Returns
+    -------
+    index : (H, W) int64
+        Mask number per pixel (0..M-1 over the kept masks), -1 where none.
+    scores : list of float
+        Score of each kept mask.
+    """
+    index = np.full(foreground.shape, -1, dtype=np.int64)
+    clipped = [(np.asarray(m.mask, dtype=bool) & foreground, float(m.score)) for m in masks]
+    clipped = [(m, s) for m, s in clipped if m.any()]
+    order = sorted(range(len(clipped)), key=lambda i: -int(clipped[i][0].sum()))
+    for rank, i in enumerate(order):
+        index[clipped[i][0]] = rank
+    counts = np.bincount(index[index >= 0], minlength=len(order))
+    kept = np.nonzero(counts >= min_pixels)[0]
+    remap = np.full(len(order) + 1, -1, dtype=np.int64)
+    remap[kept] = np.arange(len(kept))
+    index = remap[index]  # -1 maps through remap[-1] = -1
+    return index, [clipped[order[k]][1] for k in kept]
+
+
+def _mask_face_fractions(pix_to_face: np.ndarray, index: np.ndarray, n_faces: int):
+    """For one view: visible pixel count per face (F,), and (mask, face, fraction) triples."""
+    fg = pix_to_face >= 0
+    faces_seen = pix_to_face[fg]
+    visible = np.bincount(faces_seen, minlength=n_faces)
+    sel = fg & (index >= 0)
+    key = index[sel] * n_faces + pix_to_face[sel]
+    uniq, cnt = np.unique(key, return_counts=True)
+    mask_id, face = uniq // n_faces, uniq % n_faces
+    return visible, mask_id, face, cnt / visible[face]
+
+
+def revote(mesh: trimesh.Trimesh, pix_to_face: np.ndarray, view_masks: Sequence[Sequence[Mask]], *,
+           eyes: np.ndarray | None = None, settings: RevoteSettings | None = None) -> SegmentationResult:
+    """Turn per-view 2D masks into per-face labels (see the module docstring).
+
+    Parameters
+    ----------
+    mesh : trimesh.Trimesh
+        The mesh the views show; ``pix_to_face`` indexes its faces.
+    pix_to_face : (V, H, W) int64
+        Face per pixel, -1 for background.
+    view_masks : sequence (V) of sequence of Mask
+        Masks of each view.
+    eyes : (V, 3) float, optional
+        Camera centres in the mesh's frame; without them votes are not weighted by viewing angle.
+    settings : RevoteSettings
+
+    Returns
+    -------
+    SegmentationResult
+        ``render`` is None.
+    """
+    s = settings or RevoteSettings()
+    pix_to_face = np.asarray(pix_to_face, dtype=np.int64)
+    if pix_to_face.ndim != 3:
+        raise ValueError(f"pix_to_face must be (V, H, W), got shape {pix_to_face.shape}")
+    if len(view_masks) != pix_to_face.shape[0]:
+        raise ValueError(f"got masks for {len(view_masks)} views but pix_to_face has {pix_to_face.shape[0]}")
+    vertices = np.asarray(mesh.vertices, dtype=np.float64)
+    faces = np.asarray(mesh.faces, dtype=np.int64)
+    n_faces, n_views = len(faces), pix_to_face.shape[0]
+    if pix_to_face.max(initial=-1) >= n_faces:
+        raise ValueError("pix_to_face refers to a face index beyond the mesh")
+    tri = vertices[faces]
+    centroids = tri.mean(axis=1)
+    areas = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    area_w = areas / areas.sum() if areas.sum() > 0 else np.full(n_faces, 1.0 / max(n_faces, 1))
+    normals = face_normals_of(vertices, faces)
+
+    # lift: one entry per (mask, face)
+    e_mask, e_face, e_frac, e_vote = [], [], [], []
+    visible_by_view = []
+    mask_view, mask_offset = [], 0
+    for v in range(n_views):
+        index, scores = flatten_masks(view_masks[v], pix_to_face[v] >= 0, min_pixels=s.min_mask_pixels)
+        visible, mask_id, face, frac = _mask_face_fractions(pix_to_face[v], index, n_faces)
+        visible_by_view.append(visible > 0)
+        quality = np.ones(len(face))
+        if eyes is not None and s.view_weighting:
+            to_eye = np.asarray(eyes[v], dtype=np.float64)[None] - centroids[face]
+            to_eye /= np.maximum(np.linalg.norm(to_eye, axis=1, keepdims=True), 1e-12)
+            quality = np.abs(np.einsum("ij,ij->i", normals[face], to_eye))
+            quality = np.maximum(quality, 0.05)
+        e_mask.append(mask_id + mask_offset)
+        e_face.append(face)
+        e_frac.append(frac)
+        e_vote.append(np.asarray(scores, dtype=np.float64)[mask_id] * quality * frac)
+        mask_view += [v] * len(scores)
+        mask_offset += len(scores)
+    n_masks = mask_offset
+    mask_view = np.asarray(mask_view, dtype=np.int64)
+    e_mask, e_face = np.concatenate(e_mask), np.concatenate(e_face)
+    e_frac, e_vote = np.concatenate(e_frac), np.concatenate(e_vote)
+    visible = np.stack(visible_by_view) if n_views else np.zeros((0, n_faces), bool)
+
+    segment_of_mask = _associate(e_mask, e_face, e_frac, mask_view, visible, area_w, n_masks, s)
+
+    # vote
+    seg = segment_of_mask[e_mask] if n_masks else np.zeros(0, np.int64)
+    n_seg = int(seg.max()) + 1 if len(seg) else 0
+    labels = np.full(n_faces, -1, dtype=np.int64)
+    confidence = np.zeros(n_faces, dtype=np.float64)
+    if n_seg:
+        votes = coo_matrix((e_vote, (e_face, seg)), shape=(n_faces, n_seg)).tocsr()
+        total = np.asarray(votes.sum(axis=1)).reshape(-1)
+        has = total > 0
+        best = np.asarray(votes.argmax(axis=1)).reshape(-1)
+        top = np.asarray(votes.max(axis=1).todense()).reshape(-1)
+        labels[has] = best[has]
+        confidence[has] = top[has] / total[has]
+    seen = labels >= 0
+
+    adjacency = face_adjacency(vertices, faces)
+    indptr, nbrs = _neighbour_lists(n_faces, adjacency)
+    labels = _fill_unseen(labels, indptr, nbrs, area_w, centroids)
+    for _ in range(s.smooth_iterations):
+        labels, changed = _majority_step(labels, confidence, indptr, nbrs, s.smooth_below_confidence)
+        if not changed:
+            break
+    labels = _merge_small(labels, adjacency, area_w, s.min_segment_area)
+    labels = _relabel_by_area(labels, area_w)
+
+    per_view = [segment_of_mask[mask_view == v] for v in range(n_views)]
+    return SegmentationResult(labels=labels, confidence=confidence.astype(np.float32),
+                              n_segments=int(labels.max()) + 1 if len(labels) else 0, n_views=n_views,
+                              n_masks=n_masks, seen=seen, mask_segments=per_view)
+
+
+def _associate(e_mask, e_face, e_frac, mask_view, visible, area_w, n_masks: int, s: RevoteSettings) -> np.ndarray:
+    """Union masks of different views whose co-visible IoU passes; segment id per mask (M,).
+
+    A face belongs to a mask when more than half of its visible pixels in that view lie in it (so to at
+    most one mask per view). For two views, the area-weighted intersection and union of every pair of
+    their masks are counted over the faces both views see.
+    """
+    uf = _UnionFind(n_masks)
+    n_views, n_faces = visible.shape
+    owner = np.full((n_views, n_faces), -1, dtype=np.int64)
+    major = e_frac > 0.5
+    owner[mask_view[e_mask[major]], e_face[major]] = e_mask[major]
+    mask_area = np.bincount(e_mask[major], weights=area_w[e_face[major]], minlength=n_masks)
+    for v in range(n_views):
+        for u in range(v + 1, n_views):
+            both = visible[v] & visible[u] & (owner[v] >= 0) & (owner[u] >= 0)
+            if not both.any():
+                continue
+            a, b, w = owner[v][both], owner[u][both], area_w[both]
+            ua, ia = np.unique(a, return_inverse=True)
+            ub, ib = np.unique(b, return_inverse=True)
+            size_a = np.bincount(ia, weights=w, minlength=len(ua))
+            size_b = np.bincount(ib, weights=w, minlength=len(ub))
+            pair, inverse = np.unique(ia * len(ub) + ib, return_inverse=True)
+            inter = np.bincount(inverse, weights=w)
+            pa, pb = pair // len(ub), pair % len(ub)
+            union = size_a[pa] + size_b[pb] - inter
+            ma, mb = ua[pa], ub[pb]
+            ok = (inter > s.association_iou * union) & (inter >= s.min_overlap * np.minimum(mask_area[ma], mask_area[mb]))
+            for m, n in zip(ma[ok], mb[ok], strict=True):
+                uf.union(int(m), int(n))
+    _, seg = np.unique(uf.roots(), return_inverse=True)
+    return seg.astype(np.int64)
+
+
+def _fill_unseen(labels, indptr, nbrs, area_w, centroids) -> np.ndarray:
+    """Unlabelled faces take the (area-weighted) majority of labelled neighbours, repeatedly; then nearest."""
+    labels = labels.copy()
+    if (labels >= 0).all() or not (labels >= 0).any():
+        return np.where(labels >= 0, labels, 0) if not (labels >= 0).any() else labels
+    while True:
+        todo = np.nonzero(labels < 0)[0]
+        updates = {}
+        for f in todo:
+            nb = nbrs[indptr[f]:indptr[f + 1]]
+            nb = nb[labels[nb] >= 0]
+            if len(nb):
+                w = np.bincount(labels[nb], weights=area_w[nb] + 1e-12)
+                updates[f] = int(np.argmax(w))
+        if not updates:
+            break
+        for f, lab in updates.items():
+            labels[f] = lab
+    rest = labels < 0
+    if rest.any():
+        tree = cKDTree(centroids[~rest])
+        _, idx = tree.query(centroids[rest])
+        labels[rest] = labels[~rest][idx]
+    return labels
+
+
+def _majority_step(labels, confidence, indptr, nbrs, below: float):
+    """One synchronous round: a low-confidence face whose neighbours mostly share another label takes it."""
+    out = labels.copy()
+    changed = False
+    for f in np.nonzero(confidence < below)[0]:
+        nb = nbrs[indptr[f]:indptr[f + 1]]
+        if len(nb) < 2:
+            continue
+        vals, counts = np.unique(labels[nb], return_counts=True)
+        k = int(np.argmax(counts))
+        own = int(counts[vals == labels[f]].sum())
+        if vals[k] != labels[f] and counts[k] >= 2 and counts[k] * 2 > len(nb) and counts[k] > own:
+            out[f] = vals[k]
+            changed = True
+    return out, changed
+
+
+def _merge_small(labels, adjacency, area_w, min_area: float) -> np.ndarray:
+    """Merge segments under ``min_area`` (area fraction) into the neighbour sharing most edges; repeat."""
+    labels = labels.copy()
+    if min_area <= 0 or len(adjacency) == 0:
+        return labels
+    while True:
+        seg_area = np.bincount(labels, weights=area_w)
+        small = [k for k in np.argsort(seg_area) if 0 < seg_area[k] < min_area]
+        merged = False
+        for k in small:
+            a, b = labels[adjacency[:, 0]], labels[adjacency[:, 1]]
+            cross = ((a == k) & (b != k)) | ((b == k) & (a != k))
+            if not cross.any():
+                continue
+            other = np.where(a[cross] == k, b[cross], a[cross])
+            labels[labels == k] = int(np.argmax(np.bincount(other)))
+            merged = True
+            break
+        if not merged:
+            return labels
+
+
+def _relabel_by_area(labels, area_w) -> np.ndarray:
+    """Renumber labels 0..K-1 by decreasing total area (ties by old label)."""
+    uniq = np.unique(labels)
+    area = np.array([area_w[labels == u].sum() for u in uniq])
+    order = np.lexsort((uniq, -area))
+    remap = np.zeros(int(uniq.max()) + 1, dtype=np.int64)
+    remap[uniq[order]] = np.arange(len(uniq))
+    return remap[labels]
+
+
+# --------------------------------------------------------------------------------------------- pipeline
+
+
+class MeshSegmenter:
+    """Render, generate masks, revote.
+
+    Parameters
+    ----------
+    generator : MaskGenerator, optional
+        Default :class:`~renderers.masks.GeometricMaskGenerator`.
+    settings : SegmentSettings
+    device : str or torch.device
+        Render device.
+    """
+
+    def __init__(self, generator: MaskGenerator | None = None, settings: SegmentSettings | None = None, *,
+                 device="cpu"):
+        self.generator = generator or GeometricMaskGenerator()
+        self.settings = settings or SegmentSettings()
+        self.device = device
+
+    def segment(self, mesh: trimesh.Trimesh) -> SegmentationResult:
+        """Labels for every face of ``mesh`` (any frame; it is normalized for rendering)."""
+        out = MeshRenderer(self.settings.render, device=self.device).render(mesh)
+        view_masks = [self.generator.generate(out.image(v), normals=out.normals[v], depth=out.depth[v],
+                                              points=out.points[v]) for v in range(out.n_views)]
+        eyes = out.normalization.invert(out.rig.eyes)
+        result = revote(mesh, out.pix_to_face, view_masks, eyes=eyes, settings=self.settings.revote)
+        result.render = out
+        return result
+
+
+def segment_mesh_file(mesh_path: str | Path, out_path: str | Path, *, views: int = 12,
+                      sam_checkpoint: str | Path | None = None, sam_model_type: str = "vit_b", image_size: int = 256,
+                      seed: int = 0, device: str = "cpu", preview: bool = True) -> SegmentationResult:
+    """Segment a mesh file; write the labelled mesh, the labels and a preview, each atomically.
+
+    Parameters
+    ----------
+    mesh_path : str or Path
+        Any mesh :func:`tokenizers3d.io.load_mesh` reads (it is cleaned; labels refer to the cleaned faces,
+        which is the mesh written to ``out_path``).
+    out_path : str or Path
+        Output mesh, normally ``.ply`` (per-face colours and an integer ``label`` face property). Beside
+        it: ``<stem>.npy`` with the (F,) int64 labels and ``<stem>.png`` with a coloured preview.
+    views : int
+        Rendered views (Fibonacci sphere).
+    sam_checkpoint : str or Path, optional
+        SAM weights (``.pth`` or ``.safetensors``); without it the geometric generator is used.
+    sam_model_type : str
+        ``vit_b``, ``vit_l`` or ``vit_h``.
+    image_size : int
+        Render size per view.
+    seed : int
+        Seeds torch and the label colours (SAM's sampling is deterministic otherwise).
+    device : str
+        Render (and SAM) device.
+    preview : bool
+        Write the PNG preview.
+
+    Raises
+    ------
+    MeshInputError
+        Unreadable mesh, missing or mismatched SAM checkpoint, unsupported output suffix.
+    """
+    import torch
+
+    from .preview import render_preview
+
+    out_path = Path(out_path)
+    if out_path.suffix.lower() not in (".ply", ".obj", ".glb", ".off", ".stl"):
+        raise MeshInputError(out_path, "output must be a mesh file (.ply keeps the labels as a face property)")
+    torch.manual_seed(seed)
+    mesh = load_mesh(mesh_path)
+    if sam_checkpoint is not None:
+        from .sam import SamMaskGenerator
+
+        generator: MaskGenerator = SamMaskGenerator.from_checkpoint(sam_checkpoint, model_type=sam_model_type,
+                                                                    device=device)
+    else:
+        generator = GeometricMaskGenerator()
+    settings = SegmentSettings(render=RenderSettings(n_views=views, image_size=image_size))
+    result = MeshSegmenter(generator, settings, device=device).segment(mesh)
+    colors = label_colors(result.labels, seed=seed)
+    save_mesh(out_path, mesh, face_labels=result.labels, face_colors=colors)
+    with atomic_path(out_path.with_suffix(".npy")) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, result.labels.astype(np.int64))
+    if preview:
+        render_preview(mesh, out_path.with_suffix(".png"), face_colors=colors, device=device)
+    return result
