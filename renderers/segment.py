@@ -51,8 +51,14 @@ class RevoteSettings:
 
     Attributes
     ----------
+    association : str
+        ``"louvain"`` (communities of the mask graph) or ``"union_find"`` (every strong pair united).
     association_iou : float
-        Masks of two views join one segment when their co-visible weighted IoU exceeds this.
+        ``union_find``: masks of two views join one segment when their co-visible IoU exceeds this.
+    min_edge_iou : float
+        ``louvain``: pairs of masks with a lower co-visible IoU get no edge.
+    resolution : float
+        ``louvain`` resolution (higher: more, smaller segments).
     min_overlap : float
         ... and their co-visible intersection is at least this fraction of the smaller mask's area.
     view_weighting : bool
@@ -67,7 +73,10 @@ class RevoteSettings:
         Masks with fewer foreground pixels (after flattening) are ignored.
     """
 
+    association: str = "louvain"
     association_iou: float = 0.5
+    min_edge_iou: float = 0.2
+    resolution: float = 1.0
     min_overlap: float = 0.05
     view_weighting: bool = True
     smooth_iterations: int = 3
@@ -325,19 +334,26 @@ def revote(mesh: trimesh.Trimesh, pix_to_face: np.ndarray, view_masks: Sequence[
                               n_masks=n_masks, seen=seen, mask_segments=per_view)
 
 
-def _associate(e_mask, e_face, e_frac, mask_view, visible, area_w, n_masks: int, s: RevoteSettings) -> np.ndarray:
-    """Union masks of different views whose co-visible IoU passes; segment id per mask (M,).
+def _mask_overlaps(e_mask, e_face, e_frac, mask_view, visible, area_w, n_masks: int, min_overlap: float):
+    """Co-visible IoU of every pair of masks (from different views) that share a face.
 
     A face belongs to a mask when more than half of its visible pixels in that view lie in it (so to at
     most one mask per view). For two views, the area-weighted intersection and union of every pair of
-    their masks are counted over the faces both views see.
+    their masks are counted over the faces both views see; pairs whose intersection is below
+    ``min_overlap`` of the smaller mask's area are left out.
+
+    Returns
+    -------
+    first, second : (P,) int64
+        Mask indices.
+    iou : (P,) float
     """
-    uf = _UnionFind(n_masks)
     n_views, n_faces = visible.shape
     owner = np.full((n_views, n_faces), -1, dtype=np.int64)
     major = e_frac > 0.5
     owner[mask_view[e_mask[major]], e_face[major]] = e_mask[major]
     mask_area = np.bincount(e_mask[major], weights=area_w[e_face[major]], minlength=n_masks)
+    firsts, seconds, ious = [], [], []
     for v in range(n_views):
         for u in range(v + 1, n_views):
             both = visible[v] & visible[u] & (owner[v] >= 0) & (owner[u] >= 0)
@@ -351,13 +367,42 @@ def _associate(e_mask, e_face, e_frac, mask_view, visible, area_w, n_masks: int,
             pair, inverse = np.unique(ia * len(ub) + ib, return_inverse=True)
             inter = np.bincount(inverse, weights=w)
             pa, pb = pair // len(ub), pair % len(ub)
-            union = size_a[pa] + size_b[pb] - inter
             ma, mb = ua[pa], ub[pb]
-            ok = (inter > s.association_iou * union) & (inter >= s.min_overlap * np.minimum(mask_area[ma], mask_area[mb]))
-            for m, n in zip(ma[ok], mb[ok], strict=True):
-                uf.union(int(m), int(n))
-    _, seg = np.unique(uf.roots(), return_inverse=True)
-    return seg.astype(np.int64)
+            ok = inter >= min_overlap * np.minimum(mask_area[ma], mask_area[mb])
+            firsts.append(ma[ok])
+            seconds.append(mb[ok])
+            ious.append((inter / (size_a[pa] + size_b[pb] - inter))[ok])
+    if not firsts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    return np.concatenate(firsts), np.concatenate(seconds), np.concatenate(ious)
+
+
+def _associate(e_mask, e_face, e_frac, mask_view, visible, area_w, n_masks: int, s: RevoteSettings) -> np.ndarray:
+    """Group masks into 3D segments; segment id per mask (M,).
+
+    ``union_find`` unites every pair above ``association_iou`` (single linkage: one mask that merges two
+    parts in one view can chain them); ``louvain`` finds communities in the graph of all pairs above
+    ``min_edge_iou`` weighted by IoU, so a few bridging masks do not merge two well-supported groups.
+    """
+    first, second, iou = _mask_overlaps(e_mask, e_face, e_frac, mask_view, visible, area_w, n_masks, s.min_overlap)
+    if s.association == "union_find":
+        uf = _UnionFind(n_masks)
+        for m, n in zip(first[iou > s.association_iou], second[iou > s.association_iou], strict=True):
+            uf.union(int(m), int(n))
+        _, seg = np.unique(uf.roots(), return_inverse=True)
+        return seg.astype(np.int64)
+    import networkx as nx
+    from networkx.algorithms.community import louvain_communities
+
+    graph = nx.Graph()
+    graph.add_nodes_from(range(n_masks))
+    keep = iou > s.min_edge_iou
+    graph.add_weighted_edges_from(zip(first[keep].tolist(), second[keep].tolist(), iou[keep].tolist(), strict=True))
+    seg = np.zeros(n_masks, dtype=np.int64)
+    communities = louvain_communities(graph, weight="weight", resolution=s.resolution, seed=0)
+    for k, nodes in enumerate(sorted(communities, key=min)):
+        seg[list(nodes)] = k
+    return seg
 
 
 def _fill_unseen(labels, indptr, nbrs, area_w, centroids) -> np.ndarray:
