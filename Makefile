@@ -10,7 +10,7 @@ env:
 	scripts/setup_env.sh
 
 env-test:
-	scripts/setup_env.sh dev,ray,sam
+	scripts/setup_env.sh dev,ray,sam,gpu
 
 demo: env
 	$(VENV)/bin/meshgen demo --out out/demo

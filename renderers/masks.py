@@ -86,11 +86,19 @@ class GeometricSettings:
         Cut convex creases too (regions become smooth patches rather than parts).
     convex_tolerance : float
         A crease is convex when neither point lies in front of the other's tangent plane by more than
-        this fraction of their distance.
+        this fraction of their distance, and one lies clearly (by more than it) behind. A pair straddling
+        the crease line so obliquely that both are nearly on both planes is ambiguous and cut; isolated
+        cuts along a convex edge do not split a region.
     gap_ratio : float
         Depth gap test: a point in front of its neighbour's tangent plane by more than this fraction of
-        their distance (and more than ``1.5 sin`` of the angle between their normals, which a shallow
-        concave crease inside a part could explain) is across an occluding contour.
+        their distance is across an occluding contour, unless a shallow concave crease inside a part could
+        explain it (at most ``1.5 sin`` of the angle between the normals times the distance, and at most
+        ``jump_footprints`` pixel footprints).
+    jump_footprints : float
+        See ``gap_ratio``; the footprint (pixel size at the point's depth) is estimated from the maps.
+    max_step_footprints : float
+        Neighbouring pixels whose surface points are farther apart than this many footprints are across
+        an occluding contour, unless they lie on one plane seen nearly edge-on.
     relative_depth_jump : float
         Without a points map: a depth change above this fraction of the depth is a discontinuity.
     min_region_pixels : int
@@ -103,6 +111,8 @@ class GeometricSettings:
     cut_convex: bool = False
     convex_tolerance: float = 0.05
     gap_ratio: float = 0.35
+    jump_footprints: float = 4.0
+    max_step_footprints: float = 12.0
     relative_depth_jump: float = 0.03
     min_region_pixels: int = 12
     full_score_pixels: int = 400
@@ -121,7 +131,9 @@ class GeometricMaskGenerator(MaskGenerator):
       (the side of a table leg seen against the underside of the top right where they touch, with no
       depth gap to see) breaks at least one;
     * one point lies clearly in front of the other's tangent plane (``gap_ratio``): a depth gap between
-      surfaces that face the same way, e.g. a leg set back a few millimetres from the seat's edge.
+      surfaces that face the same way, e.g. a leg set back a few millimetres from the seat's edge;
+    * their surface points are many pixel footprints apart (``max_step_footprints``) and not on one
+      plane seen edge-on.
 
     Regions are the connected components of the links (``scipy.sparse.csgraph``), so a cut along a
     one-pixel-wide line is exact. Without a points map the creases are cut whatever their sign and depth
@@ -144,8 +156,15 @@ class GeometricMaskGenerator(MaskGenerator):
     def region_labels(self, *, normals: np.ndarray | None = None, depth: np.ndarray | None = None,
                       points: np.ndarray | None = None) -> np.ndarray:
         """Region id per pixel (H, W) int64, -1 on background, before small regions are dropped."""
+        fg, keep_right, keep_down = self.links(normals=normals, depth=depth, points=points)
+        return _components(fg, keep_right, keep_down)
+
+    def links(self, *, normals: np.ndarray | None = None, depth: np.ndarray | None = None,
+              points: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Foreground (H, W) and which links to the right (H, W-1) and down (H-1, W) neighbour are kept."""
         if normals is None and depth is None:
             raise ValueError("GeometricMaskGenerator needs a normal or depth map (render with renderers.render)")
+        s = self.settings
         if depth is not None:
             fg = np.asarray(depth) > 0
         else:
@@ -155,29 +174,58 @@ class GeometricMaskGenerator(MaskGenerator):
         n = None if normals is None else np.asarray(normals, dtype=np.float64)
         p = None if points is None else np.asarray(points, dtype=np.float64)
         d = None if depth is None else np.asarray(depth, dtype=np.float64)
+        footprint = None
+        if p is not None and d is not None:
+            footprint = _footprint_per_depth(p, d, fg) * d
         for keep, a, b in ((keep_right, np.s_[:, :-1], np.s_[:, 1:]), (keep_down, np.s_[:-1, :], np.s_[1:, :])):
             if n is not None and p is not None:
-                keep &= ~self._cut(n[a], n[b], p[a], p[b])
+                keep &= ~self._cut(n[a], n[b], p[a], p[b],
+                                   None if footprint is None else np.maximum(footprint[a], footprint[b]))
             elif n is not None:
-                keep &= np.einsum("...i,...i->...", n[a], n[b]) >= math.cos(math.radians(self.settings.crease_angle))
+                keep &= np.einsum("...i,...i->...", n[a], n[b]) >= math.cos(math.radians(s.crease_angle))
             if p is None and d is not None:
-                keep &= np.abs(d[b] - d[a]) <= self.settings.relative_depth_jump * np.minimum(d[a], d[b])
-        return _components(fg, keep_right, keep_down)
+                keep &= np.abs(d[b] - d[a]) <= s.relative_depth_jump * np.minimum(d[a], d[b])
+        return fg, keep_right, keep_down
 
-    def _cut(self, n_a: np.ndarray, n_b: np.ndarray, p_a: np.ndarray, p_b: np.ndarray) -> np.ndarray:
-        """Which neighbour links (same shape as the maps minus the last axis) to cut; see the class docstring."""
+    def _cut(self, n_a: np.ndarray, n_b: np.ndarray, p_a: np.ndarray, p_b: np.ndarray,
+             footprint: np.ndarray | None = None) -> np.ndarray:
+        """Which neighbour links (the maps' shape minus the last axis) to cut; see the class docstring."""
         s = self.settings
         delta = p_b - p_a
         dist = np.linalg.norm(delta, axis=-1)
-        front = np.maximum(np.einsum("...i,...i->...", n_a, delta), np.einsum("...i,...i->...", n_b, -delta))
+        ahead_b = np.einsum("...i,...i->...", n_a, delta)  # how far P_b is in front of a's tangent plane
+        ahead_a = -np.einsum("...i,...i->...", n_b, delta)
+        front = np.maximum(ahead_a, ahead_b)
         cos = np.einsum("...i,...i->...", n_a, n_b)
         crease = cos < math.cos(math.radians(s.crease_angle))
         if s.cut_convex:
             cut = crease
         else:
-            cut = crease & (front > s.convex_tolerance * dist + 1e-9)
+            tol = s.convex_tolerance * dist + 1e-9
+            convex = (front <= tol) & (np.minimum(ahead_a, ahead_b) < -tol)  # both behind, one clearly
+            cut = crease & ~convex
         sin = np.sqrt(np.clip(1.0 - cos * cos, 0.0, 1.0))
-        return cut | (front > np.maximum(s.gap_ratio, 1.5 * sin) * dist + 1e-9)
+        gap = front > s.gap_ratio * dist + 1e-9
+        explained = front <= 1.5 * sin * dist  # a shallow concave crease could do this
+        if footprint is not None:
+            explained &= front <= s.jump_footprints * footprint  # ... but not across several pixel footprints
+            # neighbours far apart in 3D, not on one plane seen edge-on: an occluding contour
+            far = dist > s.max_step_footprints * footprint
+            cut |= far & (crease | (np.abs(front) > s.convex_tolerance * dist))
+        return cut | (gap & ~explained)
+
+
+def _footprint_per_depth(points: np.ndarray, depth: np.ndarray, fg: np.ndarray) -> float:
+    """Pixel footprint per unit depth (``2 tan(fov / 2) / H`` for the renderer's cameras), from the maps.
+
+    Neighbouring rays are at least one footprint apart, reached on surfaces facing the camera, so a low
+    percentile of ``|P(x + 1) - P(x)| / depth`` estimates it without knowing the camera.
+    """
+    both = fg[:, :-1] & fg[:, 1:]
+    if not both.any():
+        return 0.0
+    step = np.linalg.norm(points[:, 1:] - points[:, :-1], axis=-1)[both]
+    return float(np.percentile(step / np.maximum(depth[:, :-1][both], 1e-9), 10))
 
 
 def _components(fg: np.ndarray, keep_right: np.ndarray, keep_down: np.ndarray) -> np.ndarray:

@@ -21,6 +21,8 @@ Pipeline (:class:`MeshSegmenter`)
    * *Fill*: faces no view saw take the majority label of their labelled neighbours over the face
      adjacency graph, repeatedly; whole components nobody saw take the nearest labelled face's label.
    * *Smooth*: a few rounds of majority filtering over face adjacency for low-confidence faces.
+   * *Merge convex*: neighbouring segments whose shared boundary runs mostly along sharp convex mesh
+     edges are one part seen from two sides (the top and underside of a thin board) and are united.
    * *Clean*: segments below ``min_segment_area`` of the surface merge into the neighbour they share most
      edges with; labels are renumbered 0..K-1 by decreasing area.
 
@@ -71,6 +73,16 @@ class RevoteSettings:
         Segments with a smaller fraction of the total surface area merge into a neighbour.
     min_mask_pixels : int
         Masks with fewer foreground pixels (after flattening) are ignored.
+    split_components : bool
+        Split every mask where it covers several connected pieces of the mesh (pieces sharing no edge):
+        separate pieces never end up in one segment. Right for objects modelled as separate parts
+        (procedural and most artist meshes), where flush parts show no crease or depth step in any
+        image; wrong when one part is made of several pieces.
+    merge_convex_fraction : float
+        Neighbouring segments whose shared boundary is at least this fraction (by length) sharp convex
+        creases merge (1.0 turns it off); needs outward-consistent winding.
+    convex_angle : float
+        Dihedral (degrees between normals) above which a mesh edge counts as a sharp crease.
     """
 
     association: str = "louvain"
@@ -83,6 +95,9 @@ class RevoteSettings:
     smooth_below_confidence: float = 0.75
     min_segment_area: float = 0.002
     min_mask_pixels: int = 12
+    split_components: bool = True
+    merge_convex_fraction: float = 0.6
+    convex_angle: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -157,6 +172,46 @@ def face_adjacency(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return np.unique(np.sort(pairs, axis=1), axis=0) if len(pairs) else pairs
 
 
+def edge_convexity(vertices: np.ndarray, faces: np.ndarray, adjacency: np.ndarray, normals: np.ndarray, *,
+                   angle: float = 30.0) -> tuple[np.ndarray, np.ndarray]:
+    """Length of each shared edge and whether it is a sharp convex crease.
+
+    Parameters
+    ----------
+    adjacency : (E, 2) int64
+        Face pairs (:func:`face_adjacency`).
+    normals : (F, 3) float
+        Unit face normals, assumed outward (consistent winding).
+    angle : float
+        Normals further apart than this (degrees) make a sharp crease.
+
+    Returns
+    -------
+    length : (E,) float
+    convex : (E,) bool
+        Sharp, and each face's centroid lies behind the other's plane.
+    """
+    if len(adjacency) == 0:
+        return np.zeros(0), np.zeros(0, dtype=bool)
+    vertices = np.asarray(vertices, dtype=np.float64)
+    _, inverse = np.unique(vertices, axis=0, return_inverse=True)
+    f = inverse.reshape(-1)[np.asarray(faces, dtype=np.int64)]
+    a, b = adjacency[:, 0], adjacency[:, 1]
+    shared = (f[a][:, :, None] == f[b][:, None, :]).any(axis=2)  # (E, 3): corners of a also in b
+    corners = np.asarray(faces)[a]
+    length = np.zeros(len(a))
+    two = shared.sum(axis=1) == 2
+    first, second = np.argsort(~shared, axis=1, kind="stable")[:, 0], np.argsort(~shared, axis=1, kind="stable")[:, 1]
+    rows = np.arange(len(a))
+    length[two] = np.linalg.norm(vertices[corners[rows, first]] - vertices[corners[rows, second]], axis=1)[two]
+    tri = vertices[np.asarray(faces)]
+    centroid = tri.mean(axis=1)
+    sharp = np.einsum("ij,ij->i", normals[a], normals[b]) < np.cos(np.radians(angle))
+    behind = (np.einsum("ij,ij->i", normals[a], centroid[b] - centroid[a]) < 0) & \
+        (np.einsum("ij,ij->i", normals[b], centroid[a] - centroid[b]) < 0)
+    return length, sharp & behind
+
+
 def _neighbour_lists(n_faces: int, adjacency: np.ndarray):
     """CSR-style neighbour lists: (indptr (F+1,), indices (2E,))."""
     if len(adjacency) == 0:
@@ -225,6 +280,47 @@ def flatten_masks(masks: Sequence[Mask], foreground: np.ndarray, *, min_pixels: 
     return index, [clipped[order[k]][1] for k in kept]
 
 
+def _components_of(n_faces: int, adjacency: np.ndarray) -> np.ndarray:
+    """Connected component (over shared edges) of every face, (F,) int64."""
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(adjacency)), (adjacency[:, 0], adjacency[:, 1])), shape=(n_faces, n_faces))
+    return connected_components(graph, directed=False)[1].astype(np.int64)
+
+
+def split_by_component(index: np.ndarray, scores: list[float], pix_to_face: np.ndarray, component: np.ndarray, *,
+                       min_pixels: int = 12) -> tuple[np.ndarray, list[float]]:
+    """Split every mask of a flattened view where it covers several connected pieces of the mesh.
+
+    Parameters
+    ----------
+    index : (H, W) int64
+        Mask number per pixel, -1 where none (:func:`flatten_masks`).
+    scores : list of float
+    pix_to_face : (H, W) int64
+    component : (F,) int64
+        Connected component of each face.
+
+    Returns
+    -------
+    index : (H, W) int64
+        New mask numbers; pieces under ``min_pixels`` are dropped.
+    scores : list of float
+        Each piece keeps its mask's score.
+    """
+    sel = (index >= 0) & (pix_to_face >= 0)
+    out = np.full(index.shape, -1, dtype=np.int64)
+    if not sel.any():
+        return out, []
+    key = index[sel] * (int(component.max()) + 1) + component[pix_to_face[sel]]
+    uniq, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    kept = counts >= min_pixels
+    remap = np.where(kept, np.cumsum(kept) - 1, -1)
+    out[sel] = remap[inverse]
+    base = uniq[kept] // (int(component.max()) + 1)
+    return out, [scores[int(b)] for b in base]
+
+
 def _mask_face_fractions(pix_to_face: np.ndarray, index: np.ndarray, n_faces: int):
     """For one view: visible pixel count per face (F,), and (mask, face, fraction) triples."""
     fg = pix_to_face >= 0
@@ -279,8 +375,12 @@ def revote(mesh: trimesh.Trimesh, pix_to_face: np.ndarray, view_masks: Sequence[
     e_mask, e_face, e_frac, e_vote = [], [], [], []
     visible_by_view = []
     mask_view, mask_offset = [], 0
+    adjacency = face_adjacency(vertices, faces)
+    component = _components_of(n_faces, adjacency) if s.split_components else None
     for v in range(n_views):
         index, scores = flatten_masks(view_masks[v], pix_to_face[v] >= 0, min_pixels=s.min_mask_pixels)
+        if component is not None:
+            index, scores = split_by_component(index, scores, pix_to_face[v], component, min_pixels=s.min_mask_pixels)
         visible, mask_id, face, frac = _mask_face_fractions(pix_to_face[v], index, n_faces)
         visible_by_view.append(visible > 0)
         quality = np.ones(len(face))
@@ -318,13 +418,18 @@ def revote(mesh: trimesh.Trimesh, pix_to_face: np.ndarray, view_masks: Sequence[
         confidence[has] = top[has] / total[has]
     seen = labels >= 0
 
-    adjacency = face_adjacency(vertices, faces)
     indptr, nbrs = _neighbour_lists(n_faces, adjacency)
     labels = _fill_unseen(labels, indptr, nbrs, area_w, centroids)
     for _ in range(s.smooth_iterations):
         labels, changed = _majority_step(labels, confidence, indptr, nbrs, s.smooth_below_confidence)
         if not changed:
             break
+    if s.merge_convex_fraction < 1.0:
+        length, convex = edge_convexity(vertices, faces, adjacency, normals, angle=s.convex_angle)
+        if component is None:
+            component = _components_of(n_faces, adjacency)
+        labels = _merge_convex(labels, adjacency, length, convex, s.merge_convex_fraction,
+                               _dominant(labels, component, area_w))
     labels = _merge_small(labels, adjacency, area_w, s.min_segment_area)
     labels = _relabel_by_area(labels, area_w)
 
@@ -446,6 +551,45 @@ def _majority_step(labels, confidence, indptr, nbrs, below: float):
             out[f] = vals[k]
             changed = True
     return out, changed
+
+
+def _dominant(labels: np.ndarray, component: np.ndarray, area_w: np.ndarray) -> np.ndarray:
+    """For every label 0..max, the connected component holding most of its area (-1 for unused labels)."""
+    n = int(labels.max()) + 1
+    pair, inverse = np.unique(labels * (int(component.max()) + 1) + component, return_inverse=True)
+    area = np.bincount(inverse, weights=area_w)
+    seg, comp = pair // (int(component.max()) + 1), pair % (int(component.max()) + 1)
+    out = np.full(n, -1, dtype=np.int64)
+    best = np.zeros(n)
+    for k in np.argsort(area):  # larger areas written last win
+        out[seg[k]], best[seg[k]] = comp[k], area[k]
+    return out
+
+
+def _merge_convex(labels, adjacency, length, convex, min_fraction: float, dominant: np.ndarray) -> np.ndarray:
+    """Unite neighbouring segments whose shared boundary is mostly (by length) sharp convex creases and
+    that lie mostly on the same connected piece of the mesh.
+
+    Part boundaries are concave (or flush); a convex rim between two segments means one part seen from
+    two sides that no view showed together (the top and underside of a thin board).
+    """
+    if len(adjacency) == 0:
+        return labels
+    a, b = labels[adjacency[:, 0]], labels[adjacency[:, 1]]
+    cross = a != b
+    if not cross.any():
+        return labels
+    lo, hi = np.minimum(a[cross], b[cross]), np.maximum(a[cross], b[cross])
+    n = int(labels.max()) + 1
+    pair, inverse = np.unique(lo * n + hi, return_inverse=True)
+    total = np.bincount(inverse, weights=length[cross])
+    sharp = np.bincount(inverse, weights=length[cross] * convex[cross])
+    uf = _UnionFind(n)
+    for p in np.nonzero(sharp >= min_fraction * np.maximum(total, 1e-30))[0]:
+        i, j = int(pair[p] // n), int(pair[p] % n)
+        if dominant[i] == dominant[j]:
+            uf.union(i, j)
+    return uf.roots()[labels]
 
 
 def _merge_small(labels, adjacency, area_w, min_area: float) -> np.ndarray:
