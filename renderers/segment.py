@@ -151,16 +151,24 @@ class SegmentationResult:
 # --------------------------------------------------------------------------------------------- graph helpers
 
 
-def face_adjacency(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+def merged_faces(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Faces (F, 3) int64 re-indexed so that vertices at equal positions share one index."""
+    faces = np.asarray(faces, dtype=np.int64)
+    if len(faces) == 0:
+        return faces.reshape(0, 3)
+    _, inverse = np.unique(np.asarray(vertices), axis=0, return_inverse=True)
+    return inverse.reshape(-1)[faces]
+
+
+def face_adjacency(vertices: np.ndarray, faces: np.ndarray, *, merged: np.ndarray | None = None) -> np.ndarray:
     """Pairs of faces sharing an edge (E, 2) int64, with equal vertex positions merged first.
 
     Non-manifold edges (three or more faces) link their faces in a chain. Face order is untouched.
+    ``merged`` (:func:`merged_faces`) skips the merge when already computed.
     """
-    faces = np.asarray(faces, dtype=np.int64)
-    if len(faces) == 0:
+    f = merged_faces(vertices, faces) if merged is None else merged
+    if len(f) == 0:
         return np.zeros((0, 2), dtype=np.int64)
-    _, inverse = np.unique(np.asarray(vertices), axis=0, return_inverse=True)
-    f = inverse.reshape(-1)[faces]
     edges = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
     owner = np.tile(np.arange(len(f)), 3)
     keep = edges[:, 0] != edges[:, 1]
@@ -173,7 +181,7 @@ def face_adjacency(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
 
 
 def edge_convexity(vertices: np.ndarray, faces: np.ndarray, adjacency: np.ndarray, normals: np.ndarray, *,
-                   angle: float = 30.0) -> tuple[np.ndarray, np.ndarray]:
+                   angle: float = 30.0, merged: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Length of each shared edge and whether it is a sharp convex crease.
 
     Parameters
@@ -184,6 +192,8 @@ def edge_convexity(vertices: np.ndarray, faces: np.ndarray, adjacency: np.ndarra
         Unit face normals, assumed outward (consistent winding).
     angle : float
         Normals further apart than this (degrees) make a sharp crease.
+    merged : (F, 3) int64, optional
+        :func:`merged_faces`, when already computed.
 
     Returns
     -------
@@ -194,8 +204,7 @@ def edge_convexity(vertices: np.ndarray, faces: np.ndarray, adjacency: np.ndarra
     if len(adjacency) == 0:
         return np.zeros(0), np.zeros(0, dtype=bool)
     vertices = np.asarray(vertices, dtype=np.float64)
-    _, inverse = np.unique(vertices, axis=0, return_inverse=True)
-    f = inverse.reshape(-1)[np.asarray(faces, dtype=np.int64)]
+    f = merged_faces(vertices, faces) if merged is None else merged
     a, b = adjacency[:, 0], adjacency[:, 1]
     shared = (f[a][:, :, None] == f[b][:, None, :]).any(axis=2)  # (E, 3): corners of a also in b
     corners = np.asarray(faces)[a]
@@ -210,18 +219,6 @@ def edge_convexity(vertices: np.ndarray, faces: np.ndarray, adjacency: np.ndarra
     behind = (np.einsum("ij,ij->i", normals[a], centroid[b] - centroid[a]) < 0) & \
         (np.einsum("ij,ij->i", normals[b], centroid[a] - centroid[b]) < 0)
     return length, sharp & behind
-
-
-def _neighbour_lists(n_faces: int, adjacency: np.ndarray):
-    """CSR-style neighbour lists: (indptr (F+1,), indices (2E,))."""
-    if len(adjacency) == 0:
-        return np.zeros(n_faces + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    a = np.concatenate([adjacency[:, 0], adjacency[:, 1]])
-    b = np.concatenate([adjacency[:, 1], adjacency[:, 0]])
-    order = np.argsort(a, kind="stable")
-    indptr = np.zeros(n_faces + 1, dtype=np.int64)
-    np.cumsum(np.bincount(a, minlength=n_faces), out=indptr[1:])
-    return indptr, b[order]
 
 
 class _UnionFind:
@@ -375,7 +372,8 @@ def revote(mesh: trimesh.Trimesh, pix_to_face: np.ndarray, view_masks: Sequence[
     e_mask, e_face, e_frac, e_vote = [], [], [], []
     visible_by_view = []
     mask_view, mask_offset = [], 0
-    adjacency = face_adjacency(vertices, faces)
+    merged = merged_faces(vertices, faces)
+    adjacency = face_adjacency(vertices, faces, merged=merged)
     component = _components_of(n_faces, adjacency) if s.split_components else None
     for v in range(n_views):
         index, scores = flatten_masks(view_masks[v], pix_to_face[v] >= 0, min_pixels=s.min_mask_pixels)
@@ -409,23 +407,24 @@ def revote(mesh: trimesh.Trimesh, pix_to_face: np.ndarray, view_masks: Sequence[
     labels = np.full(n_faces, -1, dtype=np.int64)
     confidence = np.zeros(n_faces, dtype=np.float64)
     if n_seg:
-        votes = coo_matrix((e_vote, (e_face, seg)), shape=(n_faces, n_seg)).tocsr()
-        total = np.asarray(votes.sum(axis=1)).reshape(-1)
-        has = total > 0
-        best = np.asarray(votes.argmax(axis=1)).reshape(-1)
-        top = np.asarray(votes.max(axis=1).todense()).reshape(-1)
-        labels[has] = best[has]
-        confidence[has] = top[has] / total[has]
+        key, inverse = np.unique(e_face * n_seg + seg, return_inverse=True)
+        votes = np.bincount(inverse, weights=e_vote)
+        face, segment = key // n_seg, key % n_seg
+        total = np.bincount(face, weights=votes, minlength=n_faces)
+        order = np.lexsort((segment, -votes, face))  # per face: largest vote first, ties to the lower id
+        face, segment, votes = face[order], segment[order], votes[order]
+        first = np.r_[True, face[1:] != face[:-1]] & (votes > 0)
+        labels[face[first]] = segment[first]
+        confidence[face[first]] = votes[first] / total[face[first]]
     seen = labels >= 0
 
-    indptr, nbrs = _neighbour_lists(n_faces, adjacency)
-    labels = _fill_unseen(labels, indptr, nbrs, area_w, centroids)
-    for _ in range(s.smooth_iterations):
-        labels, changed = _majority_step(labels, confidence, indptr, nbrs, s.smooth_below_confidence)
+    labels = _fill_unseen(labels, adjacency, area_w, centroids)
+    for _ in range(s.smooth_iterations if len(adjacency) else 0):
+        labels, changed = _majority_step(labels, confidence, adjacency, s.smooth_below_confidence)
         if not changed:
             break
     if s.merge_convex_fraction < 1.0:
-        length, convex = edge_convexity(vertices, faces, adjacency, normals, angle=s.convex_angle)
+        length, convex = edge_convexity(vertices, faces, adjacency, normals, angle=s.convex_angle, merged=merged)
         if component is None:
             component = _components_of(n_faces, adjacency)
         labels = _merge_convex(labels, adjacency, length, convex, s.merge_convex_fraction,
@@ -487,7 +486,8 @@ def _associate(e_mask, e_face, e_frac, mask_view, visible, area_w, n_masks: int,
 
     ``union_find`` unites every pair above ``association_iou`` (single linkage: one mask that merges two
     parts in one view can chain them); ``louvain`` finds communities in the graph of all pairs above
-    ``min_edge_iou`` weighted by IoU, so a few bridging masks do not merge two well-supported groups.
+    ``min_edge_iou`` weighted by IoU, so a few bridging masks do not merge two well-supported groups,
+    then re-unites communities it split without cause (:func:`_rejoin`).
     """
     first, second, iou = _mask_overlaps(e_mask, e_face, e_frac, mask_view, visible, area_w, n_masks, s.min_overlap)
     if s.association == "union_find":
@@ -507,27 +507,75 @@ def _associate(e_mask, e_face, e_frac, mask_view, visible, area_w, n_masks: int,
     communities = louvain_communities(graph, weight="weight", resolution=s.resolution, seed=0)
     for k, nodes in enumerate(sorted(communities, key=min)):
         seg[list(nodes)] = k
-    return seg
+    return _rejoin(seg, first, second, iou, mask_view, s.association_iou)
 
 
-def _fill_unseen(labels, indptr, nbrs, area_w, centroids) -> np.ndarray:
+def _rejoin(seg: np.ndarray, first: np.ndarray, second: np.ndarray, iou: np.ndarray, mask_view: np.ndarray,
+            threshold: float) -> np.ndarray:
+    """Re-unite communities that modularity split although nothing tells them apart.
+
+    Louvain cuts a ring of views around one part (masks of opposite views share no face) into arcs.
+    Two communities are joined, strongest first, when the mean IoU of the mask pairs linking them exceeds
+    ``threshold`` and no view has a mask in both (a view showing two masks says "two parts").
+    """
+    a, b = seg[first], seg[second]
+    cross = a != b
+    if not cross.any():
+        return seg
+    n = int(seg.max()) + 1
+    lo, hi = np.minimum(a[cross], b[cross]), np.maximum(a[cross], b[cross])
+    pair, inverse = np.unique(lo * n + hi, return_inverse=True)
+    mean = np.bincount(inverse, weights=iou[cross]) / np.bincount(inverse)
+    views = [set(mask_view[seg == k].tolist()) for k in range(n)]
+    uf = _UnionFind(n)
+    for p in np.argsort(-mean, kind="stable"):
+        if mean[p] <= threshold:
+            break
+        i, j = uf.find(int(pair[p] // n)), uf.find(int(pair[p] % n))
+        if i == j or views[i] & views[j]:
+            continue
+        uf.union(i, j)
+        root = uf.find(i)
+        views[root] = views[i] | views[j]
+    _, out = np.unique(uf.roots()[seg], return_inverse=True)
+    return out.astype(np.int64)
+
+
+def _neighbour_votes(labels: np.ndarray, src: np.ndarray, dst: np.ndarray, weights: np.ndarray, which: np.ndarray):
+    """Summed weight of each labelled neighbour's label, for the faces selected by ``which``.
+
+    ``src, dst`` are directed face adjacency (both directions); returns, per selected face that has a
+    labelled neighbour: face (N,), best label (N,), its weight (N,), and the weight of the face's own label.
+    """
+    sel = which[src] & (labels[dst] >= 0)
+    s, lab, w = src[sel], labels[dst[sel]], weights[sel]
+    empty = np.zeros(0, dtype=np.int64)
+    if len(s) == 0:
+        return empty, empty, np.zeros(0), np.zeros(0)
+    k = int(labels.max()) + 1
+    key, inverse = np.unique(s * k + lab, return_inverse=True)
+    total = np.bincount(inverse, weights=w)
+    face, label = key // k, key % k
+    own = np.bincount(face, weights=np.where(label == labels[face], total, 0.0), minlength=len(labels))
+    order = np.lexsort((label, -total, face))  # per face: heaviest first, ties to the lower label
+    face, label, total = face[order], label[order], total[order]
+    first = np.r_[True, face[1:] != face[:-1]]
+    return face[first], label[first], total[first], own[face[first]]
+
+
+def _fill_unseen(labels, adjacency, area_w, centroids) -> np.ndarray:
     """Unlabelled faces take the (area-weighted) majority of labelled neighbours, repeatedly; then nearest."""
     labels = labels.copy()
-    if (labels >= 0).all() or not (labels >= 0).any():
-        return np.where(labels >= 0, labels, 0) if not (labels >= 0).any() else labels
-    while True:
-        todo = np.nonzero(labels < 0)[0]
-        updates = {}
-        for f in todo:
-            nb = nbrs[indptr[f]:indptr[f + 1]]
-            nb = nb[labels[nb] >= 0]
-            if len(nb):
-                w = np.bincount(labels[nb], weights=area_w[nb] + 1e-12)
-                updates[f] = int(np.argmax(w))
-        if not updates:
+    if not (labels >= 0).any():
+        return np.zeros_like(labels)
+    src = np.concatenate([adjacency[:, 0], adjacency[:, 1]]) if len(adjacency) else np.zeros(0, np.int64)
+    dst = np.concatenate([adjacency[:, 1], adjacency[:, 0]]) if len(adjacency) else np.zeros(0, np.int64)
+    weights = area_w[dst] + 1e-12
+    while (labels < 0).any():
+        face, best, _, _ = _neighbour_votes(labels, src, dst, weights, labels < 0)
+        if len(face) == 0:
             break
-        for f, lab in updates.items():
-            labels[f] = lab
+        labels[face] = best
     rest = labels < 0
     if rest.any():
         tree = cKDTree(centroids[~rest])
@@ -536,21 +584,16 @@ def _fill_unseen(labels, indptr, nbrs, area_w, centroids) -> np.ndarray:
     return labels
 
 
-def _majority_step(labels, confidence, indptr, nbrs, below: float):
+def _majority_step(labels, confidence, adjacency, below: float):
     """One synchronous round: a low-confidence face whose neighbours mostly share another label takes it."""
+    src = np.concatenate([adjacency[:, 0], adjacency[:, 1]])
+    dst = np.concatenate([adjacency[:, 1], adjacency[:, 0]])
+    degree = np.bincount(src, minlength=len(labels))
+    face, best, count, own = _neighbour_votes(labels, src, dst, np.ones(len(src)), confidence < below)
+    switch = (best != labels[face]) & (count >= 2) & (2 * count > degree[face]) & (count > own)
     out = labels.copy()
-    changed = False
-    for f in np.nonzero(confidence < below)[0]:
-        nb = nbrs[indptr[f]:indptr[f + 1]]
-        if len(nb) < 2:
-            continue
-        vals, counts = np.unique(labels[nb], return_counts=True)
-        k = int(np.argmax(counts))
-        own = int(counts[vals == labels[f]].sum())
-        if vals[k] != labels[f] and counts[k] >= 2 and counts[k] * 2 > len(nb) and counts[k] > own:
-            out[f] = vals[k]
-            changed = True
-    return out, changed
+    out[face[switch]] = best[switch]
+    return out, bool(switch.any())
 
 
 def _dominant(labels: np.ndarray, component: np.ndarray, area_w: np.ndarray) -> np.ndarray:

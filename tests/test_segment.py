@@ -179,14 +179,26 @@ def test_geometric_generator_cuts_concave_contact_lines():
         assert counts.max() >= 0.97 * counts.sum()  # every region lies on one part
 
 
-def test_segmenter_finds_the_parts_of_a_table():
+def test_segmenter_finds_the_parts_of_a_table_from_image_cues_alone():
     mesh, labels = table()
-    settings = SegmentSettings(render=RenderSettings(n_views=8, image_size=128))
+    settings = SegmentSettings(render=RenderSettings(n_views=8, image_size=128),
+                               revote=RevoteSettings(split_components=False))
     res = MeshSegmenter(settings=settings).segment(mesh)
-    areas = mesh.area_faces
     assert res.n_segments >= 5
-    assert best_iou(res.labels, labels, areas) > 0.9
+    assert best_iou(res.labels, labels, mesh.area_faces) > 0.9
     assert res.render is not None and res.render.n_views == 8
+
+
+def test_flush_parts_need_the_component_split():
+    left = trimesh.creation.box((0.5, 0.5, 0.5)).apply_translation((-0.25, 0, 0))
+    right = trimesh.creation.box((0.52, 0.5, 0.5)).apply_translation((0.24, 0, 0))  # reaches 0.02 into the left
+    mesh, labels = composite([left, right])  # one flush 1 x 0.5 x 0.5 block made of two closed boxes
+    render = RenderSettings(n_views=6, image_size=64)
+    merged = MeshSegmenter(settings=SegmentSettings(render=render, revote=RevoteSettings(split_components=False)))
+    assert merged.segment(mesh).n_segments == 1  # no crease, no depth step: one part in every image
+    split = MeshSegmenter(settings=SegmentSettings(render=render)).segment(mesh)
+    assert split.n_segments == 2
+    assert best_iou(split.labels, labels, mesh.area_faces) == pytest.approx(1.0)
 
 
 # --------------------------------------------------------------------------------------------- SAM

@@ -165,6 +165,15 @@ def _unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             inverse = np.empty(len(rows), dtype=np.int64)
             inverse[order] = np.cumsum(new) - 1
             return rows[order[new]], inverse
+    if rows.dtype.kind == "f" and 0 < len(rows) < 2_000_000:
+        # per-column ranks (three 1-D sorts) turn float rows into small integer rows with the same order
+        ranks = np.empty(rows.shape, dtype=np.int64)
+        for j in range(3):
+            ranks[:, j] = np.unique(rows[:, j], return_inverse=True)[1].reshape(-1)
+        _, inverse = _unique_rows(ranks)
+        first = np.empty(int(inverse.max()) + 1, dtype=np.int64)
+        first[inverse[::-1]] = np.arange(len(rows) - 1, -1, -1)  # first occurrence of each unique row
+        return rows[first], inverse
     order = np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))
     srt = rows[order]
     new = np.ones(len(rows), dtype=bool)
