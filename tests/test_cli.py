@@ -70,3 +70,37 @@ def test_detokenize_rejects_non_token_file(tmp_path):
     np.savez(bad, foo=np.zeros(3))
     proc = run_cli("detokenize", bad, "-o", tmp_path / "o.obj", check_rc=2)
     assert "x.npz" in proc.stderr and not (tmp_path / "o.obj").exists()
+
+
+def test_preview_writes_png(tmp_path, box_obj):
+    from PIL import Image
+
+    out = tmp_path / "p.png"
+    run_cli("preview", box_obj, "-o", out, "--views", "2", "--size", "64")
+    img = np.asarray(Image.open(out).convert("RGB"))
+    assert img.shape[1] > img.shape[0] > 16  # two views side by side (the grid is cropped to the mesh)
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 4  # shaded, not a blank canvas
+
+
+def test_dataset_command_writes_split(tmp_path):
+    out = tmp_path / "ds"
+    run_cli("dataset", "-o", out, "-n", "6", "--workers", "1", "--family", "box", "--family", "pyramid")
+    lines = (out / "metadata.jsonl").read_text().splitlines()
+    assert len(lines) == 6
+    assert {json.loads(x)["family"] for x in lines} <= {"box", "pyramid"}
+    assert all((out / json.loads(x)["path"]).exists() for x in lines)
+
+
+def test_segment_command_outputs(tmp_path):
+    a = trimesh.creation.box(extents=(1.0, 1.0, 0.2))
+    b = trimesh.creation.box(extents=(0.3, 0.3, 0.6))
+    b.apply_translation([0, 0, -0.5])
+    path = tmp_path / "two.obj"
+    trimesh.util.concatenate([a, b]).export(path)
+    out = tmp_path / "seg" / "two.ply"
+    res = json.loads(run_cli("segment", path, "-o", out, "--views", "6").stdout)
+    labels = np.load(out.with_suffix(".npy"))
+    assert res["segments"] == len(np.unique(labels)) >= 2 and len(labels) == 24
+    # faces of one box share a label that the other box's faces do not have
+    assert set(labels[:12]).isdisjoint(set(labels[12:]))
+    assert out.with_suffix(".png").exists()
