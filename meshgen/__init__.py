@@ -15,13 +15,11 @@ _EXPORTS = {
     "EncoderConfig": "meshgen.encoder",
     "Conditioning": "meshgen.modeling",
     "MeshGenerator": "meshgen.modeling",
-    "generate": "meshgen.generate",
     "GenerationResult": "meshgen.generate",
     "build_model": "meshgen.registry",
     "load_model": "meshgen.registry",
     "generate_mesh": "meshgen.pipeline",
     "generate_file": "meshgen.pipeline",
-    "train": "meshgen.train",
     "load_config": "meshgen.config",
 }
 

@@ -66,10 +66,14 @@ def dataset(out: Path = typer.Option(..., "-o", "--out", help="Output directory.
             family: list[str] = typer.Option(None, "--family", help="Restrict to these families (repeatable)."),
             rotate: bool = typer.Option(False, help="Random rotations.")):
     """Write the procedural artist-mesh dataset (resumable; train/val/test split)."""
+    from tokenizers3d.errors import MeshInputError
     from tokenizers3d.procedural import make_dataset
 
-    path = make_dataset(out, n, seed=seed, workers=workers, max_faces=max_faces, families=family or None,
-                        rotate=rotate)
+    try:
+        path = make_dataset(out, n, seed=seed, workers=workers, max_faces=max_faces, families=family or None,
+                            rotate=rotate)
+    except (ValueError, KeyError) as exc:  # bad settings, or a resume with other settings
+        raise MeshInputError(out, str(exc).strip("'\"")) from exc
     print(f"dataset ready in {path}")
 
 
@@ -80,19 +84,20 @@ def tokenize(mesh: Path = typer.Argument(..., help="Mesh file."),
              bits: int = typer.Option(10, help="Quantization bits (6-12)."),
              max_faces: int = typer.Option(None, help="Refuse meshes with more faces.")):
     """Tokenize a mesh; the .npz holds ids, tokenizer config and the normalization transform."""
+    import numpy as np
+
     from tokenizers3d.base import get_tokenizer
     from tokenizers3d.io import atomic_path, load_mesh
 
     tok = get_tokenizer(tokenizer, bits=bits)
     enc = tok.encode(load_mesh(mesh, max_faces=max_faces), source=mesh)
+    id_dtype = np.uint16 if tok.vocab_size <= 65536 else np.int32
     with atomic_path(out, suffix=".npz") as tmp:
         with open(tmp, "wb") as fh:
-            import numpy as np
-
-            np.savez_compressed(fh, ids=enc.ids.astype(np.int32),
+            np.savez_compressed(fh, ids=enc.ids.astype(id_dtype),
                                 tokenizer=np.array(json.dumps(tok.config)),
                                 normalization=np.array(json.dumps(enc.normalization.to_dict())))
-    token_bytes = enc.ids.astype("int32").nbytes if tok.vocab_size > 65535 else enc.ids.astype("uint16").nbytes
+    token_bytes = enc.ids.astype(id_dtype).nbytes
     print(json.dumps({
         "tokenizer": tok.config, "faces": enc.n_faces, "vertices": enc.n_vertices, "tokens": int(len(enc.ids)),
         "tokens_per_face": round(enc.tokens_per_face, 3), "token_bytes": token_bytes,
@@ -105,6 +110,8 @@ def detokenize(tokens: Path = typer.Argument(..., help=".npz written by `meshgen
                out: Path = typer.Option(..., "-o", "--out", help="Mesh to write (.obj, .ply, .glb)."),
                lenient: bool = typer.Option(False, help="Drop a malformed tail instead of failing.")):
     """Decode tokens back to a mesh at its original scale and place."""
+    import zipfile
+
     import numpy as np
     import trimesh
 
@@ -118,10 +125,12 @@ def detokenize(tokens: Path = typer.Argument(..., help=".npz written by `meshgen
             ids = z["ids"]
             cfg = json.loads(str(z["tokenizer"]))
             norm = Normalization.from_dict(json.loads(str(z["normalization"])))
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise MeshInputError(tokens, f"not a token file written by `meshgen tokenize` ({exc})") from exc
     tok = get_tokenizer(**cfg)
-    qm, report = tok.decode_quantized(ids, strict=not lenient)
+    qm, report = tok.decode_quantized(ids.astype(np.int64), strict=not lenient)
+    if qm.n_faces == 0:
+        raise MeshInputError(tokens, f"no face could be decoded ({report.error or 'empty sequence'})")
     mesh = qm.to_trimesh()
     save_mesh(out, trimesh.Trimesh(norm.invert(mesh.vertices), mesh.faces, process=False))
     print(json.dumps({"faces": qm.n_faces, "dropped_tokens": report.dropped_tokens, "out": str(out)}))
@@ -167,12 +176,20 @@ def generate(inp: Path = typer.Argument(..., metavar="INPUT", help="Point cloud 
              seed: int = typer.Option(0),
              temperature: float = typer.Option(0.7),
              top_p: float = typer.Option(0.95),
-             max_faces: int = typer.Option(800, help="Stop after this many faces."),
+             max_faces: int = typer.Option(None, help="Stop after this many faces (default: 800, or 2 x --faces)."),
              checkpoint: Path = typer.Option(None, help="Model directory (default: the bundled checkpoint)."),
              no_constraints: bool = typer.Option(False, help="Disable order-enforcing sampling."),
              no_preview: bool = typer.Option(False, help="Do not write the PNG preview.")):
     """Turn a point cloud (or a mesh's surface) into a low-poly artist-like mesh."""
     from meshgen.pipeline import generate_file
+    from tokenizers3d.errors import MeshInputError
+
+    if faces is not None and faces <= 0:
+        raise MeshInputError(None, f"--faces must be positive, got {faces}")
+    if max_faces is None:
+        max_faces = max(800, 2 * faces) if faces else 800
+    elif faces is not None and faces > max_faces:
+        raise MeshInputError(None, f"--faces {faces} is above --max-faces {max_faces}")
 
     res = generate_file(inp, out, checkpoint=checkpoint, faces=faces, seed=seed, temperature=temperature,
                         top_p=top_p, max_faces=max_faces, constraints=not no_constraints, preview=not no_preview)

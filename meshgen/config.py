@@ -30,6 +30,7 @@ class DataConfig:
     max_faces: int = 800  # rows with more faces are skipped
     shuffle_buffer: int = 256
     num_workers: int = 1  # DataLoader workers (points are sampled there)
+    drop_face_count: float = 0.2  # share of training examples conditioned on an unknown face count
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,9 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentCo
             raw["model"].setdefault("args", {})[name[5:]] = value
         else:
             raw[section][name] = value
+    unknown = set(raw) - {"model", "data", "train"}
+    if unknown:
+        raise MeshInputError(path, f"unknown config sections: {', '.join(sorted(unknown))} (expected model, data, train)")
     model = raw.get("model") or {"name": "hourglass", "args": {}}
     if "name" not in model:
         raise MeshInputError(path, "model section needs a 'name'")

@@ -23,6 +23,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from tokenizers3d.io import atomic_path, atomic_write_text
+
 from .encoder import PointEncoder
 from .layers import face_count_bucket
 
@@ -181,8 +183,10 @@ class PretrainedMixin:
             "config": config_to_dict(self.config),
             "tied": tied,
         }
-        (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format_version": str(FORMAT_VERSION)})
+        # weights first, config last, each renamed into place: a folder with config.json is complete
+        with atomic_path(directory / WEIGHTS_NAME) as tmp:
+            save_file(tensors, str(tmp), metadata={"format_version": str(FORMAT_VERSION)})
+        atomic_write_text(directory / CONFIG_NAME, json.dumps(meta, indent=2, sort_keys=True) + "\n")
         return directory
 
     @classmethod
@@ -193,6 +197,10 @@ class PretrainedMixin:
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{directory}: format_version {meta.get('format_version')} != {FORMAT_VERSION}")
         name = meta["class"]
+        if name not in _MODEL_CLASSES:
+            from .registry import _import_models
+
+            _import_models()  # the class registers itself when its module is imported
         target = _MODEL_CLASSES.get(name)
         if target is None:
             raise ValueError(f"{directory}: unknown model class {name!r}; known: {sorted(_MODEL_CLASSES)}")

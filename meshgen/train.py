@@ -22,6 +22,7 @@ Killed at any point and started again with the same command, training resumes fr
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import os
 import shutil
@@ -34,6 +35,9 @@ import torch
 import torch.distributed as dist
 import yaml
 from torch.utils.data import DataLoader
+
+from tokenizers3d.errors import MeshInputError
+from tokenizers3d.io import atomic_write_text
 
 from .config import ExperimentConfig
 from .data import ExampleBatch, GeneratorExamples, collate_examples
@@ -95,6 +99,7 @@ class Trainer:
         self.step = 0
         self.best_val = float("inf")
         last = self.out / "last"
+        self._recover(last)
         if (last / "config.json").exists():
             self.model = load_model(last, map_location="cpu")
         else:
@@ -113,9 +118,31 @@ class Trainer:
         dc = cfg.data
         self.train_data = GeneratorExamples(dc.train, window=dc.window, n_points=dc.n_points, max_faces=dc.max_faces,
                                             seed=tc.seed + self.step, shuffle_buffer=dc.shuffle_buffer,
-                                            rank=self.dist.rank, world_size=self.dist.world_size)
+                                            rank=self.dist.rank, world_size=self.dist.world_size,
+                                            drop_face_count=dc.drop_face_count)
+        self._check_consistency()
         self.pad_id = self.train_data.pad_id
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if kind == "cuda" else nullcontext())
+
+    def _check_consistency(self) -> None:
+        """Shards, data config and model must agree on bits; the training window is the model's window."""
+        dc, mc = self.cfg.data, self.model.config
+        shard_bits = self.train_data.tokenizer.bits
+        if not shard_bits == dc.bits == mc.bits:
+            raise MeshInputError(dc.train, f"shards are {shard_bits}-bit, data.bits is {dc.bits}, the model is "
+                                           f"{mc.bits}-bit: tokenize the shards with --bits {mc.bits}")
+        if dc.window != mc.window:
+            raise MeshInputError(dc.train, f"data.window ({dc.window}) must equal the model's attention window "
+                                           f"({mc.window}) so generation attends as far back as training did")
+
+    def _recover(self, last: Path) -> None:
+        """A kill between the two renames of :meth:`save` leaves ``.last.old``: put it back."""
+        old = self.out / ".last.old"
+        if self.dist.is_main and not (last / "config.json").exists() and (old / "config.json").exists():
+            shutil.rmtree(last, ignore_errors=True)
+            old.rename(last)
+        if self.dist.world_size > 1:
+            dist.barrier()
 
     # ---- state ----------------------------------------------------------------------------------
     def _load_state(self, path: Path) -> None:
@@ -147,7 +174,7 @@ class Trainer:
     def loader(self, data) -> DataLoader:
         workers = self.cfg.data.num_workers
         return DataLoader(data, batch_size=self.cfg.train.batch_size, num_workers=workers,
-                          collate_fn=lambda items: collate_examples(items, self.pad_id),
+                          collate_fn=functools.partial(collate_examples, pad_id=self.pad_id),
                           persistent_workers=False, prefetch_factor=4 if workers else None)
 
     @torch.no_grad()
@@ -160,7 +187,7 @@ class Trainer:
         self.model.eval()
         total, count = 0.0, 0
         for i, batch in enumerate(DataLoader(data, batch_size=tc.batch_size,
-                                             collate_fn=lambda items: collate_examples(items, self.pad_id))):
+                                             collate_fn=functools.partial(collate_examples, pad_id=self.pad_id))):
             if i >= tc.val_batches:
                 break
             with self.autocast:
@@ -188,7 +215,7 @@ class Trainer:
         tc = self.cfg.train
         self.out.mkdir(parents=True, exist_ok=True)
         if self.dist.is_main:
-            (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+            atomic_write_text(self.out / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
         self.model.train()
         it = iter(self.loader(self.train_data))
         t0, tokens_seen, losses = time.time(), 0, []

@@ -104,3 +104,10 @@ def test_segment_command_outputs(tmp_path):
     # faces of one box share a label that the other box's faces do not have
     assert set(labels[:12]).isdisjoint(set(labels[12:]))
     assert out.with_suffix(".png").exists()
+
+
+@pytest.mark.parametrize("args,match", [(["-t", "nosuch"], "unknown tokenizer"), (["--bits", "13"], "bits must be")])
+def test_tokenize_bad_settings_exit_2(tmp_path, box_obj, args, match):
+    proc = run_cli("tokenize", box_obj, "-o", tmp_path / "t.npz", *args, check_rc=2)
+    assert match in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "t.npz").exists()

@@ -66,7 +66,7 @@ def grid_patch(draw, levels: int):
 def random_meshes(draw, bits: int | None = None):
     """Clean canonical meshes: random soups over small vertex pools (isolated faces, non-manifold edges,
     mixed windings), fans around a vertex sharing one edge three ways, grid patches; several components."""
-    bits = draw(st.sampled_from([6, 7, 8, 10])) if bits is None else bits
+    bits = draw(st.sampled_from([6, 7, 8, 10, 12])) if bits is None else bits
     levels = 1 << bits
     verts: list[tuple[int, int, int]] = []
     faces: list[tuple[int, int, int]] = []

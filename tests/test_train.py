@@ -67,7 +67,7 @@ def test_train_checkpoint_and_resume(shards, tmp_path):
 
 def test_two_process_ddp_on_cpu(shards, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(ROOT / "scripts" / "train_generator.py"), "--config", str(ROOT / "configs" / "tiny_test.yaml"),
            "--no-progress", "--set", f"data.train={shards / 'train'}", f"data.val={shards / 'val'}",
            f"train.out_dir={out}", "train.steps=2", "train.threads=1"]

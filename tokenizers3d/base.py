@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import trimesh
 
-from .errors import TokenizationError
+from .errors import TokenizationError, UnknownTokenizerError
 from .mesh import Normalization, QuantizedMesh, canonical_order, clean_faces, prepare, validate_bits
 
 
@@ -352,7 +352,7 @@ def get_tokenizer(name: str, **config) -> MeshTokenizer:
     """Build a registered tokenizer by name, e.g. ``get_tokenizer("adjacent", bits=10)``."""
     _import_builtin()
     if name not in _REGISTRY:
-        raise KeyError(f"unknown tokenizer {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+        raise UnknownTokenizerError(f"unknown tokenizer {name!r}; available: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name](**config)
 
 

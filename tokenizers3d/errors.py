@@ -27,6 +27,17 @@ class MeshInputError(MeshgenError, ValueError):
         super().__init__(f"{where}: {problem}")
 
 
+class ConfigError(MeshgenError, ValueError):
+    """A setting is invalid (unknown tokenizer, bits out of range, ...)."""
+
+
+class UnknownTokenizerError(ConfigError, KeyError):
+    """``get_tokenizer`` was given a name that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
 class TokenizationError(MeshgenError, ValueError):
     """A token sequence cannot be decoded; ``position`` is the index of the first bad token."""
 

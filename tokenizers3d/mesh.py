@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import trimesh
 
-from .errors import MeshInputError
+from .errors import ConfigError, MeshInputError
 
 MIN_BITS, MAX_BITS = 6, 12
 
@@ -115,7 +115,7 @@ class QuantizedMesh:
 
 def validate_bits(bits: int) -> int:
     if not isinstance(bits, (int, np.integer)) or not MIN_BITS <= int(bits) <= MAX_BITS:
-        raise ValueError(f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {bits!r}")
+        raise ConfigError(f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {bits!r}")
     return int(bits)
 
 
