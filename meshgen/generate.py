@@ -151,7 +151,7 @@ def sample_sequences(
             break
         cur = torch.tensor(nxt, dtype=torch.long, device=device)[:, None]  # (B, 1)
     seconds = time.perf_counter() - t0
-    n_faces = [max(len(s) - 2, 0) // FACE_TOKENS for s in seqs]
+    n_faces = [max(len(s) - 1 - int(len(s) > 1 and s[-1] == vocab.eos), 0) // FACE_TOKENS for s in seqs]  # no BOS/EOS
     return GenerationResult([np.asarray(s, dtype=np.int64) for s in seqs], n_faces, reasons, n_steps, seconds)
 
 

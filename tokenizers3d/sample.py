@@ -35,9 +35,9 @@ def sample_surface(mesh: trimesh.Trimesh, n: int, *, method: str = "uniform", se
     n : int
         Number of points.
     method : {"uniform", "poisson"}
-        ``uniform``: area-weighted i.i.d. samples. ``poisson``: a blue-noise (Poisson-disk-like) set made by
-        sample elimination: ``oversample * n`` uniform candidates thinned by farthest-point sampling
-        (PyTorch3D), so no two points are much closer than the mean spacing.
+        ``uniform``: area-weighted i.i.d. samples. ``poisson``: a blue-noise (Poisson-disk-like) set, not a
+        dart-throwing Poisson-disk sampler: ``oversample * n`` uniform candidates thinned by farthest-point
+        sampling (PyTorch3D), so no two points are much closer than the mean spacing.
     seed : int
 
     Returns
