@@ -213,3 +213,13 @@ def test_point_cloud_pcd_and_errors(tmp_path):
     np.save(tmp_path / "nan.npy", np.full((10, 3), np.nan))
     with pytest.raises(MeshInputError, match="NaN"):
         load_point_cloud(tmp_path / "nan.npy")
+
+
+def test_gltf_with_buffers_loads(tmp_path):
+    scene = trimesh.Scene()
+    scene.add_geometry(_box(), transform=trimesh.transformations.translation_matrix([0, 5, 0]))
+    files = scene.export(file_type="gltf")  # {"model.gltf": ..., "gltf_buffer_*.bin": ...}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    m = load_mesh(tmp_path / "model.gltf")
+    assert len(m.faces) == 12 and m.bounds[0][1] == pytest.approx(4.5)
