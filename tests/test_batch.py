@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -18,7 +17,15 @@ import trimesh
 from torch.utils.data import DataLoader
 
 from tokenizers3d.base import get_tokenizer
-from tokenizers3d.batch import DELAY_ENV, SHARD_SCHEMA, BatchError, batch_tokenize, rebuild_manifest
+from tokenizers3d.batch import (
+    CRASH_ENV,
+    DELAY_ENV,
+    SHARD_SCHEMA,
+    WORKER_DIED,
+    BatchError,
+    batch_tokenize,
+    rebuild_manifest,
+)
 from tokenizers3d.io import load_mesh
 from tokenizers3d.shards import TokenShardDataset, _consumer_slices, collate_tokens, iter_rows, read_shards
 
@@ -27,66 +34,8 @@ SCRIPT = REPO / "scripts" / "batch_tokenize.py"
 SHARD_SIZE = 3
 BAD_IDS = ["bad.obj", "c/empty.stl"]
 
-# Used only while the built-in tokenizers (tokenizers3d/coords.py ...) are not importable: a trivial
-# tokenizer in a module every worker (subprocess, process pool, Ray) can import as a plugin.
-_PLUGIN_MODULE = "tok3d_batch_test_plugin"
-_PLUGIN_SOURCE = textwrap.dedent('''
-    import numpy as np
-
-    from tokenizers3d import base
-
-    try:
-        base._import_builtin()
-    except ImportError:  # built-in tokenizers not written yet: let get_tokenizer find registered ones
-        base._import_builtin = lambda: None
-
-
-    @base.register_tokenizer("test-dummy")
-    class DummyTokenizer(base.MeshTokenizer):
-        """BOS, the face corners' quantized coordinates, EOS."""
-
-        @property
-        def vocab_size(self):
-            return (1 << self.bits) + 3
-
-        def encode_quantized(self, qm):
-            body = qm.vertices[qm.faces].reshape(-1)
-            return np.concatenate([[self.bos_id], body, [self.eos_id]]).astype(np.int64)
-
-        def decode_quantized(self, ids, *, strict=True):
-            raise NotImplementedError
-''')
-
-
-def _builtin_tokenizers_work() -> bool:
-    try:
-        get_tokenizer("coords", bits=7)
-    except (ImportError, KeyError):
-        return False
-    return True
-
-
-@pytest.fixture(scope="module")
-def tok_setup(tmp_path_factory) -> dict:
-    """Tokenizer arguments for batch_tokenize: the real ``coords`` tokenizer, or the dummy plugin."""
-    if _builtin_tokenizers_work():
-        return {"tokenizer": "coords", "tokenizer_config": {"bits": 7}, "plugins": (), "pythonpath": ""}
-    plugin_dir = tmp_path_factory.mktemp("plugin")
-    (plugin_dir / f"{_PLUGIN_MODULE}.py").write_text(_PLUGIN_SOURCE)
-    sys.path.insert(0, str(plugin_dir))
-    return {"tokenizer": "test-dummy", "tokenizer_config": {"bits": 7}, "plugins": (_PLUGIN_MODULE,),
-            "pythonpath": str(plugin_dir)}
-
-
-def _batch_kwargs(tok_setup: dict) -> dict:
-    return {k: tok_setup[k] for k in ("tokenizer", "tokenizer_config", "plugins")}
-
-
-def _env(tok_setup: dict, **extra: str) -> dict:
-    env = dict(os.environ, **extra)
-    paths = [p for p in (tok_setup["pythonpath"], env.get("PYTHONPATH", "")) if p]
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    return env
+TOKENIZER, BITS = "coords", 7
+BATCH_KWARGS = {"tokenizer": TOKENIZER, "tokenizer_config": {"bits": BITS}}
 
 
 @pytest.fixture(scope="module")
@@ -122,10 +71,10 @@ def good_ids(mesh_dir) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def clean_run(mesh_dir, tok_setup, tmp_path_factory):
+def clean_run(mesh_dir, tmp_path_factory):
     """One uninterrupted inline run: (out dir, report)."""
     out = tmp_path_factory.mktemp("clean") / "shards"
-    report = batch_tokenize(mesh_dir, out, workers=1, shard_size=SHARD_SIZE, progress=False, **_batch_kwargs(tok_setup))
+    report = batch_tokenize(mesh_dir, out, workers=1, shard_size=SHARD_SIZE, progress=False, **BATCH_KWARGS)
     return out, report
 
 
@@ -133,7 +82,7 @@ def _failures(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
 
 
-def test_rows_failures_and_manifest(clean_run, good_ids, tok_setup, mesh_dir):
+def test_rows_failures_and_manifest(clean_run, good_ids, mesh_dir):
     out, report = clean_run
     table = read_shards(out)
     assert table.schema.equals(SHARD_SCHEMA)
@@ -147,7 +96,7 @@ def test_rows_failures_and_manifest(clean_run, good_ids, tok_setup, mesh_dir):
     assert [s["file"] for s in manifest["shards"]] == [f"shard-{k:05d}.parquet" for k in range(4)]
     assert sum(s["rows"] for s in manifest["shards"]) == 10
     assert rebuild_manifest(out) == manifest
-    tok = get_tokenizer(tok_setup["tokenizer"], **tok_setup["tokenizer_config"])
+    tok = get_tokenizer(TOKENIZER, bits=BITS)
     row = next(r for r in iter_rows(out) if r["id"] == "a/b/cyl1.ply")
     enc = tok.encode(load_mesh(mesh_dir / "a/b/cyl1.ply"))
     np.testing.assert_array_equal(row["ids"], enc.ids)
@@ -157,9 +106,9 @@ def test_rows_failures_and_manifest(clean_run, good_ids, tok_setup, mesh_dir):
     assert row["config_hash"] == tok.config_hash
 
 
-def test_rerun_skips_done_shards_and_refuses_other_config(clean_run, mesh_dir, tok_setup):
+def test_rerun_skips_done_shards_and_refuses_other_config(clean_run, mesh_dir):
     out, _ = clean_run
-    kwargs = _batch_kwargs(tok_setup)
+    kwargs = BATCH_KWARGS
     again = batch_tokenize(mesh_dir, out, workers=1, shard_size=SHARD_SIZE, progress=False, **kwargs)
     assert (again.n_processed, again.n_shards_skipped, again.n_ok, again.n_failed) == (0, 4, 10, 2)
     other = dict(kwargs, tokenizer_config={"bits": 8})
@@ -169,12 +118,41 @@ def test_rerun_skips_done_shards_and_refuses_other_config(clean_run, mesh_dir, t
         batch_tokenize(mesh_dir, out, shard_size=5, progress=False, **kwargs)
 
 
-def test_two_workers_give_same_rows(clean_run, mesh_dir, tok_setup, tmp_path):
+def test_two_workers_give_same_rows(clean_run, mesh_dir, tmp_path):
     report = batch_tokenize(mesh_dir, tmp_path / "out", workers=2, shard_size=SHARD_SIZE, progress=False,
-                            **_batch_kwargs(tok_setup))
+                            **BATCH_KWARGS)
     assert report.n_ok == 10 and report.workers == 2
     assert read_shards(tmp_path / "out").to_pylist() == read_shards(clean_run[0]).to_pylist()
     assert _failures(tmp_path / "out") == _failures(clean_run[0])
+
+
+def test_worker_crash_becomes_a_failure_and_the_run_goes_on(clean_run, mesh_dir, tmp_path, monkeypatch):
+    """A pool worker dying on one file (as in a segfault) costs that file only, in a run that ends normally."""
+    crash_id = "a/b/cyl2.off"
+    monkeypatch.setenv(CRASH_ENV, "cyl2")
+    report = batch_tokenize(mesh_dir, tmp_path / "out", workers=2, shard_size=SHARD_SIZE, progress=False,
+                            **BATCH_KWARGS)
+    assert (report.n_ok, report.n_failed, report.n_shards_skipped) == (9, 3, 0)
+    expected = [r for r in read_shards(clean_run[0]).to_pylist() if r["id"] != crash_id]
+    assert read_shards(tmp_path / "out").to_pylist() == expected
+    failures = {f["id"]: f for f in _failures(tmp_path / "out")}
+    assert sorted(failures) == sorted([*BAD_IDS, crash_id])
+    assert failures[crash_id]["error"] == f"{mesh_dir / crash_id}: {WORKER_DIED}"
+    assert failures[crash_id]["path"] == str(mesh_dir / crash_id)
+    assert [f for f in _failures(tmp_path / "out") if f["id"] != crash_id] == _failures(clean_run[0])
+    monkeypatch.delenv(CRASH_ENV)
+    again = batch_tokenize(mesh_dir, tmp_path / "out", workers=2, shard_size=SHARD_SIZE, progress=False,
+                           **BATCH_KWARGS)
+    assert (again.n_processed, again.n_failed) == (0, 3)  # a resumed run keeps the recorded failure
+
+
+def test_crash_hook_never_fires_in_the_calling_process(mesh_dir, tmp_path):
+    """With ``--workers 1`` files are read in the calling process, which the crash hook must leave alone."""
+    cmd = [sys.executable, str(SCRIPT), str(mesh_dir), "--out", str(tmp_path / "out"), "-t", TOKENIZER,
+           "--bits", str(BITS), "--shard-size", str(SHARD_SIZE), "--workers", "1", "--no-progress"]
+    run = subprocess.run(cmd, env=dict(os.environ, **{CRASH_ENV: "cyl2"}), capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "10 meshes tokenized, 2 failed" in run.stdout
 
 
 def _children(pid: int) -> list[int]:
@@ -193,12 +171,11 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
-def test_sigkill_then_resume_loses_and_duplicates_nothing(clean_run, mesh_dir, tok_setup, tmp_path, workers):
+def test_sigkill_then_resume_loses_and_duplicates_nothing(clean_run, mesh_dir, tmp_path, workers):
     out = tmp_path / "out"
-    cmd = [sys.executable, str(SCRIPT), str(mesh_dir), "--out", str(out), "-t", tok_setup["tokenizer"],
-           "--bits", "7", "--shard-size", str(SHARD_SIZE), "--workers", str(workers), "--no-progress"]
-    cmd += [a for p in tok_setup["plugins"] for a in ("--plugin", p)]
-    proc = subprocess.Popen(cmd, env=_env(tok_setup, **{DELAY_ENV: "0.3"}), stdout=subprocess.PIPE,
+    cmd = [sys.executable, str(SCRIPT), str(mesh_dir), "--out", str(out), "-t", TOKENIZER,
+           "--bits", str(BITS), "--shard-size", str(SHARD_SIZE), "--workers", str(workers), "--no-progress"]
+    proc = subprocess.Popen(cmd, env=dict(os.environ, **{DELAY_ENV: "0.3"}), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while not (out / "shard-00000.parquet").exists():
@@ -213,7 +190,7 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(clean_run, mesh_dir, t
     while any(_alive(pid) for pid in pool) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(_alive(pid) for pid in pool), "pool workers outlived their killed parent"
-    run = subprocess.run(cmd, env=_env(tok_setup), capture_output=True, text=True, timeout=60)
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert "10 meshes tokenized, 2 failed" in run.stdout
     ids = read_shards(out).column("id").to_pylist()
@@ -223,21 +200,24 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(clean_run, mesh_dir, t
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
 
 
-def test_cli_bad_arguments_exit_2_with_one_line(tmp_path):
-    for args in ([str(tmp_path / "missing"), "--out", str(tmp_path / "o")], [str(tmp_path)]):
-        run = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=60)
-        assert run.returncode == 2
-        assert len(run.stderr.strip().splitlines()) == 1, run.stderr
-    assert "does not exist" in run.stderr or "required" in run.stderr
+@pytest.mark.parametrize(("args", "message"), [
+    (["{tmp}/missing", "--out", "{tmp}/o"], "input directory {tmp}/missing does not exist"),
+    (["{tmp}"], "the following arguments are required: --out"),
+], ids=["missing-directory", "missing-out"])
+def test_cli_bad_arguments_exit_2_with_one_line(tmp_path, args, message):
+    args = [a.format(tmp=tmp_path) for a in args]
+    run = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert message.format(tmp=tmp_path) in run.stderr
 
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own deprecated DataContext fields
-def test_ray_engine_gives_same_rows(clean_run, mesh_dir, tok_setup, tmp_path, monkeypatch):
+def test_ray_engine_gives_same_rows(clean_run, mesh_dir, tmp_path):
     pytest.importorskip("ray.data", reason="Ray not installed (pip install 'meshgen[ray]')")
-    monkeypatch.setenv("PYTHONPATH", _env(tok_setup)["PYTHONPATH"])  # Ray workers inherit the driver's env
     report = batch_tokenize(mesh_dir, tmp_path / "out", engine="ray", workers=1, shard_size=SHARD_SIZE,
-                            progress=False, **_batch_kwargs(tok_setup))
+                            progress=False, **BATCH_KWARGS)
     assert (report.engine, report.n_ok, report.n_failed) == ("ray", 10, 2)
     assert read_shards(tmp_path / "out").to_pylist() == read_shards(clean_run[0]).to_pylist()
     assert _failures(tmp_path / "out") == _failures(clean_run[0])

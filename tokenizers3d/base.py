@@ -83,6 +83,22 @@ class DecodeReport:
     dropped_faces: int = 0
 
 
+def config_hash(config: dict) -> str:
+    """Short, stable hash of a tokenizer config.
+
+    Parameters
+    ----------
+    config : dict
+        JSON-serializable tokenizer config (``tok.config``).
+
+    Returns
+    -------
+    str
+        First 12 hex digits of the SHA-1 of the config as JSON with sorted keys.
+    """
+    return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+
+
 class MeshTokenizer(ABC):
     """Base class. Subclasses set ``name`` and implement ``encode_quantized`` / ``decode_quantized``."""
 
@@ -121,7 +137,8 @@ class MeshTokenizer(ABC):
 
     @property
     def config_hash(self) -> str:
-        return hashlib.sha1(json.dumps(self.config, sort_keys=True).encode()).hexdigest()[:12]
+        """Short hash of :attr:`config` (see :func:`config_hash`)."""
+        return config_hash(self.config)
 
     # ---- core -------------------------------------------------------------------------------
     @abstractmethod

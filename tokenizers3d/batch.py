@@ -25,7 +25,6 @@ exactly one row or in exactly one failure line.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import json
 import math
@@ -34,9 +33,11 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from .base import MeshTokenizer, get_tokenizer
+from .base import MeshTokenizer, config_hash, get_tokenizer
 from .errors import MeshgenError, MeshInputError
 from .io import MESH_SUFFIXES, atomic_path, load_mesh
 
@@ -59,8 +60,11 @@ FAILURES_NAME = "failures.jsonl"
 SHARD_METADATA_KEY = b"tokenizers3d.batch"
 #: Test hook: seconds to sleep before each mesh, so tests can kill a run part-way deterministically.
 DELAY_ENV = "TOKENIZERS3D_BATCH_DELAY_S"
+#: Test hook: a pool worker about to read a file whose id contains this text dies (``os._exit``), like a segfault.
+CRASH_ENV = "TOKENIZERS3D_BATCH_CRASH_ON"
+#: Failure message of a file whose pool worker died while tokenizing it.
+WORKER_DIED = "worker process died while reading this file (crash or out of memory)"
 RAY_INSTALL_HINT = "pip install 'meshgen[ray]'"
-FILE_MODE = 0o644
 
 NORMALIZATION_TYPE = pa.struct([("center", pa.list_(pa.float64())), ("scale", pa.float64())])
 #: One row per tokenized mesh; every shard has exactly this schema.
@@ -246,10 +250,9 @@ def failures_name(index: int) -> str:
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Atomic write, readable by everyone (``atomic_path`` temporaries are private, 0600)."""
+    """Atomic write; ``atomic_path`` gives the file the usual permissions (``0o666`` less the umask)."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        tmp.chmod(FILE_MODE)
 
 
 def _config_json(config: dict) -> str:
@@ -259,11 +262,19 @@ def _config_json(config: dict) -> str:
 # ---- tokenizing one file and writing one shard ------------------------------------------------------
 
 
-def _tokenize_one(tok: MeshTokenizer, job: BatchJob, rel: str) -> tuple[dict | None, dict | None]:
-    """Tokenize one file: ``(row, None)`` on success, ``(None, failure)`` otherwise."""
+def _run_test_hooks(rel: str) -> None:
+    """Test-only: sleep ``DELAY_ENV`` seconds; in a pool worker, die on a file whose id contains ``CRASH_ENV``."""
     delay = float(os.environ.get(DELAY_ENV) or 0.0)
     if delay > 0:
         time.sleep(delay)
+    crash_on = os.environ.get(CRASH_ENV)
+    if crash_on and _IN_POOL_WORKER and crash_on in rel:
+        os._exit(1)
+
+
+def _tokenize_one(tok: MeshTokenizer, job: BatchJob, rel: str) -> tuple[dict | None, dict | None]:
+    """Tokenize one file: ``(row, None)`` on success, ``(None, failure)`` otherwise."""
+    _run_test_hooks(rel)
     path = Path(job.input_dir) / rel
     try:
         mesh = load_mesh(path, max_faces=job.max_faces)
@@ -283,7 +294,9 @@ def _tokenize_one(tok: MeshTokenizer, job: BatchJob, rel: str) -> tuple[dict | N
     return row, None
 
 
-def _tokenize_files(tok: MeshTokenizer, job: BatchJob, ids: Sequence[str]) -> tuple[list[dict], list[dict]]:
+def _tokenize_files(tok: MeshTokenizer, job: BatchJob, ids: Sequence[str],
+                    progress: _Progress | None = None) -> tuple[list[dict], list[dict]]:
+    """Tokenize ``ids`` in order: ``(rows, failures)``; ``progress`` is advanced after every file."""
     rows, failures = [], []
     for rel in ids:
         row, failure = _tokenize_one(tok, job, rel)
@@ -291,6 +304,8 @@ def _tokenize_files(tok: MeshTokenizer, job: BatchJob, ids: Sequence[str]) -> tu
             rows.append(row)
         else:
             failures.append(failure)
+        if progress is not None:
+            progress.advance(int(row is not None), int(failure is not None))
     return rows, failures
 
 
@@ -311,15 +326,10 @@ def _shard_table(rows: Sequence[dict], tok_config: dict) -> pa.Table:
         "n_vertices": pa.array([r["n_vertices"] for r in rows], pa.int32()),
         "tokenizer": pa.array([tok_config["name"]] * n, pa.string()),
         "tokenizer_config": pa.array([config_json] * n, pa.string()),
-        "config_hash": pa.array([_config_hash(tok_config)] * n, pa.string()),
+        "config_hash": pa.array([config_hash(tok_config)] * n, pa.string()),
         "normalization": pa.array([r["normalization"] for r in rows], NORMALIZATION_TYPE),
     }
     return pa.Table.from_pydict(columns, schema=SHARD_SCHEMA)
-
-
-def _config_hash(tok_config: dict) -> str:
-    """Same as ``MeshTokenizer.config_hash`` for a config dict."""
-    return hashlib.sha1(_config_json(tok_config).encode()).hexdigest()[:12]
 
 
 def write_shard(out_dir: str | Path, index: int, rows: Sequence[dict], failures: Sequence[dict], tok_config: dict) -> None:
@@ -330,11 +340,10 @@ def write_shard(out_dir: str | Path, index: int, rows: Sequence[dict], failures:
     out_dir = Path(out_dir)
     _write_text(out_dir / failures_name(index), "".join(json.dumps(f) + "\n" for f in failures))
     meta = {"format": FORMAT_VERSION, "shard": index, "tokenizer_config": tok_config,
-            "config_hash": _config_hash(tok_config), "n_rows": len(rows), "n_failed": len(failures)}
+            "config_hash": config_hash(tok_config), "n_rows": len(rows), "n_failed": len(failures)}
     table = _shard_table(rows, tok_config).replace_schema_metadata({SHARD_METADATA_KEY: json.dumps(meta).encode()})
     with atomic_path(out_dir / shard_name(index)) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        tmp.chmod(FILE_MODE)
 
 
 def run_shard(job: BatchJob, task: ShardTask, tok: MeshTokenizer | None = None) -> tuple[int, int]:
@@ -396,6 +405,10 @@ class _RateColumn(ProgressColumn):
 # ---- engines -----------------------------------------------------------------------------------------
 
 _WORKER_TOKENIZER: MeshTokenizer | None = None
+#: Why ``_init_worker`` could not build the tokenizer; :func:`_worker_tokenize` reports it to the parent.
+_WORKER_INIT_ERROR: str | None = None
+#: True in a process-pool worker (set by ``_init_worker``), never in the calling process.
+_IN_POOL_WORKER = False
 
 
 def _exit_with_parent() -> None:
@@ -412,14 +425,23 @@ def _exit_with_parent() -> None:
 
 
 def _init_worker(spec: TokenizerSpec) -> None:
-    global _WORKER_TOKENIZER
+    """Pool initializer: build the tokenizer once per worker.
+
+    An error is kept and raised by every task of this worker: a worker that exits here would break the
+    pool, and the parent would take that for a crash on the file the worker was given.
+    """
+    global _WORKER_TOKENIZER, _WORKER_INIT_ERROR, _IN_POOL_WORKER
+    _IN_POOL_WORKER = True
     _exit_with_parent()
-    _WORKER_TOKENIZER = spec.build()
+    try:
+        _WORKER_TOKENIZER = spec.build()
+    except Exception as exc:  # raised again, with its type, by _worker_tokenize in the parent
+        _WORKER_INIT_ERROR = f"{type(exc).__name__}: {exc}"
 
 
 def _worker_tokenize(job: BatchJob, ids: tuple[str, ...]) -> tuple[list[dict], list[dict]]:
     if _WORKER_TOKENIZER is None:
-        raise RuntimeError("pool worker was not initialized with a tokenizer")
+        raise RuntimeError(f"pool worker could not build the tokenizer ({_WORKER_INIT_ERROR or 'not initialized'})")
     return _tokenize_files(_WORKER_TOKENIZER, job, ids)
 
 
@@ -441,56 +463,149 @@ def _pool_context():
     return multiprocessing.get_context("spawn")
 
 
+@dataclass(frozen=True, order=True)
+class _Piece:
+    """A pool task: the files ``ids`` of work unit ``index``, from position ``offset`` in the unit.
+
+    An ``alone`` piece runs with no other task in flight, so a worker death while it runs is its file's doing.
+    """
+
+    index: int
+    offset: int
+    ids: tuple[str, ...]
+    alone: bool = False
+
+
+PieceResult = tuple[_Piece, tuple[list[dict], list[dict]]]
+
+
 def _run_local(job: BatchJob, tasks: Sequence[ShardTask], workers: int, shard_size: int, progress: _Progress,
                tok: MeshTokenizer) -> None:
     """Inline for one worker; otherwise a process pool over chunks of files, shards written here."""
     if workers == 1:
         for task in tasks:
-            rows, failures = [], []
-            for rel in task.ids:
-                row, failure = _tokenize_one(tok, job, rel)
-                if row is not None:
-                    rows.append(row)
-                else:
-                    failures.append(failure)
-                progress.advance(int(row is not None), int(failure is not None))
+            rows, failures = _tokenize_files(tok, job, task.ids, progress)
             write_shard(job.out_dir, task.index, rows, failures, tok.config)
         return
     chunk = _chunk_size(sum(len(t.ids) for t in tasks), workers, shard_size)
-    pieces = [(t.index, j, t.ids[j:j + chunk]) for t in tasks for j in range(0, len(t.ids), chunk)]
-    expected = {t.index: math.ceil(len(t.ids) / chunk) for t in tasks}
+    pieces = [_Piece(t.index, j, t.ids[j:j + chunk]) for t in tasks for j in range(0, len(t.ids), chunk)]
+    left = {t.index: len(t.ids) for t in tasks}
     done: dict[int, dict[int, tuple[list[dict], list[dict]]]] = {t.index: {} for t in tasks}
-    with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_init_worker,
-                             initargs=(job.tokenizer,)) as pool:
-        for (index, j), (rows, failures) in _bounded_map(pool, job, pieces, 2 * workers):
-            progress.advance(len(rows), len(failures))
-            done[index][j] = (rows, failures)
-            if len(done[index]) == expected[index]:
-                chunks = done.pop(index)
-                parts = [chunks[k] for k in sorted(chunks)]
-                write_shard(job.out_dir, index, [r for p in parts for r in p[0]], [f for p in parts for f in p[1]],
-                            tok.config)
+    for piece, (rows, failures) in _pool_map(job, pieces, workers):
+        progress.advance(len(rows), len(failures))
+        done[piece.index][piece.offset] = (rows, failures)
+        left[piece.index] -= len(piece.ids)
+        if left[piece.index] == 0:
+            _write_pieces(job, piece.index, done.pop(piece.index), tok.config)
 
 
-def _bounded_map(pool: ProcessPoolExecutor, job: BatchJob, pieces: Sequence[tuple[int, int, tuple[str, ...]]],
-                 max_in_flight: int) -> Iterator[tuple[tuple[int, int], tuple[list[dict], list[dict]]]]:
-    """Submit pieces in order with at most ``max_in_flight`` pending; yield ``((shard, chunk), result)``."""
-    queue = iter(pieces)
-    pending: dict[Future, tuple[int, int]] = {}
+def _write_pieces(job: BatchJob, index: int, parts: dict[int, tuple[list[dict], list[dict]]], tok_config: dict) -> None:
+    """Write work unit ``index`` from the results of its pieces, keyed by offset (so rows keep the file order)."""
+    ordered = [parts[offset] for offset in sorted(parts)]
+    write_shard(job.out_dir, index, [r for rows, _ in ordered for r in rows],
+                [f for _, failures in ordered for f in failures], tok_config)
+
+
+def _pool_map(job: BatchJob, pieces: Sequence[_Piece], workers: int) -> Iterator[PieceResult]:
+    """Run ``pieces`` on a process pool; yield ``(piece, (rows, failures))`` as they finish, in any order.
+
+    A worker that dies (segfault, out-of-memory kill) breaks the pool and fails every task in flight.
+    A new pool then runs those tasks again one file per task; a file whose task breaks the pool again
+    runs alone, and a file whose task breaks the pool while it runs alone becomes a failure
+    (:data:`WORKER_DIED`). Then the run goes on, with every other file tokenized as usual.
+    """
+    context = _pool_context()  # once: later pools use the same start method (and see the same environment)
+    todo = deque(pieces)
+    while todo:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                 initargs=(job.tokenizer,)) as pool:
+            broken = yield from _drain(pool, job, todo, 2 * workers)
+        retry, culprits = _split_broken(broken)
+        for piece in culprits:
+            yield piece, ([], [_worker_died(job, piece.ids[0])])
+        todo.extendleft(reversed(retry))
+
+
+def _drain(pool: ProcessPoolExecutor, job: BatchJob, todo: deque[_Piece],
+           max_in_flight: int) -> Generator[PieceResult, None, list[_Piece]]:
+    """Submit pieces from the front of ``todo`` and yield their results until ``todo`` is done or the pool breaks.
+
+    Returns
+    -------
+    list of _Piece
+        The pieces that were in flight when the pool broke (empty when it did not).
+    """
+    pending: dict[Future, _Piece] = {}
     try:
         while True:
-            for index, j, ids in queue:
-                pending[pool.submit(_worker_tokenize, job, ids)] = (index, j)
-                if len(pending) >= max_in_flight:
-                    break
+            pool_ok = _submit_ready(pool, job, todo, pending, max_in_flight)
             if not pending:
-                return
+                return []
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                yield pending.pop(fut), fut.result()
+            broken = yield from _collect(finished, pending)
+            if broken or not pool_ok:
+                finished, _ = wait(pending)  # a broken pool ends all its other tasks at once
+                return broken + (yield from _collect(finished, pending))
     finally:
         for fut in pending:
             fut.cancel()
+
+
+def _submit_ready(pool: ProcessPoolExecutor, job: BatchJob, todo: deque[_Piece], pending: dict[Future, _Piece],
+                  max_in_flight: int) -> bool:
+    """Submit pieces from the front of ``todo`` while :func:`_may_submit` allows; False if the pool is broken."""
+    while todo and _may_submit(todo[0], pending, max_in_flight):
+        piece = todo.popleft()
+        try:
+            pending[pool.submit(_worker_tokenize, job, piece.ids)] = piece
+        except BrokenProcessPool:  # broke since the last wait; the piece did not run
+            todo.appendleft(piece)
+            return False
+    return True
+
+
+def _may_submit(piece: _Piece, pending: dict[Future, _Piece], max_in_flight: int) -> bool:
+    """An ``alone`` piece runs by itself; other pieces run at most ``max_in_flight`` at a time."""
+    if piece.alone:
+        return not pending
+    return len(pending) < max_in_flight and not any(p.alone for p in pending.values())
+
+
+def _collect(finished: set[Future], pending: dict[Future, _Piece]) -> Generator[PieceResult, None, list[_Piece]]:
+    """Yield the results of ``finished`` (removed from ``pending``); return the pieces lost to a broken pool."""
+    broken = []
+    for fut in finished:
+        piece = pending.pop(fut)
+        try:
+            result = fut.result()
+        except BrokenProcessPool:
+            broken.append(piece)
+        else:
+            yield piece, result
+    return broken
+
+
+def _split_broken(broken: Sequence[_Piece]) -> tuple[list[_Piece], list[_Piece]]:
+    """The pieces in flight when the pool broke -> ``(pieces to run again, culprits)``.
+
+    A piece of several files becomes one piece per file; a one-file piece that ran beside others runs
+    again alone (these first); a piece that ran alone broke the pool by itself: its file is the culprit.
+    """
+    retry, culprits = [], []
+    for piece in sorted(broken):
+        if piece.alone:
+            culprits.append(piece)
+        elif len(piece.ids) > 1:
+            retry += [_Piece(piece.index, piece.offset + k, (rel,)) for k, rel in enumerate(piece.ids)]
+        else:
+            retry.append(replace(piece, alone=True))
+    return sorted(retry, key=lambda p: not p.alone), culprits
+
+
+def _worker_died(job: BatchJob, rel: str) -> dict:
+    """The failure line of a file whose pool worker died while tokenizing it."""
+    path = Path(job.input_dir) / rel
+    return {"id": rel, "path": str(path), "error": f"{path}: {WORKER_DIED}"}
 
 
 def _import_ray():
@@ -621,7 +736,7 @@ def rebuild_manifest(out_dir: str | Path) -> dict:
     manifest = {
         "format": FORMAT_VERSION,
         "tokenizer": plan.tokenizer_config,
-        "config_hash": _config_hash(plan.tokenizer_config),
+        "config_hash": config_hash(plan.tokenizer_config),
         "shard_size": plan.shard_size,
         "max_faces": plan.max_faces,
         "input_dir": plan.input_dir,
