@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     results = {"checkpoint": args.checkpoint or "bundled", "seed": args.seed, "temperature": args.temperature,
-               "n_points": args.n_points, "splits": {}}
+               "n_points": args.n_points, "n": args.n, "max_faces": args.max_faces, "splits": {}}
     for split, items in (("procedural", procedural_items(Path(args.procedural), args.n, args.max_faces)),
                          ("real", real_items(Path(args.real), args.n, args.max_faces))):
         if items:

@@ -136,7 +136,7 @@ def test_cached_decoding_equals_full_recompute(kind):
         cache = model.init_cache(cond)
         steps = torch.cat([model(tok[:, t : t + 1], cache=cache).logits for t in range(64)], dim=1)
         torch.testing.assert_close(steps, full, atol=1e-4, rtol=1e-4)
-        assert all(n <= w for n, w in zip(cache.kv_lengths(), _kv_windows(model), strict=True))
+        assert all(n <= w - 1 for n, w in zip(cache.kv_lengths(), _kv_windows(model), strict=True))
         cache, chunks, i = model.init_cache(cond), [], 0
         for n in (5, 1, 1, 7, 13, 2, 20, 15):  # chunked prefill crossing group boundaries
             chunks.append(model(tok[:, i : i + n], cache=cache).logits)
@@ -179,7 +179,7 @@ def test_cache_memory_is_bounded():
     windows = HG.level_windows()
     for i, st in enumerate(cache.levels):
         for layer in (st.down or []) + (st.up or []):
-            assert layer.self_kv.k.shape[1] <= windows[i] and layer.self_kv.v.shape[1] <= windows[i]
+            assert layer.self_kv.k.shape[1] <= windows[i] - 1 and layer.self_kv.v.shape[1] <= windows[i] - 1
         if st.pending is not None:
             assert st.pending.shape[1] <= 2
     assert cache.pos == tok.shape[1]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import random
 
@@ -15,6 +14,7 @@ from meshgen.generate import generate, measure_invalid_rate, sample_sequences
 from meshgen.hourglass import HourglassConfig, HourglassTransformer
 from meshgen.modeling import Conditioning, CoordVocab
 from meshgen.sampling import FaceConstraint, _collinear, filter_logits, invalid_rate, sample_next, validate_coords
+from tokenizers3d.base import get_tokenizer
 
 VOCAB = CoordVocab(7)
 
@@ -93,19 +93,14 @@ def test_validate_coords_catches_each_rule():
 
 
 def _strict_decoders():
-    """Our checker, plus the tokenizer's strict decoder once tokenizers3d.coords exists."""
-    checks = [lambda ids: validate_coords(ids, 7) is None]
-    if importlib.util.find_spec("tokenizers3d.coords") is not None:
-        from tokenizers3d.base import get_tokenizer
+    """Our checker, plus the ``coords`` tokenizer's strict decoder."""
+    tok = get_tokenizer("coords", bits=7)
 
-        tok = get_tokenizer("coords", bits=7)
+    def strict(ids) -> bool:
+        tok.decode_quantized(ids, strict=True)  # raises on anything malformed
+        return True
 
-        def strict(ids) -> bool:
-            tok.decode_quantized(ids, strict=True)  # raises on anything malformed
-            return True
-
-        checks.append(strict)
-    return checks
+    return [lambda ids: validate_coords(ids, 7) is None, strict]
 
 
 def test_biased_random_logits_stay_valid_and_never_stall():
