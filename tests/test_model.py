@@ -19,13 +19,7 @@ from meshgen.transformer import Transformer, TransformerConfig, matched_transfor
 VOCAB = CoordVocab(7)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest (and do not fight other jobs) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 ENC = EncoderConfig(dim=16, n_heads=2, n_latents=4, n_layers=1, n_freqs=2)
 HG = HourglassConfig(dim=32, n_heads=2, layers=(2, 2, 2), window=18, cross_every=2, encoder=ENC)
 FLAT = TransformerConfig(dim=32, n_heads=2, n_layers=3, window=18, cross_every=2, encoder=ENC)

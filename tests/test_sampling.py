@@ -19,13 +19,7 @@ from tokenizers3d.base import get_tokenizer
 VOCAB = CoordVocab(7)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest (and do not fight other jobs) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _all_valid_faces(n: int) -> list[tuple[int, ...]]:
