@@ -115,6 +115,7 @@ class Trainer:
                                       {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=tc.betas)
         if (last / "trainer_state.pt").exists():
             self._load_state(last / "trainer_state.pt")
+        self._trim_log()
         dc = cfg.data
         self.train_data = GeneratorExamples(dc.train, window=dc.window, n_points=dc.n_points, max_faces=dc.max_faces,
                                             seed=tc.seed + self.step, shuffle_buffer=dc.shuffle_buffer,
@@ -199,6 +200,16 @@ class Trainer:
         if self.dist.world_size > 1:
             dist.all_reduce(stats)
         return float(stats[0] / max(stats[1], 1))
+
+    def _trim_log(self) -> None:
+        """Drop log rows past the resumed step (written after the last checkpoint by a run that was killed)."""
+        path = self.out / "log.csv"
+        if not self.dist.is_main or not path.exists():
+            return
+        lines = path.read_text().splitlines(keepends=True)
+        keep = lines[:1] + [ln for ln in lines[1:] if ln.strip() and int(ln.split(",", 1)[0]) <= self.step]
+        if len(keep) != len(lines):
+            atomic_write_text(path, "".join(keep))
 
     def _log(self, row: dict) -> None:
         if not self.dist.is_main:

@@ -76,3 +76,28 @@ def test_two_process_ddp_on_cpu(shards, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "last" / "model.safetensors").exists()
     assert torch.load(out / "last" / "trainer_state.pt", weights_only=True)["step"] == 2
+
+
+def test_sigkill_then_resume(shards, tmp_path):
+    """Killed after a checkpoint, the same command finishes the run; the log has every step exactly once."""
+    import signal
+    import time
+
+    out = tmp_path / "killed"
+    cmd = [sys.executable, str(ROOT / "scripts" / "train_generator.py"), "--config", str(ROOT / "configs" / "tiny_test.yaml"),
+           "--no-progress", "--set", f"data.train={shards / 'train'}", f"data.val={shards / 'val'}",
+           f"train.out_dir={out}", "train.steps=60", "train.ckpt_every=2", "train.val_every=1000", "train.threads=1"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (out / "last" / "trainer_state.pt").exists():
+        time.sleep(0.2)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(out / "last" / "trainer_state.pt", weights_only=True)["step"]
+    assert 2 <= killed_at < 60
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert torch.load(out / "last" / "trainer_state.pt", weights_only=True)["step"] == 60
+    steps = [int(row.split(",")[0]) for row in (out / "log.csv").read_text().splitlines()[1:]]
+    assert steps == list(range(1, 61))
