@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 import yaml
+from eval_generator import markdown  # scripts/ is on sys.path when this script runs
 
 from tokenizers3d.io import atomic_write_text
 
@@ -33,17 +34,6 @@ def _verdict(summary: dict) -> str:
         parts.append(f"{split}: the baseline is better on {len(base_wins)} of 5 metrics ({', '.join(base_wins)}), "
                      f"Chamfer {b['chamfer']:.4f} vs {m['chamfer']:.4f} for the model")
     return "; ".join(parts) + "."
-
-
-def _table(summary: dict) -> str:
-    rows = ["| split | method | n | valid | watertight | Chamfer | normal cons. | F@0.02 | F@0.05 | faces / ref |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
-    for split, res in summary.items():
-        for method, s in res.items():
-            rows.append(f"| {split} | {method} | {s['n']} | {s['valid_rate']:.2f} | {s['watertight_rate']:.2f} | "
-                        f"{s['chamfer']:.4f} | {s['normal_consistency']:.3f} | {s['fscore_002']:.3f} | "
-                        f"{s['fscore_005']:.3f} | {s['face_ratio_median']:.2f} |")
-    return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,7 +101,7 @@ CPU on this project's procedural artist-mesh dataset. It is the default checkpoi
 split; the requested face count is the reference's; measured on `runs/hourglass_small/best`, the file shipped here). Baseline: Open3D screened Poisson reconstruction (depth 7) from the same points, quadric-decimated to the
 same face count. Metrics as defined in `tokenizers3d/metrics.py` (distances in units of the reference's longest side).
 
-{_table(summary)}
+{markdown(res)}
 
 Invalid-mesh rate of raw sampling on {inv.get('n', 0)} procedural test inputs (a sequence that is not a valid canonical
 mesh): {inv.get('constrained', float('nan')):.2f} with order-enforcing constraints, {inv.get('unconstrained', float('nan')):.2f} without.
