@@ -20,8 +20,16 @@ from tokenizers3d.errors import MeshInputError
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the tokenized shards are and how training examples are cut from them."""
+    """Where training examples come from and how they are cut.
 
+    ``source: shards`` reads tokenized Parquet shards (``train`` / ``val``); ``source: procedural`` makes
+    fresh procedural meshes on the fly (:class:`meshgen.data.ProceduralStream`) with ``augment`` (fields of
+    :class:`meshgen.data.AugmentConfig`; ``null`` = none), ``pool_size`` (0 = never repeat), a face-count
+    ``curriculum`` ``[[step, max_faces], ...]``, and a fixed validation set of ``val_examples`` objects
+    drawn with ``val_seed``.
+    """
+
+    source: str = "shards"  # shards | procedural
     train: str = "data/shards/train"
     val: str = "data/shards/val"
     bits: int = 7
@@ -31,7 +39,18 @@ class DataConfig:
     shuffle_buffer: int = 256
     num_workers: int = 1  # DataLoader workers (points are sampled there)
     drop_face_count: float = 0.2  # share of training examples conditioned on an unknown face count
+    drop_points: float = 0.0  # share trained without points (classifier-free guidance; needs encoder.null_context)
+    stream_seed: int = 1  # procedural stream (keep it apart from held-out datasets' seeds)
+    val_seed: int = 2
+    val_examples: int = 64
+    pool_size: int = 0
+    augment: dict | None = None
+    curriculum: list | None = None
+    families: list | None = None
 
+    def __post_init__(self):
+        if self.source not in ("shards", "procedural"):
+            raise ValueError(f"data.source must be 'shards' or 'procedural', got {self.source!r}")
 
 @dataclass(frozen=True)
 class TrainConfig:

@@ -72,10 +72,15 @@ class Conditioning:
         unconditional model (cross-attention is skipped).
     n_faces : (B,) int or None
         Requested face count; ``None`` or ``<= 0`` means unknown.
+    drop : (B,) bool or None
+        Rows whose point cloud is replaced by the learned null context (classifier-free guidance:
+        dropped at random in training, the unconditional branch when sampling). Needs a model built
+        with ``encoder.null_context``.
     """
 
     points: torch.Tensor | None = None
     n_faces: torch.Tensor | None = None
+    drop: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int | None:
@@ -88,13 +93,11 @@ class Conditioning:
         """Each conditioning ``k`` times in a row (k samples per input)."""
         rep = None if self.points is None else self.points.repeat_interleave(k, dim=0)
         nf = None if self.n_faces is None else self.n_faces.repeat_interleave(k, dim=0)
-        return Conditioning(rep, nf)
+        drop = None if self.drop is None else self.drop.repeat_interleave(k, dim=0)
+        return Conditioning(rep, nf, drop)
 
     def to(self, device) -> Conditioning:
-        return Conditioning(
-            None if self.points is None else self.points.to(device),
-            None if self.n_faces is None else self.n_faces.to(device),
-        )
+        return Conditioning(*(None if t is None else t.to(device) for t in (self.points, self.n_faces, self.drop)))
 
 
 @dataclass
@@ -229,6 +232,11 @@ class MeshGenerator(nn.Module, PretrainedMixin):
         self.ln_f = nn.LayerNorm(config.dim)
         self.head = nn.Linear(config.dim, self.vocab.size, bias=False)
         self.head.weight = self.tok_emb.weight  # tied
+        if config.encoder.point_embedding == "grid":
+            # the points in the decoder's language: (z, y, x) cell ids through the coordinate-token table
+            self.point_grid_proj = nn.Linear(3 * config.dim, config.encoder.dim)
+            # the points' bounding box (min and max cell per axis) as a global conditioning vector
+            self.bbox_proj = nn.Linear(6 * config.dim, config.dim)
 
     def init_weights(self, n_layers: int) -> None:
         """GPT-2 init: N(0, 0.02), residual projections scaled by ``1 / sqrt(2 n_layers)``."""
@@ -259,12 +267,35 @@ class MeshGenerator(nn.Module, PretrainedMixin):
         if B is None:
             raise ValueError("batch size unknown: give a Conditioning with points or n_faces, or tokens")
         device = self.tok_emb.weight.device
-        latents = None if cond.points is None else self.encoder(cond.points.to(device, self.tok_emb.weight.dtype))
         if cond.n_faces is None:
             bucket = torch.zeros(B, dtype=torch.long, device=device)
         else:
             bucket = face_count_bucket(cond.n_faces.to(device), self.config.n_face_buckets)
-        return Context(latents, self.face_count_emb(bucket))
+        cond_emb = self.face_count_emb(bucket)  # (B, D)
+        if cond.points is None:
+            if cond.drop is not None and bool(cond.drop.any()):
+                return Context(self.encoder.null_tokens(B), cond_emb)
+            return Context(None, cond_emb)
+        points = cond.points.to(device, self.tok_emb.weight.dtype)  # (B, N, 6)
+        extra = None
+        if self.config.encoder.point_embedding == "grid":
+            q = self.point_cells(points[..., :3])  # (B, N, 3) as z, y, x
+            extra = self.point_grid_proj(self.tok_emb(q).flatten(-2))  # (B, N, 3 D) -> (B, N, Dc)
+            box = torch.cat([q.amin(dim=1), q.amax(dim=1)], dim=1)  # (B, 6)
+            cond_emb = cond_emb + self.bbox_proj(self.tok_emb(box).flatten(-2))  # (B, 6 D) -> (B, D)
+        latents = self.encoder(points, extra)  # (B, L + K, Dc)
+        if cond.drop is not None:
+            drop = cond.drop.to(device).bool()
+            latents = torch.where(drop[:, None, None], self.encoder.null_tokens(B).to(latents.dtype), latents)
+            if extra is not None:
+                cond_emb = torch.where(drop[:, None], self.face_count_emb(bucket), cond_emb)
+        return Context(latents, cond_emb)
+
+    def point_cells(self, xyz: torch.Tensor) -> torch.Tensor:
+        """Unit-cube points ``(..., 3)`` as x, y, z -> their grid cells ``(..., 3)`` long as z, y, x."""
+        n = self.vocab.n
+        q = torch.floor((xyz + 0.5) * n).long().clamp_(0, n - 1)
+        return q.flip(-1)
 
     def _output(self, h: torch.Tensor, targets: torch.Tensor | None) -> ModelOutput:
         logits = self.head(self.ln_f(h))  # (B, T, V)

@@ -40,7 +40,15 @@ from tokenizers3d.errors import MeshInputError
 from tokenizers3d.io import atomic_write_text
 
 from .config import ExperimentConfig
-from .data import ExampleBatch, GeneratorExamples, collate_examples
+from .data import (
+    FIRST_VERTEX,
+    NEW_VERTEX,
+    AugmentConfig,
+    ExampleBatch,
+    GeneratorExamples,
+    ProceduralStream,
+    collate_examples,
+)
 from .modeling import Conditioning
 from .registry import build_model, load_model
 
@@ -77,9 +85,24 @@ def lr_at(step: int, *, base: float, warmup: int, total: int, min_ratio: float) 
 def forward_loss(model, batch: ExampleBatch, pad_id: int) -> tuple[torch.Tensor, int]:
     """Mean next-token cross entropy over non-PAD targets, and the number of targets."""
     inputs, targets = batch.tokens[:, :-1], batch.tokens[:, 1:]  # (B, T) each
-    out = model(inputs, cond=Conditioning(points=batch.points, n_faces=batch.n_faces), start_pos=batch.start,
-                targets=targets)
+    drop = batch.drop if batch.drop is not None and bool(batch.drop.any()) else None
+    out = model(inputs, cond=Conditioning(points=batch.points, n_faces=batch.n_faces, drop=drop),
+                start_pos=batch.start, targets=targets)
     return out.loss, int((targets != pad_id).sum())
+
+
+def loss_by_kind(model, batch: ExampleBatch, pad_id: int) -> dict[str, tuple[float, int]]:
+    """Summed cross entropy and token count over all targets, new-vertex targets and first-vertex targets."""
+    import torch.nn.functional as F
+
+    inputs, targets = batch.tokens[:, :-1], batch.tokens[:, 1:]  # (B, T)
+    out = model(inputs, cond=Conditioning(points=batch.points, n_faces=batch.n_faces), start_pos=batch.start)
+    nll = F.cross_entropy(out.logits.float().transpose(1, 2), targets, ignore_index=pad_id, reduction="none")  # (B, T)
+    valid = targets != pad_id
+    kinds = batch.kinds if batch.kinds is not None else torch.zeros_like(targets, dtype=torch.uint8)
+    masks = {"all": valid, "new_vertex": valid & ((kinds & NEW_VERTEX) > 0),
+             "first_vertex": valid & ((kinds & FIRST_VERTEX) > 0)}
+    return {k: (float(nll[m].sum()), int(m.sum())) for k, m in masks.items()}
 
 
 class Trainer:
@@ -108,7 +131,8 @@ class Trainer:
         self.ddp_model = self.model
         if self.dist.world_size > 1:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if kind == "cuda" else None)
+                self.model, device_ids=[self.device.index] if kind == "cuda" else None,
+                find_unused_parameters=bool(self.model.config.encoder.null_context))  # null context: CFG rows only
         decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
         no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
@@ -117,10 +141,21 @@ class Trainer:
             self._load_state(last / "trainer_state.pt")
         self._trim_log()
         dc = cfg.data
-        self.train_data = GeneratorExamples(dc.train, window=dc.window, n_points=dc.n_points, max_faces=dc.max_faces,
-                                            seed=tc.seed + self.step, shuffle_buffer=dc.shuffle_buffer,
-                                            rank=self.dist.rank, world_size=self.dist.world_size,
-                                            drop_face_count=dc.drop_face_count)
+        if dc.source == "procedural":
+            self.train_data = ProceduralStream(
+                bits=dc.bits, window=dc.window, n_points=dc.n_points, max_faces=dc.max_faces, seed=dc.stream_seed,
+                augment=None if dc.augment is None else AugmentConfig(**dc.augment), pool_size=dc.pool_size,
+                curriculum=dc.curriculum, drop_face_count=dc.drop_face_count, drop_points=dc.drop_points,
+                families=dc.families, start_step=self.step, batch_size=tc.batch_size, rank=self.dist.rank,
+                world_size=self.dist.world_size)
+        else:
+            self.train_data = GeneratorExamples(dc.train, window=dc.window, n_points=dc.n_points,
+                                                max_faces=dc.max_faces, seed=tc.seed + self.step,
+                                                shuffle_buffer=dc.shuffle_buffer, rank=self.dist.rank,
+                                                world_size=self.dist.world_size, drop_face_count=dc.drop_face_count)
+        if dc.drop_points > 0 and not self.model.config.encoder.null_context:
+            raise MeshInputError(dc.train, "data.drop_points > 0 needs a model with encoder.null_context: true")
+        self._val_items = None
         self._check_consistency()
         self.pad_id = self.train_data.pad_id
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if kind == "cuda" else nullcontext())
@@ -128,7 +163,7 @@ class Trainer:
     def _check_consistency(self) -> None:
         """Shards, data config and model must agree on bits; the training window is the model's window."""
         dc, mc = self.cfg.data, self.model.config
-        shard_bits = self.train_data.tokenizer.bits
+        shard_bits = self.train_data.tokenizer.bits if dc.source == "shards" else dc.bits
         if not shard_bits == dc.bits == mc.bits:
             raise MeshInputError(dc.train, f"shards are {shard_bits}-bit, data.bits is {dc.bits}, the model is "
                                            f"{mc.bits}-bit: tokenize the shards with --bits {mc.bits}")
@@ -178,28 +213,45 @@ class Trainer:
                           collate_fn=functools.partial(collate_examples, pad_id=self.pad_id),
                           persistent_workers=False, prefetch_factor=4 if workers else None)
 
-    @torch.no_grad()
-    def validate(self) -> float:
+    def _val_batches(self):
         dc, tc = self.cfg.data, self.cfg.train
+        collate = functools.partial(collate_examples, pad_id=self.pad_id)
+        if dc.source == "procedural":
+            if self._val_items is None:  # a fixed set of never-trained objects (own seed, no augmentation)
+                stream = ProceduralStream(bits=dc.bits, window=dc.window, n_points=dc.n_points,
+                                          max_faces=dc.max_faces, seed=dc.val_seed, families=dc.families)
+                items = stream.take(dc.val_examples)
+                self._val_items = items[self.dist.rank :: self.dist.world_size]
+            items = self._val_items
+            return [collate(items[i : i + tc.batch_size]) for i in range(0, len(items), tc.batch_size)]
         if not Path(dc.val).exists():
-            return float("nan")
+            return []
         data = GeneratorExamples(dc.val, window=dc.window, n_points=dc.n_points, max_faces=dc.max_faces, seed=0,
                                  repeat=False, shuffle=False, rank=self.dist.rank, world_size=self.dist.world_size)
-        self.model.eval()
-        total, count = 0.0, 0
-        for i, batch in enumerate(DataLoader(data, batch_size=tc.batch_size,
-                                             collate_fn=functools.partial(collate_examples, pad_id=self.pad_id))):
+        out = []
+        for i, batch in enumerate(DataLoader(data, batch_size=tc.batch_size, collate_fn=collate)):
             if i >= tc.val_batches:
                 break
+            out.append(batch)
+        return out
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean validation loss over all targets, new-vertex targets and first-vertex targets (nats)."""
+        self.model.eval()
+        keys = ("all", "new_vertex", "first_vertex")
+        stats = torch.zeros(2 * len(keys), dtype=torch.float64)
+        for batch in self._val_batches():
             with self.autocast:
-                loss, n = forward_loss(self.model, batch.to(self.device), self.pad_id)
-            total += float(loss) * n
-            count += n
+                parts = loss_by_kind(self.model, batch.to(self.device), self.pad_id)
+            for j, k in enumerate(keys):
+                stats[2 * j] += parts[k][0]
+                stats[2 * j + 1] += parts[k][1]
         self.model.train()
-        stats = torch.tensor([total, count], dtype=torch.float64)
         if self.dist.world_size > 1:
             dist.all_reduce(stats)
-        return float(stats[0] / max(stats[1], 1))
+        return {k: float(stats[2 * j] / stats[2 * j + 1]) if stats[2 * j + 1] > 0 else float("nan")
+                for j, k in enumerate(keys)}
 
     def _trim_log(self) -> None:
         """Drop log rows past the resumed step (written after the last checkpoint by a run that was killed)."""
@@ -211,13 +263,20 @@ class Trainer:
         if len(keep) != len(lines):
             atomic_write_text(path, "".join(keep))
 
+    LOG_FIELDS = ("step", "lr", "loss", "tokens_per_s", "val_loss", "elapsed_s", "val_new_vertex_loss",
+                  "val_first_vertex_loss")
+
     def _log(self, row: dict) -> None:
         if not self.dist.is_main:
             return
         path = self.out / "log.csv"
         new = not path.exists()
+        fields = list(self.LOG_FIELDS)
+        if not new:  # a log begun by an older version keeps its columns
+            with open(path, newline="") as fh:
+                fields = next(csv.reader(fh), fields) or fields
         with open(path, "a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["step", "lr", "loss", "tokens_per_s", "val_loss", "elapsed_s"])
+            writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
             if new:
                 writer.writeheader()
             writer.writerow(row)
@@ -238,7 +297,8 @@ class Trainer:
                            TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn())
             bar.start()
             task = bar.add_task("train", total=tc.steps, completed=self.step, loss=float("nan"))
-        val_loss = float("nan")
+        val = {"all": float("nan"), "new_vertex": float("nan"), "first_vertex": float("nan")}
+        elapsed0 = self._elapsed_before()
         try:
             while self.step < tc.steps:
                 lr = lr_at(self.step, base=tc.lr, warmup=tc.warmup_steps, total=tc.steps, min_ratio=tc.min_lr_ratio)
@@ -257,22 +317,35 @@ class Trainer:
                 if bar is not None:
                     bar.update(task, completed=self.step, loss=float(loss))
                 if self.step % tc.val_every == 0 or self.step == tc.steps:
-                    val_loss = self.validate()
-                    if val_loss < self.best_val:
-                        self.best_val = val_loss
+                    val = self.validate()
+                    if val["all"] < self.best_val:
+                        self.best_val = val["all"]
                         self.save("best")
                 if self.step % tc.log_every == 0 or self.step == tc.steps:
                     elapsed = time.time() - t0
                     self._log({"step": self.step, "lr": f"{lr:.3e}", "loss": f"{sum(losses) / len(losses):.4f}",
                                "tokens_per_s": f"{tokens_seen * self.dist.world_size / elapsed:.1f}",
-                               "val_loss": f"{val_loss:.4f}", "elapsed_s": f"{elapsed:.1f}"})
+                               "val_loss": f"{val['all']:.4f}", "elapsed_s": f"{elapsed0 + elapsed:.1f}",
+                               "val_new_vertex_loss": f"{val['new_vertex']:.4f}",
+                               "val_first_vertex_loss": f"{val['first_vertex']:.4f}"})
                     losses = []
                 if self.step % tc.ckpt_every == 0 or self.step == tc.steps:
                     self.save("last")
         finally:
             if bar is not None:
                 bar.stop()
-        return {"step": self.step, "val_loss": val_loss, "best_val": self.best_val}
+        return {"step": self.step, "val_loss": val["all"], "best_val": self.best_val}
+
+    def _elapsed_before(self) -> float:
+        """Training seconds logged before this run (resumed runs keep counting wall time from there)."""
+        path = self.out / "log.csv"
+        if not path.exists():
+            return 0.0
+        rows = list(csv.DictReader(path.open(newline="")))
+        try:
+            return float(rows[-1]["elapsed_s"]) if rows else 0.0
+        except (KeyError, ValueError):
+            return 0.0
 
 
 def train(cfg: ExperimentConfig, *, progress: bool = True) -> dict:
