@@ -16,6 +16,7 @@ _EXPORTS = {
     "Conditioning": "meshgen.modeling",
     "MeshGenerator": "meshgen.modeling",
     "GenerationResult": "meshgen.generate",
+    "GuidanceConfig": "meshgen.guidance",
     "build_model": "meshgen.registry",
     "load_model": "meshgen.registry",
     "generate_mesh": "meshgen.pipeline",

@@ -178,9 +178,18 @@ def generate(inp: Path = typer.Argument(..., metavar="INPUT", help="Point cloud 
              top_p: float = typer.Option(0.95),
              max_faces: int = typer.Option(None, help="Stop after this many faces (default: 800, or 2 x --faces)."),
              checkpoint: Path = typer.Option(None, help="Model directory (default: the bundled checkpoint)."),
-             no_constraints: bool = typer.Option(False, help="Disable order-enforcing sampling."),
+             no_constraints: bool = typer.Option(False, help="Disable order-enforcing sampling (and guidance)."),
+             guidance: bool = typer.Option(True, "--guidance/--no-guidance",
+                                           help="Keep vertices and faces near the input points."),
+             guide_tol: float = typer.Option(None, help="Guidance: max vertex-to-point distance, as a fraction of "
+                                                        "the input's longest side (default: from the point spacing)."),
+             min_coverage: float = typer.Option(0.0, help="Guidance: refuse to stop before this share of the points "
+                                                          "is within --guide-tol of the mesh (0 to 1)."),
+             cfg_scale: float = typer.Option(1.0, help="Classifier-free guidance scale (1 = off; needs a model "
+                                                       "trained with encoder.null_context)."),
              no_preview: bool = typer.Option(False, help="Do not write the PNG preview.")):
     """Turn a point cloud (or a mesh's surface) into a low-poly artist-like mesh."""
+    from meshgen.guidance import GuidanceConfig
     from meshgen.pipeline import generate_file
     from tokenizers3d.errors import MeshInputError
 
@@ -191,8 +200,15 @@ def generate(inp: Path = typer.Argument(..., metavar="INPUT", help="Point cloud 
     elif faces is not None and faces > max_faces:
         raise MeshInputError(None, f"--faces {faces} is above --max-faces {max_faces}")
 
+    guide = None
+    if guidance and not no_constraints:
+        try:
+            guide = GuidanceConfig(tol=guide_tol, min_coverage=min_coverage)
+        except ValueError as exc:
+            raise MeshInputError(None, str(exc)) from exc
     res = generate_file(inp, out, checkpoint=checkpoint, faces=faces, seed=seed, temperature=temperature,
-                        top_p=top_p, max_faces=max_faces, constraints=not no_constraints, preview=not no_preview)
+                        top_p=top_p, max_faces=max_faces, constraints=not no_constraints, preview=not no_preview,
+                        guidance=guide, cfg_scale=cfg_scale)
     print(json.dumps(res, default=str))
 
 

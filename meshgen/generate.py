@@ -13,15 +13,17 @@ of at most ``window + 1`` ids are used whole.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from .guidance import GuidanceConfig, GuidanceStats, GuidedConstraint, PointGuide, build_guides
 from .modeling import Conditioning, Context, CoordVocab, MeshGenerator
-from .sampling import FaceConstraint, invalid_rate, sample_next
+from .sampling import FaceConstraint, cfg_mix, invalid_rate, sample_next
 
 FACE_TOKENS = 9
 
@@ -78,13 +80,15 @@ def collate_windows(
 @dataclass
 class GenerationResult:
     """One entry per batch row. ``ids`` run from BOS to EOS (no EOS when ``stopped_reason`` is
-    ``max_length`` or ``invalid_token``, which only unconstrained sampling produces)."""
+    ``max_length`` or ``invalid_token``, which only unconstrained sampling produces). ``guidance[b]`` is the
+    row's point-guidance report (fallback counts, coverage; :mod:`meshgen.guidance`), ``None`` when unguided."""
 
     ids: list[np.ndarray]
     n_faces: list[int]
     stopped_reason: list[str]  # "eos" | "max_faces" | "max_length" | "invalid_token"
     n_steps: int
     seconds: float
+    guidance: list[GuidanceStats | None] = field(default_factory=list)
 
     @property
     def tokens_per_s(self) -> float:
@@ -104,18 +108,27 @@ def sample_sequences(
     constraints: bool = True,
     progress: Callable[[int, int], None] | None = None,
     device: str | torch.device = "cpu",
+    guides: Sequence[PointGuide | None] | None = None,
 ) -> GenerationResult:
     """Autoregressive loop around ``step(tokens (B, 1)) -> logits (B, V)`` (the model plus its cache).
 
-    Rows that finished are fed PAD. With ``constraints`` every row is a valid canonical mesh.
+    Rows that finished are fed PAD. With ``constraints`` every row is a valid canonical mesh. ``guides``
+    (one :class:`~meshgen.guidance.PointGuide` or ``None`` per row; needs ``constraints``) narrow each row's
+    masks to its point cloud.
     """
     if max_faces < 1:
         raise ValueError("max_faces must be >= 1")
+    if guides is not None and (not constraints or len(guides) != batch):
+        raise ValueError(f"guides need constraints=True and one entry per row ({batch}), got {len(guides)}")
     vocab = CoordVocab(bits)
     seqs = [[vocab.bos] for _ in range(batch)]
     reasons = ["max_length"] * batch
     done = [False] * batch
-    states = [FaceConstraint(bits, max_faces=max_faces) for _ in range(batch)] if constraints else None
+    states: list[FaceConstraint | GuidedConstraint] | None = None
+    if constraints:
+        states = [FaceConstraint(bits, max_faces=max_faces) for _ in range(batch)]
+        if guides is not None:
+            states = [s if g is None else g.state(s) for s, g in zip(states, guides, strict=True)]
     pad_only = np.zeros(vocab.size, dtype=bool)
     pad_only[vocab.pad] = True
     max_steps = FACE_TOKENS * max_faces + 1
@@ -152,7 +165,22 @@ def sample_sequences(
         cur = torch.tensor(nxt, dtype=torch.long, device=device)[:, None]  # (B, 1)
     seconds = time.perf_counter() - t0
     n_faces = [max(len(s) - 1 - int(len(s) > 1 and s[-1] == vocab.eos), 0) // FACE_TOKENS for s in seqs]  # no BOS/EOS
-    return GenerationResult([np.asarray(s, dtype=np.int64) for s in seqs], n_faces, reasons, n_steps, seconds)
+    stats = [s.stats if isinstance(s, GuidedConstraint) else None for s in states] if states else [None] * batch
+    return GenerationResult([np.asarray(s, dtype=np.int64) for s in seqs], n_faces, reasons, n_steps, seconds, stats)
+
+
+def _with_null_rows(cond: Conditioning | Context | None) -> Conditioning:
+    """``cond`` (B rows) followed by the same rows with ``drop=True`` (the model's null point context), 2B rows."""
+    if not isinstance(cond, Conditioning) or cond.points is None:
+        raise ValueError("classifier-free guidance (cfg_scale != 1) needs a Conditioning with points")
+    B = cond.points.shape[0]
+    drop = torch.zeros(B, dtype=torch.bool, device=cond.points.device) if cond.drop is None else cond.drop.bool()
+    return dataclasses.replace(
+        cond,
+        points=torch.cat([cond.points, cond.points]),  # (2B, N, 6)
+        n_faces=None if cond.n_faces is None else torch.cat([cond.n_faces, cond.n_faces]),  # (2B,)
+        drop=torch.cat([drop, torch.ones_like(drop)]),  # (2B,)
+    )
 
 
 @torch.no_grad()
@@ -169,6 +197,9 @@ def generate(
     window: int | None = None,
     batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    guidance: GuidanceConfig | None = None,
+    points: np.ndarray | torch.Tensor | None = None,
+    cfg_scale: float = 1.0,
 ) -> GenerationResult:
     """Sample one mesh per conditioning row with a sliding-window cache.
 
@@ -181,19 +212,38 @@ def generate(
     constraints : mask logits so the output is a valid canonical mesh (:mod:`meshgen.sampling`).
     window : attention window in tokens at inference (multiple of 9); default the model's.
     progress : called as ``progress(steps_done, max_steps)`` after every token.
+    guidance : point-cloud-guided decoding (:mod:`meshgen.guidance`); needs ``constraints`` and points.
+    points : ``(B, N, 6)`` or ``(N, 6)`` unit-cube xyz + normals for ``guidance``; default ``cond.points``.
+    cfg_scale : classifier-free guidance: ``!= 1`` doubles the batch, rows ``B..2B-1`` with
+        ``Conditioning.drop`` set (the model's null point context), and samples from
+        ``l_u + cfg_scale (l_c - l_u)``; needs a :class:`Conditioning` with points.
     """
     device = next(model.parameters()).device
+    use_cfg = cfg_scale != 1.0
+    guides = None
+    if guidance is not None:
+        if not constraints:
+            raise ValueError("guidance needs constraints=True")
+        if points is None:
+            points = cond.points if isinstance(cond, Conditioning) else None
+        if points is None:
+            raise ValueError("guidance needs points: pass points= or a Conditioning with points")
     was_training = model.training
     model.eval()
     try:
-        cache = model.init_cache(cond, window=window, batch_size=batch_size)
-        batch = cache.context.cond_emb.shape[0]
+        cache = model.init_cache(_with_null_rows(cond) if use_cfg else cond, window=window, batch_size=batch_size)
+        batch = cache.context.cond_emb.shape[0] // (2 if use_cfg else 1)
+        if guidance is not None:
+            guides = build_guides(points, bits=model.config.bits, config=guidance, batch=batch)
         generator = None
         if seed is not None:
             generator = torch.Generator(device=device).manual_seed(seed)
 
         def step(tokens: torch.Tensor) -> torch.Tensor:
-            return model(tokens, cache=cache).logits[:, -1]  # (B, V)
+            if not use_cfg:
+                return model(tokens, cache=cache).logits[:, -1]  # (B, V)
+            logits = model(torch.cat([tokens, tokens]), cache=cache).logits[:, -1]  # (2B, V)
+            return cfg_mix(logits, cfg_scale)  # (B, V)
 
         return sample_sequences(
             step,
@@ -207,6 +257,7 @@ def generate(
             constraints=constraints,
             progress=progress,
             device=device,
+            guides=guides,
         )
     finally:
         model.train(was_training)

@@ -2,8 +2,9 @@
 
 Steps: read the input (a point cloud, or a mesh whose surface is sampled) -> fit the unit-cube
 :class:`~tokenizers3d.mesh.Normalization` to the points -> encode the points -> sample ``coords`` tokens with
-the sliding-window cache and order-enforcing constraints -> decode leniently -> canonical clean-up ->
-back to the input's frame -> write the mesh atomically and a PNG preview beside it.
+the sliding-window cache, order-enforcing constraints and (by default) point-cloud guidance
+(:mod:`meshgen.guidance`), optionally with classifier-free guidance -> decode leniently -> canonical
+clean-up -> back to the input's frame -> write the mesh atomically and a PNG preview beside it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tokenizers3d.io import MESH_SUFFIXES, POINT_SUFFIXES, PointCloud, load_mesh
 from tokenizers3d.mesh import Normalization, canonicalize
 from tokenizers3d.sample import sample_surface
 
+from .guidance import GuidanceConfig, GuidanceStats
 from .modeling import Conditioning, MeshGenerator
 from .registry import load_model
 
@@ -40,6 +42,7 @@ class GeneratedMesh:
     stopped_reason: str
     dropped_tokens: int
     seconds: float
+    guidance: GuidanceStats | None = None  # fallback counts and coverage, None when unguided
 
 
 def read_points(path: str | Path, *, n_points: int = N_POINTS, seed: int = 0) -> PointCloud:
@@ -76,8 +79,15 @@ def load_generator(checkpoint: str | Path | None = None, *, device: str = "cpu")
 
 def generate_mesh(model: MeshGenerator, cloud: PointCloud, *, faces: int | None = None, seed: int = 0,
                   temperature: float = 0.7, top_p: float | None = 0.95, top_k: int | None = None,
-                  max_faces: int = 800, constraints: bool = True, progress: bool = False) -> GeneratedMesh:
-    """Generate one mesh for a point cloud given in any frame; the result is in that frame."""
+                  max_faces: int = 800, constraints: bool = True, progress: bool = False,
+                  guidance: GuidanceConfig | None = GuidanceConfig(), cfg_scale: float = 1.0) -> GeneratedMesh:
+    """Generate one mesh for a point cloud given in any frame; the result is in that frame.
+
+    ``guidance`` (default on; ``None`` turns it off) keeps vertices and faces near the points and needs
+    ``constraints``; ``cfg_scale != 1`` samples with classifier-free guidance (:func:`meshgen.generate.generate`).
+    """
+    if guidance is not None and not constraints:
+        raise ValueError("point guidance needs the order constraints; pass guidance=None with constraints=False")
     from .generate import generate
 
     norm = Normalization.fit(cloud.points)
@@ -105,7 +115,8 @@ def generate_mesh(model: MeshGenerator, cloud: PointCloud, *, faces: int | None 
     try:
         with torch.no_grad():
             res = generate(model, cond, max_faces=max_faces, temperature=temperature, top_k=top_k, top_p=top_p,
-                           seed=seed, constraints=constraints, progress=callback)
+                           seed=seed, constraints=constraints, progress=callback, guidance=guidance, points=pts,
+                           cfg_scale=cfg_scale)
     finally:
         torch.set_num_threads(threads)
         if bar is not None:
@@ -123,21 +134,30 @@ def generate_mesh(model: MeshGenerator, cloud: PointCloud, *, faces: int | None 
         except MeshInputError:
             mesh = None
     return GeneratedMesh(mesh, 0 if mesh is None else len(mesh.faces), res.stopped_reason[0], report.dropped_tokens,
-                         time.time() - t0)
+                         time.time() - t0, res.guidance[0])
 
 
 def generate_file(inp: str | Path, out: str | Path, *, checkpoint: str | Path | None = None, faces: int | None = None,
                   seed: int = 0, temperature: float = 0.7, top_p: float | None = 0.95, max_faces: int = 800,
-                  constraints: bool = True, preview: bool = True, progress: bool = True) -> dict:
-    """Read ``inp``, generate, write ``out`` (and ``out`` with suffix ``.png``); returns a summary dict."""
+                  constraints: bool = True, preview: bool = True, progress: bool = True,
+                  guidance: GuidanceConfig | None = GuidanceConfig(), cfg_scale: float = 1.0) -> dict:
+    """Read ``inp``, generate, write ``out`` (and ``out`` with suffix ``.png``); returns a summary dict.
+
+    With guidance the summary also has ``fallbacks`` (vertices sampled on a fallback level) and ``coverage``
+    (share of input points within the guide's ``tol`` of the mesh).
+    """
     out = Path(out)
     if out.suffix.lower() not in (".obj", ".ply", ".glb", ".stl", ".off"):
         raise MeshInputError(out, "output must be .obj, .ply, .glb, .stl or .off")
     torch.manual_seed(seed)
     cloud = read_points(inp, seed=seed)
     model = load_generator(checkpoint)
+    if cfg_scale != 1.0 and not getattr(getattr(model.config, "encoder", None), "null_context", False):
+        raise MeshInputError(checkpoint or DEFAULT_CHECKPOINT, "classifier-free guidance (--cfg-scale) needs a "
+                                                               "model trained with encoder.null_context")
     gen = generate_mesh(model, cloud, faces=faces, seed=seed, temperature=temperature, top_p=top_p,
-                        max_faces=max_faces, constraints=constraints, progress=progress)
+                        max_faces=max_faces, constraints=constraints, progress=progress, guidance=guidance,
+                        cfg_scale=cfg_scale)
     if gen.mesh is None:
         raise MeshInputError(inp, f"the model produced no valid face (stopped: {gen.stopped_reason}); "
                                   "try another --seed or a lower --temperature")
@@ -145,6 +165,9 @@ def generate_file(inp: str | Path, out: str | Path, *, checkpoint: str | Path | 
     summary = {"input": str(inp), "out": str(out), "faces": gen.n_faces, "vertices": len(gen.mesh.vertices),
                "watertight": bool(gen.mesh.is_watertight), "stopped": gen.stopped_reason,
                "dropped_tokens": gen.dropped_tokens, "seconds": round(gen.seconds, 2)}
+    if gen.guidance is not None:
+        summary["fallbacks"] = gen.guidance.fallbacks
+        summary["coverage"] = round(gen.guidance.coverage, 3)
     if preview:
         from renderers.preview import render_preview
 

@@ -71,7 +71,45 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
 
 
+def cfg_mix(logits: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: ``logits (2B, V)`` = conditional rows then unconditional rows -> ``(B, V)``.
+
+    Returns ``l_u + scale (l_c - l_u)`` in float32; ``scale = 1`` gives the conditional logits.
+    """
+    if logits.shape[0] % 2:
+        raise ValueError(f"classifier-free guidance needs an even number of rows, got {logits.shape[0]}")
+    cond, uncond = logits.float().chunk(2, dim=0)  # (B, V) each
+    return uncond + scale * (cond - uncond)
+
+
 # ---- geometry helpers -----------------------------------------------------------------------------
+def digit_mask(
+    n: int, digits: Sequence[int], lb: int, bad: np.ndarray, candidates: np.ndarray | None = None
+) -> np.ndarray:
+    """``(n,)`` bool: next digits of a vertex whose rank interval holds an allowed rank.
+
+    A vertex rank ``r = z n^2 + y n + x`` is allowed iff ``r >= lb``, ``r`` is not in ``bad`` (sorted, unique)
+    and, when ``candidates`` (sorted, unique int64) is given, ``r`` is one of them. ``digits`` are the
+    vertex's digits written so far, so value ``t`` selects ranks ``base + t span .. base + (t + 1) span - 1``.
+    Costs ``O(n log len(candidates) + len(bad) log len(candidates))``.
+    """
+    c = len(digits)
+    span = n ** (2 - c)
+    base = sum(d * n ** (2 - i) for i, d in enumerate(digits))
+    lo = base + np.arange(n, dtype=np.int64) * span  # (n,) rank interval of each value
+    hi = lo + span - 1
+    lo = np.maximum(lo, lb)
+    if candidates is None:
+        count = hi - lo + 1
+    else:
+        count = np.searchsorted(candidates, hi, side="right") - np.searchsorted(candidates, lo, side="left")
+        if len(bad) and len(candidates):
+            j = np.minimum(np.searchsorted(candidates, bad), len(candidates) - 1)
+            bad = bad[candidates[j] == bad]  # only exceptions that are candidates count
+    count = count - (np.searchsorted(bad, hi, side="right") - np.searchsorted(bad, lo, side="left"))
+    return (hi >= lo) & (count > 0)
+
+
 def _collinear(a: tuple, b: tuple, c: tuple) -> bool:
     u = (b[0] - a[0], b[1] - a[1], b[2] - a[2])
     w = (c[0] - a[0], c[1] - a[1], c[2] - a[2])
@@ -189,21 +227,35 @@ class FaceConstraint:
     def at_face_boundary(self) -> bool:
         return not self.cur
 
+    @property
+    def can_continue(self) -> bool:
+        """Whether another coordinate may follow (not finished, face budget not used up)."""
+        return not (self.finished or (not self.cur and self.max_faces is not None and self.n_faces >= self.max_faces))
+
+    @property
+    def vertex_digits(self) -> list[int]:
+        """Digits of the vertex being written, so far (0 to 2 of its ``z, y, x``)."""
+        return self.cur[len(self.cur) - len(self.cur) % 3 :]
+
+    def vertex_domain(self) -> tuple[int, np.ndarray]:
+        """``(lb, bad)`` of the vertex being written: its allowed ranks are ``>= lb`` and not in ``bad``
+        (sorted, unique int64). Only meaningful while :attr:`can_continue`."""
+        return self._vertex_domain()
+
+    def v1_domain(self, r0: int) -> tuple[int, np.ndarray]:
+        """``(lb, bad)`` that ``v1`` would have after ``v0`` of rank ``r0`` (in the current state)."""
+        return self._v1_domain(r0)
+
+    def v2_domain(self, r0: int, r1: int) -> tuple[int, np.ndarray]:
+        """``(lb, bad)`` that ``v2`` would have after ``v0, v1`` of ranks ``r0, r1`` (in the current state)."""
+        return self._v2_domain(r0, r1)
+
     def allowed_values(self) -> np.ndarray:
         """``(n,)`` bool: coordinate values allowed as the next token."""
-        n = self.n
-        if self.finished or (not self.cur and self.max_faces is not None and self.n_faces >= self.max_faces):
-            return np.zeros(n, dtype=bool)
+        if not self.can_continue:
+            return np.zeros(self.n, dtype=bool)
         lb, bad = self._vertex_domain()
-        c = len(self.cur) % 3
-        a = len(self.cur) - c
-        span = n ** (2 - c)
-        base = sum(d * n ** (2 - i) for i, d in enumerate(self.cur[a : a + c]))
-        lo = base + np.arange(n, dtype=np.int64) * span  # (n,) rank interval of each candidate value
-        hi = lo + span - 1
-        lo = np.maximum(lo, lb)
-        count = hi - lo + 1 - (np.searchsorted(bad, hi, side="right") - np.searchsorted(bad, lo, side="left"))
-        return (hi >= lo) & (count > 0)
+        return digit_mask(self.n, self.vertex_digits, lb, bad)
 
     def allowed(self) -> np.ndarray:
         """``(vocab_size,)`` bool over the full vocabulary (EOS only at a face boundary after >= 1 face)."""
