@@ -187,6 +187,8 @@ def generate(inp: Path = typer.Argument(..., metavar="INPUT", help="Point cloud 
                                                           "is within --guide-tol of the mesh (0 to 1)."),
              cfg_scale: float = typer.Option(1.0, help="Classifier-free guidance scale (1 = off; needs a model "
                                                        "trained with encoder.null_context)."),
+             samples: int = typer.Option(1, help="Draw this many meshes in one batch and keep the one that fits the "
+                                                 "input points best (Chamfer to the points)."),
              no_preview: bool = typer.Option(False, help="Do not write the PNG preview.")):
     """Turn a point cloud (or a mesh's surface) into a low-poly artist-like mesh."""
     from meshgen.guidance import GuidanceConfig
@@ -195,6 +197,8 @@ def generate(inp: Path = typer.Argument(..., metavar="INPUT", help="Point cloud 
 
     if faces is not None and faces <= 0:
         raise MeshInputError(None, f"--faces must be positive, got {faces}")
+    if samples < 1:
+        raise MeshInputError(None, f"--samples must be >= 1, got {samples}")
     if max_faces is None:
         max_faces = max(800, 2 * faces) if faces else 800
     elif faces is not None and faces > max_faces:
@@ -208,7 +212,7 @@ def generate(inp: Path = typer.Argument(..., metavar="INPUT", help="Point cloud 
             raise MeshInputError(None, str(exc)) from exc
     res = generate_file(inp, out, checkpoint=checkpoint, faces=faces, seed=seed, temperature=temperature,
                         top_p=top_p, max_faces=max_faces, constraints=not no_constraints, preview=not no_preview,
-                        guidance=guide, cfg_scale=cfg_scale)
+                        guidance=guide, cfg_scale=cfg_scale, samples=samples)
     print(json.dumps(res, default=str))
 
 

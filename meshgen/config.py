@@ -72,6 +72,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch intra-op threads on CPU (0: leave PyTorch's default)
+    init_from: str | None = None  # warm start: copy every same-named, same-shaped weight from this model directory
 
 
 @dataclass(frozen=True)

@@ -80,21 +80,27 @@ def load_generator(checkpoint: str | Path | None = None, *, device: str = "cpu")
 def generate_mesh(model: MeshGenerator, cloud: PointCloud, *, faces: int | None = None, seed: int = 0,
                   temperature: float = 0.7, top_p: float | None = 0.95, top_k: int | None = None,
                   max_faces: int = 800, constraints: bool = True, progress: bool = False,
-                  guidance: GuidanceConfig | None = GuidanceConfig(), cfg_scale: float = 1.0) -> GeneratedMesh:
+                  guidance: GuidanceConfig | None = GuidanceConfig(), cfg_scale: float = 1.0,
+                  samples: int = 1) -> GeneratedMesh:
     """Generate one mesh for a point cloud given in any frame; the result is in that frame.
 
     ``guidance`` (default on; ``None`` turns it off) keeps vertices and faces near the points and needs
     ``constraints``; ``cfg_scale != 1`` samples with classifier-free guidance (:func:`meshgen.generate.generate`).
+    ``samples = k > 1`` draws ``k`` meshes in one batch and keeps the one that fits the input points best
+    (:func:`fit_to_points`: symmetric Chamfer distance between the points and the mesh surface -- the input
+    only, never a reference).
     """
     if guidance is not None and not constraints:
         raise ValueError("point guidance needs the order constraints; pass guidance=None with constraints=False")
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
     from .generate import generate
 
     norm = Normalization.fit(cloud.points)
     pts = np.concatenate([norm.apply(cloud.points), cloud.normals], axis=1).astype(np.float32)  # (N, 6)
     device = next(model.parameters()).device
     cond = Conditioning(points=torch.from_numpy(pts)[None].to(device),
-                        n_faces=torch.tensor([faces if faces else 0], device=device))
+                        n_faces=torch.tensor([faces if faces else 0], device=device)).repeat(samples)
     bar, callback = None, None
     if progress:
         from rich.progress import BarColumn, Progress, TextColumn
@@ -122,25 +128,45 @@ def generate_mesh(model: MeshGenerator, cloud: PointCloud, *, faces: int | None 
         if bar is not None:
             bar.stop()
     tok = get_tokenizer("coords", bits=model.config.bits)
-    ids = res.ids[0]
-    if len(ids) == 0 or ids[-1] != tok.eos_id:
-        ids = np.append(ids, tok.eos_id)
-    qm, report = tok.decode_quantized(ids, strict=False)
-    mesh = None
-    if qm.n_faces:
-        unit = qm.to_trimesh()
-        try:
-            mesh = canonicalize(trimesh.Trimesh(norm.invert(unit.vertices), unit.faces, process=False))
-        except MeshInputError:
-            mesh = None
-    return GeneratedMesh(mesh, 0 if mesh is None else len(mesh.faces), res.stopped_reason[0], report.dropped_tokens,
-                         time.time() - t0, res.guidance[0])
+    best, best_fit = None, float("inf")
+    for row, ids in enumerate(res.ids):
+        if len(ids) == 0 or ids[-1] != tok.eos_id:
+            ids = np.append(ids, tok.eos_id)
+        qm, report = tok.decode_quantized(ids, strict=False)
+        mesh = None
+        if qm.n_faces:
+            unit = qm.to_trimesh()
+            try:
+                mesh = canonicalize(trimesh.Trimesh(norm.invert(unit.vertices), unit.faces, process=False))
+            except MeshInputError:
+                mesh = None
+        fit = fit_to_points(mesh, cloud.points, seed=seed) if samples > 1 else 0.0
+        if best is None or fit < best_fit:
+            best, best_fit = (mesh, row, report), fit
+    mesh, row, report = best
+    return GeneratedMesh(mesh, 0 if mesh is None else len(mesh.faces), res.stopped_reason[row], report.dropped_tokens,
+                         time.time() - t0, res.guidance[row])
+
+
+def fit_to_points(mesh: trimesh.Trimesh | None, points: np.ndarray, *, seed: int = 0) -> float:
+    """Symmetric Chamfer distance between input ``points (N, 3)`` and ``mesh``'s surface, in units of the points'
+    longest bounding-box side (``inf`` for no mesh): how well a generated mesh explains its input."""
+    if mesh is None or len(mesh.faces) == 0:
+        return float("inf")
+    from tokenizers3d.metrics import chamfer_distance
+
+    norm = Normalization.fit(points)
+    unit = trimesh.Trimesh(norm.apply(mesh.vertices), mesh.faces, process=False)
+    if unit.area <= 0:
+        return float("inf")
+    surf = sample_surface(unit, max(len(points), 1024), seed=seed)
+    return chamfer_distance(surf.points, norm.apply(points))
 
 
 def generate_file(inp: str | Path, out: str | Path, *, checkpoint: str | Path | None = None, faces: int | None = None,
                   seed: int = 0, temperature: float = 0.7, top_p: float | None = 0.95, max_faces: int = 800,
                   constraints: bool = True, preview: bool = True, progress: bool = True,
-                  guidance: GuidanceConfig | None = GuidanceConfig(), cfg_scale: float = 1.0) -> dict:
+                  guidance: GuidanceConfig | None = GuidanceConfig(), cfg_scale: float = 1.0, samples: int = 1) -> dict:
     """Read ``inp``, generate, write ``out`` (and ``out`` with suffix ``.png``); returns a summary dict.
 
     With guidance the summary also has ``fallbacks`` (vertices sampled on a fallback level) and ``coverage``
@@ -157,7 +183,7 @@ def generate_file(inp: str | Path, out: str | Path, *, checkpoint: str | Path | 
                                                                "model trained with encoder.null_context")
     gen = generate_mesh(model, cloud, faces=faces, seed=seed, temperature=temperature, top_p=top_p,
                         max_faces=max_faces, constraints=constraints, progress=progress, guidance=guidance,
-                        cfg_scale=cfg_scale)
+                        cfg_scale=cfg_scale, samples=samples)
     if gen.mesh is None:
         raise MeshInputError(inp, f"the model produced no valid face (stopped: {gen.stopped_reason}); "
                                   "try another --seed or a lower --temperature")

@@ -105,6 +105,28 @@ def loss_by_kind(model, batch: ExampleBatch, pad_id: int) -> dict[str, tuple[flo
     return {k: (float(nll[m].sum()), int(m.sum())) for k, m in masks.items()}
 
 
+def warm_start(model, directory: str | Path) -> dict:
+    """Copy every weight of the model saved in ``directory`` whose name and shape match into ``model``.
+
+    Returns counts of copied and skipped tensors (new layers keep their fresh initialization).
+    """
+    import json
+
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    if not (directory / "config.json").exists():
+        raise MeshInputError(directory, "train.init_from is not a model directory (no config.json)")
+    meta = json.loads((directory / "config.json").read_text())
+    state = load_file(str(directory / "model.safetensors"), device="cpu")
+    for alias, source in meta.get("tied", {}).items():
+        state[alias] = state[source]
+    own = model.state_dict()
+    copied = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(copied, strict=False)
+    return {"copied": len(copied), "new": len(own) - len(copied), "dropped": len(state) - len(copied)}
+
+
 class Trainer:
     """Owns the model, optimizer, data and the resumable state of one run."""
 
@@ -121,12 +143,15 @@ class Trainer:
         self.progress = progress and self.dist.is_main
         self.step = 0
         self.best_val = float("inf")
+        self.warm_start: dict | None = None
         last = self.out / "last"
         self._recover(last)
         if (last / "config.json").exists():
             self.model = load_model(last, map_location="cpu")
         else:
             self.model = build_model(cfg.model)
+            if tc.init_from:
+                self.warm_start = warm_start(self.model, tc.init_from)
         self.model.to(self.device)
         self.ddp_model = self.model
         if self.dist.world_size > 1:

@@ -346,7 +346,8 @@ def invalid_rates(model, items: list[Item], *, n_points: int, seed: int, tempera
 
 
 def generation_kwargs(*, cfg_scale: float | None = None, guidance: bool | None = None,
-                      min_coverage: float | None = None, guide_tol: float | None = None) -> dict:
+                      min_coverage: float | None = None, guide_tol: float | None = None,
+                      samples: int | None = None) -> dict:
     """Keyword arguments for :func:`generate_mesh` from the options that were given (none given: ``{}``).
 
     ``guidance=False`` gives ``guidance=None`` (unguided decoding); ``guidance=True``, ``min_coverage`` or
@@ -360,6 +361,10 @@ def generation_kwargs(*, cfg_scale: float | None = None, guidance: bool | None =
     kw: dict = {}
     if cfg_scale is not None:
         kw["cfg_scale"] = cfg_scale
+    if samples is not None:
+        if samples < 1:
+            raise ValueError(f"--samples must be >= 1, got {samples}")
+        kw["samples"] = samples
     settings = {k: v for k, v in (("tol", guide_tol), ("min_coverage", min_coverage)) if v is not None}
     if guidance is False:
         if settings:
@@ -383,7 +388,7 @@ def generation_kwargs(*, cfg_scale: float | None = None, guidance: bool | None =
 def effective_generation(kw: dict) -> dict:
     """The ``guidance`` and ``cfg_scale`` that :func:`generate_mesh` uses with ``kw``: given, else its defaults."""
     params = inspect.signature(generate_mesh).parameters
-    return {name: _jsonable(kw.get(name, params[name].default)) for name in ("guidance", "cfg_scale")
+    return {name: _jsonable(kw.get(name, params[name].default)) for name in ("guidance", "cfg_scale", "samples")
             if name in params}
 
 
@@ -482,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(not given: generate_mesh's default)")
     p.add_argument("--min-coverage", type=float, default=None, help="GuidanceConfig.min_coverage (implies --guidance)")
     p.add_argument("--guide-tol", type=float, default=None, help="GuidanceConfig.tol (implies --guidance)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="passed to generate_mesh as samples (best of k by fit to the input points)")
     p.add_argument("--invalid-rate", type=int, default=8,
                    help="inputs on which to compare sampling with and without constraints (0: skip)")
     p.add_argument("--out", default=None, help="write the JSON here too")
@@ -490,7 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         gen_kwargs = generation_kwargs(cfg_scale=args.cfg_scale, guidance=args.guidance,
-                                       min_coverage=args.min_coverage, guide_tol=args.guide_tol)
+                                       min_coverage=args.min_coverage, guide_tol=args.guide_tol,
+                                       samples=args.samples)
     except ValueError as exc:
         p.error(str(exc))
     try:

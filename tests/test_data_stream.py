@@ -154,3 +154,21 @@ def test_cached_decoding_equals_full_with_grid_context():
     cache = model.init_cache(cond)
     steps = torch.cat([model(tok[:, i : i + 1], cache=cache).logits for i in range(tok.shape[1])], dim=1)
     assert torch.allclose(full, steps, atol=1e-5)
+
+
+def test_warm_start_copies_matching_weights(tmp_path):
+    from meshgen.train import warm_start
+
+    torch.manual_seed(1)
+    old = HourglassTransformer(HourglassConfig(dim=32, n_heads=2, layers=(1, 1, 1), window=18, cross_every=2,
+                                               encoder=EncoderConfig(dim=16, n_heads=2, n_latents=4, n_layers=1,
+                                                                     n_freqs=2)))
+    old.save_pretrained(tmp_path / "old")
+    new = _grid_model()
+    counts = warm_start(new, tmp_path / "old")
+    assert counts["copied"] > 0 and counts["new"] > 0
+    assert torch.equal(new.tok_emb.weight, old.tok_emb.weight)
+    assert torch.equal(new.levels[2].down[0].attn.qkv.weight if hasattr(new.levels[2].down[0].attn, "qkv")
+                       else new.levels[2].down[0].mlp.fc.weight,
+                       old.levels[2].down[0].attn.qkv.weight if hasattr(old.levels[2].down[0].attn, "qkv")
+                       else old.levels[2].down[0].mlp.fc.weight)

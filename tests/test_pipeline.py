@@ -77,3 +77,37 @@ def test_cli_generate_bad_input_exit_2(tmp_path, tiny_checkpoint):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "missing.ply" in proc.stderr
     assert not (tmp_path / "o.obj").exists()
+
+
+def test_fit_to_points_ranks_meshes_by_how_well_they_explain_the_points():
+    from meshgen.pipeline import fit_to_points
+
+    box = trimesh.creation.box(extents=(2.0, 1.0, 1.0))
+    pts = sample_surface(box, 800, seed=0).points
+    exact = fit_to_points(box, pts)
+    assert exact < 0.04  # sampling noise only (800 points)
+    smaller = trimesh.creation.box(extents=(1.0, 0.5, 0.5))
+    assert fit_to_points(smaller, pts) > 3 * exact
+    assert fit_to_points(None, pts) == float("inf")
+
+
+def test_best_of_k_keeps_the_best_fitting_sample(tiny_checkpoint, cloud_file, monkeypatch):
+    import meshgen.pipeline as pipeline
+
+    model = pipeline.load_generator(tiny_checkpoint)
+    cloud = read_points(cloud_file)
+    seen = []
+
+    def recording_fit(mesh, points, *, seed=0):
+        seen.append((mesh, fit_to_points(mesh, points, seed=seed)))
+        return seen[-1][1]
+
+    fit_to_points = pipeline.fit_to_points
+    monkeypatch.setattr(pipeline, "fit_to_points", recording_fit)
+    best = pipeline.generate_mesh(model, cloud, max_faces=6, seed=0, samples=4, temperature=1.0)
+    assert len(seen) == 4 and best.mesh is not None
+    assert len({f for _, f in seen}) > 1  # the rows differ
+    kept = min(seen, key=lambda mf: mf[1])[0]
+    assert kept is best.mesh
+    with pytest.raises(ValueError):
+        pipeline.generate_mesh(model, cloud, max_faces=6, samples=0)
