@@ -1,7 +1,7 @@
 """Copy a trained run's best weights into assets/checkpoints/NAME and write its model card from measured files.
 
-    python scripts/ship_checkpoint.py --run runs/hourglass_small --eval runs/eval.json \\
-        --name hourglass-small --wall-time-min 75
+    python scripts/ship_checkpoint.py --run runs/hourglass_cpu --eval runs/eval_new.json \\
+        --prev-eval runs/eval_prev.json --ablation runs/ablation/table.md --prior-minutes 84
 
 Every number in the card is read from the run's ``log.csv`` / ``config.yaml`` and the evaluation JSON written by
 ``scripts/eval_generator.py --out``; nothing is typed in by hand.
@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import shutil
 from pathlib import Path
 
 import yaml
-from eval_generator import markdown  # scripts/ is on sys.path when this script runs
+from eval_generator import markdown_report  # scripts/ is on sys.path when this script runs
 
 from tokenizers3d.io import atomic_write_text
 
@@ -24,24 +25,55 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _verdict(summary: dict) -> str:
-    """Which method wins each metric, per split, in words."""
+    """Which of model and Poisson wins each metric, per split, in words."""
     higher = {"normal_consistency", "fscore_002", "fscore_005", "watertight_rate"}
     parts = []
     for split, res in summary.items():
-        m, b = res["model"], res["baseline"]
+        m, b = res["model"], res.get("baseline")
+        if b is None:
+            continue
         base_wins = [k for k in ("chamfer", "normal_consistency", "fscore_002", "fscore_005", "watertight_rate")
                      if (b[k] > m[k] if k in higher else b[k] < m[k])]
-        parts.append(f"{split}: the baseline is better on {len(base_wins)} of 5 metrics ({', '.join(base_wins)}), "
-                     f"Chamfer {b['chamfer']:.4f} vs {m['chamfer']:.4f} for the model")
+        parts.append(f"{split}: Poisson + decimation is better on {len(base_wins)} of 5 metrics "
+                     f"({', '.join(base_wins) or 'none'}), Chamfer {b['chamfer']:.4f} vs {m['chamfer']:.4f} for the model")
     return "; ".join(parts) + "."
+
+
+def _eval_command(res: dict, checkpoint: str) -> str:
+    gen = res.get("generation") or {}
+    flags = []
+    if gen.get("guidance") is None and "guidance" in gen:
+        flags.append("--no-guidance")
+    if gen.get("cfg_scale", 1.0) not in (None, 1.0):
+        flags.append(f"--cfg-scale {gen['cfg_scale']}")
+    if gen.get("samples", 1) not in (None, 1):
+        flags.append(f"--samples {gen['samples']}")
+    return (f"python scripts/eval_generator.py --checkpoint {checkpoint} --n {res['n']} --max-faces {res['max_faces']} "
+            f"--temperature {res['temperature']} {' '.join(flags)} --out runs/eval.json --markdown").replace("  ", " ")
+
+
+def _compare(new: dict, old: dict) -> str:
+    """Chamfer / F@0.05 of the new and the previous checkpoint per split (same evaluation settings)."""
+    lines = ["| split | previous Chamfer | new Chamfer | previous F@0.05 | new F@0.05 |", "|---|---|---|---|---|"]
+    for split, r in new["splits"].items():
+        if split not in old["splits"]:
+            continue
+        a, b = old["splits"][split]["summary"]["model"], r["summary"]["model"]
+        lines.append(f"| {split} | {a['chamfer']:.4f} | {b['chamfer']:.4f} | {a['fscore_005']:.3f} | {b['fscore_005']:.3f} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", type=Path, required=True)
-    p.add_argument("--eval", type=Path, required=True)
+    p.add_argument("--run", type=Path, required=True, help="training run directory (best/, log.csv, config.yaml)")
+    p.add_argument("--eval", type=Path, required=True, help="eval_generator.py --out JSON of the run's best/")
+    p.add_argument("--config", default="configs/hourglass_cpu.yaml", help="the recipe, for the reproduce command")
+    p.add_argument("--prev-eval", type=Path, default=None,
+                   help="the same evaluation of the previously shipped checkpoint (a comparison table)")
+    p.add_argument("--ablation", type=Path, default=None, help="markdown ablation table (scripts/ablation_table.py)")
+    p.add_argument("--prior-minutes", type=float, default=0.0,
+                   help="training minutes of the warm-start checkpoint (from its own model card)")
     p.add_argument("--name", default="hourglass-small")
-    p.add_argument("--wall-time-min", type=float, required=True, help="training wall time, from the run's logs")
     args = p.parse_args(argv)
 
     dest = ROOT / "assets" / "checkpoints" / args.name
@@ -50,70 +82,78 @@ def main(argv: list[str] | None = None) -> int:
     tmp.mkdir(parents=True)
     for f in ("config.json", "model.safetensors"):
         shutil.copy2(args.run / "best" / f, tmp / f)
-
     cfg = yaml.safe_load((args.run / "config.yaml").read_text())
     log = list(csv.DictReader(open(args.run / "log.csv")))
-    val = [(int(r["step"]), float(r["val_loss"])) for r in log if r["val_loss"] != "nan"]
-    best_step, best_val = min(val, key=lambda x: x[1])
+    val = [r for r in log if r["val_loss"] != "nan"]
+    best = min(val, key=lambda r: float(r["val_loss"]))
     last = log[-1]
     res = json.loads(args.eval.read_text())
     summary = {s: r["summary"] for s, r in res["splits"].items()}
     meta = json.loads((tmp / "config.json").read_text())
-    n_params = None
-    try:
-        from meshgen.registry import load_model
+    from meshgen.registry import load_model
 
-        n_params = sum(p.numel() for p in load_model(tmp).parameters())
-    except (OSError, ValueError) as exc:  # report, do not guess
-        print(f"could not count parameters: {exc}")
+    n_params = load_model(tmp).num_params()
     size_mb = (tmp / "model.safetensors").stat().st_size / 2**20
-    inv = res.get("invalid_rate") or {}
+    curve = args.run / "training.png"
+    if curve.exists():
+        shutil.copy2(curve, tmp / "training.png")
+    dc, tc = cfg["data"], cfg["train"]
+    minutes = float(last["elapsed_s"]) / 60
+    bits = cfg["model"]["args"]["bits"]
+    warm = tc.get("init_from")
+    sections = [f"""# {args.name}
 
-    card = f"""# {args.name}
-
-A small Meshtron-style hourglass transformer that turns an oriented point cloud into a triangle mesh, trained on
-CPU on this project's procedural artist-mesh dataset. It is the default checkpoint of `meshgen generate` and
-`make demo`. It is a small CPU-trained model: read the evaluation below before relying on it.
+A small Meshtron-style hourglass transformer that turns an oriented point cloud into a low-poly triangle mesh,
+trained on the 2-core CPU of the development machine on fresh procedural artist meshes. It is the default checkpoint
+of `meshgen generate` and `make demo`, where it decodes with point-cloud guidance (`meshgen/guidance.py`).
 
 ## Model
 - Class `{meta['class']}`, {n_params:,} parameters, {size_mb:.1f} MB (safetensors, fp32).
 - Config (`config.json`): {json.dumps(meta['config'], sort_keys=True)}
-- Tokens: the `coords` sequence at {cfg['model']['args']['bits']} bits (vocabulary {2 ** cfg['model']['args']['bits'] + 3}).
+- Tokens: the `coords` sequence at {bits} bits (vocabulary {2 ** bits + 3}).
 
 ## Data
-- `meshgen dataset -o data/procedural -n 6000 --seed 0` (15 procedural families, split 80/10/10 by hash), tokenized with
-  `scripts/batch_tokenize.py ... -t coords --bits 7 --max-faces 2000`; training used meshes of at most
-  {cfg['data']['max_faces']} faces (after 7-bit quantization), windows of {cfg['data']['window']} tokens, {cfg['data']['n_points']}
-  conditioning points sampled from each mesh, {int(cfg['data'].get('drop_face_count', 0) * 100)}% of examples with the face count hidden.
+- Fresh procedural meshes made on the fly (`meshgen.data.ProceduralStream`, stream seed {dc.get('stream_seed')}; 15
+  families, none repeated), at most {dc['max_faces']} faces, face-count curriculum {dc.get('curriculum')}, augmentation
+  {dc.get('augment')} (defaults of `AugmentConfig`: anisotropic scale, rotations about the up axis, axis
+  permutations, point noise and holes), {dc['n_points']} points per mesh, windows of {dc['window']} tokens,
+  {int(100 * dc.get('drop_face_count', 0))}% of examples with the face count hidden and {int(100 * dc.get('drop_points', 0))}%
+  without points (classifier-free guidance).
+- Validation: {dc.get('val_examples')} fixed procedural objects of another seed ({dc.get('val_seed')}). Evaluation below: the
+  held-out test split of `meshgen dataset -o data/procedural -n 600 --seed 0` and real human-made meshes
+  (`scripts/fetch_real_meshes.py`), never trained on.
 
 ## Training
-- `python scripts/train_generator.py --config configs/hourglass_small.yaml` (AdamW, lr {cfg['train']['lr']}, warmup
-  {cfg['train']['warmup_steps']}, cosine, batch {cfg['train']['batch_size']}, clip {cfg['train']['grad_clip']}), on the 2-core CPU of the
-  development machine, shared with other work; the run was stopped and resumed several times (the total step count was
-  changed between resumes, which re-shaped the cosine schedule).
-- Steps: {last['step']}; wall time about {args.wall_time_min:.0f} min.
-- Validation loss (next-token cross entropy, nats): best {best_val:.4f} at step {best_step} (shipped weights); last
-  logged train loss {float(last['loss']):.4f}. Uniform guessing over the vocabulary is {__import__('math').log(2 ** cfg['model']['args']['bits'] + 3):.2f}.
+- `python scripts/train_generator.py --config {args.config}` (AdamW, lr {tc['lr']}, warmup {tc['warmup_steps']}, cosine,
+  batch {tc['batch_size']}, clip {tc.get('grad_clip', 1.0)}), {last['step']} steps in {minutes:.0f} min of wall time on the 2-core
+  CPU (shared with evaluation jobs){f", warm-started from `{warm}` (the previous bundled checkpoint, {args.prior_minutes:.0f} min of CPU training)" if warm else ""}.
+- Validation loss (nats/token) of the shipped weights (step {best['step']}): {float(best['val_loss']):.4f} overall,
+  {float(best.get('val_new_vertex_loss') or 'nan'):.3f} on tokens of new vertices, {float(best.get('val_first_vertex_loss') or 'nan'):.3f}
+  on the first vertex. Uniform guessing is {math.log(2 ** bits + 3):.2f}.
+""" + ("\n![training curve](training.png)\n" if curve.exists() else ""),
+        f"""## Evaluation
+`{_eval_command(res, 'assets/checkpoints/' + args.name)}`
+(seed {res['seed']}, {res['n_points']} points per input, the first {res['n']} test meshes of at most {res['max_faces']} faces of
+each split; the requested face count is the reference's). Baselines from the same points at the same face budget:
+Open3D screened Poisson (depth 7) + quadric decimation, the points' bounding box (12 faces), and their convex hull
+decimated to the budget. Metrics as defined in `tokenizers3d/metrics.py` (distances in units of the reference's
+longest side).
 
-## Evaluation
-`python scripts/eval_generator.py --checkpoint assets/checkpoints/{args.name} --n {res['n']} --max-faces {res['max_faces']} --temperature {res['temperature']} --out runs/eval.json --markdown`
-(seed {res['seed']}, {res['n_points']} points per input, the first {res['n']} test meshes of at most {res['max_faces']} faces of each
-split; the requested face count is the reference's; measured on `runs/hourglass_small/best`, the file shipped here). Baseline: Open3D screened Poisson reconstruction (depth 7) from the same points, quadric-decimated to the
-same face count. Metrics as defined in `tokenizers3d/metrics.py` (distances in units of the reference's longest side).
-
-{markdown(res)}
-
-Invalid-mesh rate of raw sampling on {inv.get('n', 0)} procedural test inputs (a sequence that is not a valid canonical
-mesh): {inv.get('constrained', float('nan')):.2f} with order-enforcing constraints, {inv.get('unconstrained', float('nan')):.2f} without.
-
-## Limitations
-- {_verdict(summary)} This model is small and was trained for {last['step']} steps on CPU; its
-  outputs are always valid canonical meshes (constrained sampling), but their shape often follows the point cloud
-  only loosely.
-- Trained on procedural shapes only; the real-mesh rows measure transfer to human-made meshes it never saw.
+{markdown_report(res)}
+"""]
+    if args.prev_eval is not None:
+        prev = json.loads(args.prev_eval.read_text())
+        sections.append("## Against the previous checkpoint\n\nThe same evaluation of the previously bundled "
+                        "checkpoint (same decoding settings):\n\n" + _compare(res, prev) + "\n")
+    if args.ablation is not None:
+        sections.append("## Ablation (equal training budget)\n\n" + args.ablation.read_text().strip() + "\n\n"
+                        "Recipe arms and their commands: `docs/model.md` (section Training recipe).\n")
+    sections.append(f"""## Limitations
+- {_verdict(summary)}
+- Trained on procedural shapes only; the real rows measure transfer to human-made meshes it never saw.
 - 7-bit coordinates: vertices snap to a 128^3 grid of the input's bounding cube.
-"""
-    atomic_write_text(tmp / "README.md", card)
+""")
+    atomic_write_text(tmp / "README.md", "\n".join(sections))
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     print(f"shipped {dest} ({size_mb:.1f} MB)")
