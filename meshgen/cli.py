@@ -185,8 +185,9 @@ def generate(inp: Path = typer.Argument(..., metavar="INPUT", help="Point cloud 
                                                         "the input's longest side (default: from the point spacing)."),
              min_coverage: float = typer.Option(0.0, help="Guidance: refuse to stop before this share of the points "
                                                           "is within --guide-tol of the mesh (0 to 1)."),
-             cfg_scale: float = typer.Option(1.0, help="Classifier-free guidance scale (1 = off; needs a model "
-                                                       "trained with encoder.null_context)."),
+             cfg_scale: float = typer.Option(None, help="Classifier-free guidance scale (1 = off; needs a model "
+                                                        "trained with encoder.null_context; default 2 for such a "
+                                                        "model, else 1)."),
              samples: int = typer.Option(1, help="Draw this many meshes in one batch and keep the one that fits the "
                                                  "input points best (Chamfer to the points)."),
              no_preview: bool = typer.Option(False, help="Do not write the PNG preview.")):

@@ -40,7 +40,7 @@ def run_facts(checkpoint: str) -> dict:
 
 
 def table(entries: list[tuple[str, dict]]) -> str:
-    lines = ["| recipe | split | steps | train min | val loss (new vertex / first vertex) | Chamfer | F@0.05 | "
+    lines = ["| recipe | split | steps | wall min (shared machine) | val loss (new vertex / first vertex) | Chamfer | F@0.05 | "
              "normal cons. | beats bbox | distinct / refs | extents r (x / y / z) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, res in entries:

@@ -510,13 +510,18 @@ def main(argv: list[str] | None = None) -> int:
                                                            "null_context", None) is False:
         print("error: --cfg-scale needs a model trained with encoder.null_context (point dropout)", file=sys.stderr)
         return 2
+    generation = effective_generation(gen_kwargs)
+    if generation.get("cfg_scale", 1.0) is None:  # the pipeline's per-model default, recorded as the number used
+        from meshgen.pipeline import resolve_cfg_scale
+
+        generation["cfg_scale"] = resolve_cfg_scale(model, None)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     select = {"families": args.families, "per_family": args.per_family}
     results = {"checkpoint": args.checkpoint or "bundled", "seed": args.seed, "temperature": args.temperature,
                "n_points": args.n_points, "n": args.n, "max_faces": args.max_faces,
                "families": args.families, "per_family": args.per_family,
                "methods": ["model", "bbox"] if args.skip_baselines else list(METHODS),
-               "generation": effective_generation(gen_kwargs),
+               "generation": generation,
                "generation_given": sorted(gen_kwargs), "splits": {}}
     procedural = procedural_items(Path(args.procedural), args.n, args.max_faces, **select)
     for split, items in (("procedural", procedural),
