@@ -126,7 +126,7 @@ of `meshgen generate` and `make demo`, where it decodes with point-cloud guidanc
 ## Training
 - `python scripts/train_generator.py --config {args.config}` (AdamW, lr {tc['lr']}, warmup {tc['warmup_steps']}, cosine,
   batch {tc['batch_size']}, clip {tc.get('grad_clip', 1.0)}), {last['step']} steps in {minutes:.0f} min of wall time on the 2-core
-  CPU (shared with evaluation jobs){f", warm-started from `{warm}` (the previous bundled checkpoint, {args.prior_minutes:.0f} min of CPU training)" if warm else ""}.
+  CPU (shared with evaluation jobs){f", warm-started from `{warm}` (the previous bundled checkpoint, {args.prior_minutes:.0f} min of CPU training; how to restore it: the comment in `{args.config}`)" if warm else ""}.
 - Validation loss (nats/token) of the shipped weights (step {best['step']}): {float(best['val_loss']):.4f} overall,
   {float(best.get('val_new_vertex_loss') or 'nan'):.3f} on tokens of new vertices, {float(best.get('val_first_vertex_loss') or 'nan'):.3f}
   on the first vertex. Uniform guessing is {math.log(2 ** bits + 3):.2f}.
