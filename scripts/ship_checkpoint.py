@@ -144,7 +144,7 @@ longest side).
     if args.prev_eval is not None:
         prev = json.loads(args.prev_eval.read_text())
         sections.append("## Against the previous checkpoint\n\nThe same evaluation of the previously bundled "
-                        "checkpoint (same decoding settings):\n\n" + _compare(res, prev) + "\n")
+                        "checkpoint (guided decoding, one sample; each model at its default CFG scale: the previous one has no null context):\n\n" + _compare(res, prev) + "\n")
     if args.ablation is not None:
         sections.append("## Ablation (equal training budget)\n\n" + args.ablation.read_text().strip() + "\n\n"
                         "Recipe arms and their commands: `docs/model.md` (section Training recipe).\n")
