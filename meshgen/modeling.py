@@ -210,11 +210,22 @@ class PretrainedMixin:
         if not issubclass(target, cls):
             raise TypeError(f"{directory} holds a {name}, not a {cls.__name__}")
         model = target(config_from_dict(target.config_class, meta["config"]))
-        state = load_file(str(directory / WEIGHTS_NAME), device="cpu")
-        for alias, source in meta.get("tied", {}).items():
-            state[alias] = state[source]
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(load_weights(directory, meta), strict=True)
         return model.to(map_location)
+
+
+def load_weights(directory: str | Path, meta: dict | None = None) -> dict[str, torch.Tensor]:
+    """The state dict saved by :meth:`PretrainedMixin.save_pretrained` in ``directory`` (tied aliases restored).
+
+    ``meta`` is the parsed ``config.json`` when the caller has already read it.
+    """
+    directory = Path(directory)
+    if meta is None:
+        meta = json.loads((directory / CONFIG_NAME).read_text())
+    state = load_file(str(directory / WEIGHTS_NAME), device="cpu")
+    for alias, source in meta.get("tied", {}).items():
+        state[alias] = state[source]
+    return state
 
 
 # ---- base model -----------------------------------------------------------------------------------
@@ -271,7 +282,7 @@ class MeshGenerator(nn.Module, PretrainedMixin):
             bucket = torch.zeros(B, dtype=torch.long, device=device)
         else:
             bucket = face_count_bucket(cond.n_faces.to(device), self.config.n_face_buckets)
-        cond_emb = self.face_count_emb(bucket)  # (B, D)
+        count_emb = cond_emb = self.face_count_emb(bucket)  # (B, D)
         if cond.points is None:
             if cond.drop is not None and bool(cond.drop.any()):
                 return Context(self.encoder.null_tokens(B), cond_emb)
@@ -288,7 +299,7 @@ class MeshGenerator(nn.Module, PretrainedMixin):
             drop = cond.drop.to(device).bool()
             latents = torch.where(drop[:, None, None], self.encoder.null_tokens(B).to(latents.dtype), latents)
             if extra is not None:
-                cond_emb = torch.where(drop[:, None], self.face_count_emb(bucket), cond_emb)
+                cond_emb = torch.where(drop[:, None], count_emb, cond_emb)
         return Context(latents, cond_emb)
 
     def point_cells(self, xyz: torch.Tensor) -> torch.Tensor:

@@ -35,12 +35,16 @@ DEMO_SAMPLES = 4
 DEFAULT_CFG_SCALE = 2.0  # for models trained with a null context (measured better than 1.0: docs/model.md)
 
 
+def has_null_context(model: MeshGenerator) -> bool:
+    """Whether ``model`` was built with a learned null point context (can sample with classifier-free guidance)."""
+    return bool(getattr(getattr(model.config, "encoder", None), "null_context", False))
+
+
 def resolve_cfg_scale(model: MeshGenerator, cfg_scale: float | None) -> float:
     """``cfg_scale`` as given, or (``None``) :data:`DEFAULT_CFG_SCALE` for a model with a null context, else 1."""
     if cfg_scale is not None:
         return float(cfg_scale)
-    has_null = getattr(getattr(model.config, "encoder", None), "null_context", False)
-    return DEFAULT_CFG_SCALE if has_null else 1.0
+    return DEFAULT_CFG_SCALE if has_null_context(model) else 1.0
 
 
 @dataclass
@@ -191,7 +195,7 @@ def generate_file(inp: str | Path, out: str | Path, *, checkpoint: str | Path | 
     torch.manual_seed(seed)
     cloud = read_points(inp, seed=seed)
     model = load_generator(checkpoint)
-    if cfg_scale not in (None, 1.0) and not getattr(getattr(model.config, "encoder", None), "null_context", False):
+    if cfg_scale not in (None, 1.0) and not has_null_context(model):
         raise MeshInputError(checkpoint or DEFAULT_CHECKPOINT, "classifier-free guidance (--cfg-scale) needs a "
                                                                "model trained with encoder.null_context")
     gen = generate_mesh(model, cloud, faces=faces, seed=seed, temperature=temperature, top_p=top_p,

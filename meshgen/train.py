@@ -110,17 +110,12 @@ def warm_start(model, directory: str | Path) -> dict:
 
     Returns counts of copied and skipped tensors (new layers keep their fresh initialization).
     """
-    import json
-
-    from safetensors.torch import load_file
+    from .modeling import CONFIG_NAME, load_weights
 
     directory = Path(directory)
-    if not (directory / "config.json").exists():
+    if not (directory / CONFIG_NAME).exists():
         raise MeshInputError(directory, "train.init_from is not a model directory (no config.json)")
-    meta = json.loads((directory / "config.json").read_text())
-    state = load_file(str(directory / "model.safetensors"), device="cpu")
-    for alias, source in meta.get("tied", {}).items():
-        state[alias] = state[source]
+    state = load_weights(directory)
     own = model.state_dict()
     copied = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(copied, strict=False)

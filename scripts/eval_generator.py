@@ -45,7 +45,8 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from meshgen.pipeline import generate_mesh, load_generator
+from meshgen.guidance import GuidanceConfig
+from meshgen.pipeline import generate_mesh, has_null_context, load_generator, resolve_cfg_scale
 from tokenizers3d.errors import MeshInputError
 from tokenizers3d.io import PointCloud, atomic_write_text, load_mesh
 from tokenizers3d.mesh import Normalization, canonicalize
@@ -300,9 +301,8 @@ def evaluate_items(model, items: list[Item], *, n_points: int, seed: int, temper
                             max_faces=max(2 * n_ref, 32), **(gen_kwargs or {}))
         row = {"id": item.id, "group": item.group, "ref_faces": n_ref, "model_seconds": round(time.time() - t0, 2),
                "stopped": gen.stopped_reason}
-        stats = getattr(gen, "guidance", None)  # meshgen.guidance.GuidanceStats; None when unguided
-        if stats is not None:
-            row["guidance"] = {"coverage": float(stats.coverage), "fallbacks": int(stats.fallbacks)}
+        if gen.guidance is not None:  # meshgen.guidance.GuidanceStats
+            row["guidance"] = {"coverage": float(gen.guidance.coverage), "fallbacks": int(gen.guidance.fallbacks)}
         meshes = {"model": gen.mesh}
         if baselines:
             t0 = time.time()
@@ -371,11 +371,6 @@ def generation_kwargs(*, cfg_scale: float | None = None, guidance: bool | None =
             raise ValueError("--min-coverage and --guide-tol need guidance; drop --no-guidance")
         kw["guidance"] = None
     elif guidance or settings:
-        try:
-            from meshgen.guidance import GuidanceConfig
-        except ImportError as exc:
-            raise ValueError("--guidance, --min-coverage and --guide-tol need meshgen.guidance.GuidanceConfig, "
-                             "which this meshgen does not have") from exc
         kw["guidance"] = GuidanceConfig(**settings)
     accepted = inspect.signature(generate_mesh).parameters
     missing = [k for k in kw if k not in accepted]
@@ -506,14 +501,11 @@ def main(argv: list[str] | None = None) -> int:
     except MeshInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if gen_kwargs.get("cfg_scale", 1.0) != 1.0 and getattr(getattr(model.config, "encoder", None),
-                                                           "null_context", None) is False:
+    if gen_kwargs.get("cfg_scale", 1.0) != 1.0 and not has_null_context(model):
         print("error: --cfg-scale needs a model trained with encoder.null_context (point dropout)", file=sys.stderr)
         return 2
     generation = effective_generation(gen_kwargs)
     if generation.get("cfg_scale", 1.0) is None:  # the pipeline's per-model default, recorded as the number used
-        from meshgen.pipeline import resolve_cfg_scale
-
         generation["cfg_scale"] = resolve_cfg_scale(model, None)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     select = {"families": args.families, "per_family": args.per_family}
