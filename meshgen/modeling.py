@@ -11,25 +11,27 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import typing
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
-from tokenizers3d.io import atomic_path, atomic_write_text
+# save / load is the project's one checkpoint loader; its names are re-exported for the generators' callers
+from tokenizers3d.checkpoint import (  # noqa: F401
+    _MODEL_CLASSES,
+    CONFIG_NAME,
+    FORMAT_VERSION,
+    WEIGHTS_NAME,
+    PretrainedMixin,
+    config_from_dict,
+    config_to_dict,
+    load_weights,
+)
 
 from .encoder import PointEncoder
 from .layers import face_count_bucket
-
-FORMAT_VERSION = 1
-CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
 
 # ---- vocabulary -----------------------------------------------------------------------------------
@@ -117,123 +119,18 @@ class ModelOutput:
 
 
 # ---- config (de)serialization ----------------------------------------------------------------------
-def config_to_dict(config) -> dict:
-    return dataclasses.asdict(config)
-
-
-def config_from_dict(cls, d: dict):
-    """Rebuild a (possibly nested) frozen config dataclass from :func:`config_to_dict` output."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
-    kw = {}
-    for name, value in d.items():
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
-            value = config_from_dict(tp, value)
-        elif typing.get_origin(tp) is tuple and isinstance(value, list):
-            value = tuple(value)
-        kw[name] = value
-    return cls(**kw)
-
-
-# ---- save / load ----------------------------------------------------------------------------------
-_MODEL_CLASSES: dict[str, type] = {}
-
-
-def _package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("meshgen")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-class PretrainedMixin:
-    """Save / load for an ``nn.Module`` with a frozen-dataclass ``config`` and a ``config_class``.
-
-    Subclasses register themselves by class name, so ``MeshGenerator.from_pretrained(dir)`` returns
-    whichever model was saved there.
-    """
-
-    config_class: type | None = None
-
-    def __init_subclass__(cls, **kw):
-        super().__init_subclass__(**kw)
-        if cls.config_class is not None:
-            _MODEL_CLASSES[cls.__name__] = cls
-
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = self.state_dict()
-        tensors, tied, seen = {}, {}, {}
-        for name, t in state.items():
-            key = (t.data_ptr(), t.dtype, tuple(t.shape), t.stride(), t.device)
-            if t.numel() and key in seen:  # shared storage (e.g. tied embedding / head): store once
-                tied[name] = seen[key]
-                continue
-            seen[key] = name
-            tensors[name] = t.detach().to("cpu").contiguous()
-        meta = {
-            "class": type(self).__name__,
-            "format_version": FORMAT_VERSION,
-            "package_version": _package_version(),
-            "config": config_to_dict(self.config),
-            "tied": tied,
-        }
-        # weights first, config last, each renamed into place: a folder with config.json is complete
-        with atomic_path(directory / WEIGHTS_NAME) as tmp:
-            save_file(tensors, str(tmp), metadata={"format_version": str(FORMAT_VERSION)})
-        atomic_write_text(directory / CONFIG_NAME, json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        return directory
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, *, map_location: str | torch.device = "cpu"):
-        """Rebuild the model saved in ``directory`` and load its weights (every key must match)."""
-        directory = Path(directory)
-        meta = json.loads((directory / CONFIG_NAME).read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{directory}: format_version {meta.get('format_version')} != {FORMAT_VERSION}")
-        name = meta["class"]
-        if name not in _MODEL_CLASSES:
-            from .registry import _import_models
-
-            _import_models()  # the class registers itself when its module is imported
-        target = _MODEL_CLASSES.get(name)
-        if target is None:
-            raise ValueError(f"{directory}: unknown model class {name!r}; known: {sorted(_MODEL_CLASSES)}")
-        if not issubclass(target, cls):
-            raise TypeError(f"{directory} holds a {name}, not a {cls.__name__}")
-        model = target(config_from_dict(target.config_class, meta["config"]))
-        model.load_state_dict(load_weights(directory, meta), strict=True)
-        return model.to(map_location)
-
-
-def load_weights(directory: str | Path, meta: dict | None = None) -> dict[str, torch.Tensor]:
-    """The state dict saved by :meth:`PretrainedMixin.save_pretrained` in ``directory`` (tied aliases restored).
-
-    ``meta`` is the parsed ``config.json`` when the caller has already read it.
-    """
-    directory = Path(directory)
-    if meta is None:
-        meta = json.loads((directory / CONFIG_NAME).read_text())
-    state = load_file(str(directory / WEIGHTS_NAME), device="cpu")
-    for alias, source in meta.get("tied", {}).items():
-        state[alias] = state[source]
-    return state
-
-
 # ---- base model -----------------------------------------------------------------------------------
 class MeshGenerator(nn.Module, PretrainedMixin):
     """Shared parts of the decoders: token embedding, tied head, point encoder, face-count embedding.
 
     Subclasses build ``self.blocks``-like stacks and implement ``forward`` and ``init_cache``.
     """
+
+    @classmethod
+    def _import_models(cls) -> None:
+        from .registry import _import_models
+
+        _import_models()  # every generator class registers itself when its module is imported
 
     def _build_shared(self, config) -> None:
         self.vocab = CoordVocab(config.bits)

@@ -110,12 +110,9 @@ def warm_start(model, directory: str | Path) -> dict:
 
     Returns counts of copied and skipped tensors (new layers keep their fresh initialization).
     """
-    from .modeling import CONFIG_NAME, load_weights
+    from tokenizers3d.checkpoint import load_weights, read_model_config
 
-    directory = Path(directory)
-    if not (directory / CONFIG_NAME).exists():
-        raise MeshInputError(directory, "train.init_from is not a model directory (no config.json)")
-    state = load_weights(directory)
+    state = load_weights(directory, read_model_config(directory, what="train.init_from model directory"))
     own = model.state_dict()
     copied = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(copied, strict=False)

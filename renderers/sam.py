@@ -22,6 +22,8 @@ masks over larger ones).
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -30,13 +32,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tokenizers3d.errors import MeshInputError
+from tokenizers3d.checkpoint import check_state_dict
+from tokenizers3d.checkpoint import read_state_dict as read_state_dict_file
+from tokenizers3d.errors import ConfigError, MeshInputError
 
 from .masks import Mask, MaskGenerator
 
 INSTALL_HINT = "SAM needs the optional package segment-anything: pip install 'meshgen[sam]' " \
                "(segment-anything==1.0 torchvision==0.27.1)"
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
 
 def _segment_anything():
@@ -97,7 +100,7 @@ def build_sam(model_type: str | SamArchitecture = "vit_b"):
     sa = _segment_anything()
     if isinstance(model_type, str):
         if model_type not in SAM_ARCHITECTURES:
-            raise ValueError(f"unknown SAM model type {model_type!r}; expected one of {', '.join(SAM_ARCHITECTURES)}")
+            raise ConfigError(f"unknown SAM model type {model_type!r}; expected one of {', '.join(SAM_ARCHITECTURES)}")
         return sa.sam_model_registry[model_type](checkpoint=None).eval()
     a = model_type
     from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
@@ -120,40 +123,39 @@ def build_sam(model_type: str | SamArchitecture = "vit_b"):
     ).eval()
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file (``.safetensors``, or a ``torch.save``d state dict read with
-    ``weights_only=True``); a ``{"model": ...}`` or ``{"state_dict": ...}`` wrapper is unwrapped.
+# official checkpoint names carry the first 6 hex digits of the file's SHA-256
+OFFICIAL_NAME = re.compile(r"^sam_(vit_[bhl])_([0-9a-f]{6})\.pth$")
+
+
+def read_state_dict(path: str | Path, *, verify_name: bool = True) -> dict[str, torch.Tensor]:
+    """Tensors of a SAM checkpoint file through the project's one loader
+    (:func:`tokenizers3d.checkpoint.read_state_dict`: ``.safetensors``, or a ``torch.save``d state dict read with
+    ``weights_only=True``; never unpickled). A file named like an official release (``sam_vit_b_01ec64.pth``)
+    must have a SHA-256 that starts with the hex digits in its name.
 
     Raises
     ------
     MeshInputError
-        Missing, empty or unreadable file, or no tensors in it.
+        Missing, empty, corrupt or pickled file, no tensors in it, or a SHA-256 that contradicts its name.
     """
     path = Path(path)
-    if not path.exists():
-        raise MeshInputError(path, "SAM checkpoint does not exist")
-    if path.is_dir():
-        raise MeshInputError(path, "SAM checkpoint is a directory, expected a .pth or .safetensors file")
-    if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
-        raise MeshInputError(path, f"unknown SAM checkpoint format {path.suffix or '(no suffix)'!r}; "
-                                   f"expected one of {', '.join(CHECKPOINT_SUFFIXES)}")
-    if path.stat().st_size == 0:
-        raise MeshInputError(path, "SAM checkpoint is empty")
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
+    state = read_state_dict_file(path, what="SAM checkpoint")
+    match = OFFICIAL_NAME.match(path.name)
+    if verify_name and match:
+        digest = _sha256(path)
+        if not digest.startswith(match.group(2)):
+            raise MeshInputError(path, f"SHA-256 starts with {digest[:6]}, but the official file of this name "
+                                       f"starts with {match.group(2)}: the download is corrupt or not the official "
+                                       "checkpoint")
+    return state
 
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and safetensors raise many types for corrupt files
-        raise MeshInputError(path, f"cannot read SAM checkpoint ({type(exc).__name__}: {exc})") from exc
-    for key in ("model", "state_dict"):
-        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
-            state = state[key]
-    if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise MeshInputError(path, "SAM checkpoint is not a state dict of tensors")
-    return dict(state)
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def describe_state_dict(state: Mapping[str, torch.Tensor]) -> str:
@@ -180,26 +182,18 @@ def load_sam(checkpoint: str | Path, model_type: str | SamArchitecture = "vit_b"
     ImportError
         ``segment-anything`` is not installed.
     """
+    if isinstance(model_type, str) and model_type not in SAM_ARCHITECTURES:  # before reading a large file
+        raise ConfigError(f"unknown SAM model type {model_type!r}; expected one of {', '.join(SAM_ARCHITECTURES)}")
     state = read_state_dict(checkpoint)
     with torch.device("meta"):  # shapes only, no memory or random init
         expected = build_sam(model_type).state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or shapes:
-        name = model_type if isinstance(model_type, str) else "the given architecture"
+    name = model_type if isinstance(model_type, str) else "the given architecture"
+    try:
+        check_state_dict(expected, state, checkpoint, name=f"SAM {name}")
+    except MeshInputError as exc:
         looks = describe_state_dict(state)
         hint = f"; pass model type {looks.split()[-1]}" if looks.startswith("SAM ") else ""
-        detail = []
-        if missing:
-            detail.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if unexpected:
-            detail.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        if shapes:
-            k = shapes[0]
-            detail.append(f"{len(shapes)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})")
-        raise MeshInputError(checkpoint, f"checkpoint does not match SAM {name}: {', '.join(detail)}; "
-                                         f"it looks like {looks}{hint}")
+        raise MeshInputError(checkpoint, f"{exc.problem}; it looks like {looks}{hint}") from None
     model = build_sam(model_type)
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()

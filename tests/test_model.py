@@ -15,6 +15,7 @@ from meshgen.generate import collate_windows, sample_training_window
 from meshgen.hourglass import HourglassConfig, HourglassTransformer
 from meshgen.modeling import Conditioning, CoordVocab, MeshGenerator
 from meshgen.transformer import Transformer, TransformerConfig, matched_transformer_config
+from tokenizers3d.errors import MeshInputError
 
 VOCAB = CoordVocab(7)
 
@@ -248,7 +249,7 @@ def test_save_load_round_trip(kind, tmp_path):
     with torch.no_grad():
         assert torch.equal(model(tok, cond=cond).logits, loaded(tok, cond=cond).logits)
     other = HourglassTransformer if kind == "flat" else Transformer
-    with pytest.raises(TypeError):
+    with pytest.raises(MeshInputError, match="not a"):
         other.from_pretrained(tmp_path)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -247,11 +250,11 @@ def test_sam_checkpoint_errors(tiny_sam, tmp_path):
         load_sam(tmp_path / "missing.pth")
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(MeshInputError, match="cannot read"):
+    with pytest.raises(MeshInputError, match="not a readable torch or safetensors file"):
         load_sam(garbage)
     wrong = tmp_path / "tiny.pth"
     torch.save(tiny_sam.state_dict(), wrong)
-    with pytest.raises(MeshInputError, match=r"does not match SAM vit_b.*looks like a SAM-like model \(embed dim 32"):
+    with pytest.raises(MeshInputError, match=r"weights do not fit SAM vit_b.*looks like a SAM-like model \(embed dim 32"):
         load_sam(wrong, "vit_b")
     other = tmp_path / "other.pth"
     torch.save({"weight": torch.zeros(3)}, other)
@@ -261,6 +264,44 @@ def test_sam_checkpoint_errors(tiny_sam, tmp_path):
     onnx.write_bytes(b"x")
     with pytest.raises(MeshInputError, match="format"):
         load_sam(onnx)
+
+
+def test_sam_checkpoint_named_like_an_official_file_must_match_its_sha256(tiny_sam, tmp_path):
+    import hashlib
+
+    state = {k: v.contiguous() for k, v in tiny_sam.state_dict().items()}
+    probe = tmp_path / "probe.pth"
+    torch.save(state, probe)
+    digest = hashlib.sha256(probe.read_bytes()).hexdigest()
+    wrong = tmp_path / f"sam_vit_b_{'0' * 6 if not digest.startswith('000000') else '111111'}.pth"
+    probe.rename(wrong)
+    with pytest.raises(MeshInputError, match=f"SHA-256 starts with {digest[:6]}"):
+        load_sam(wrong, TINY_SAM)
+    right = tmp_path / f"sam_vit_b_{digest[:6]}.pth"
+    wrong.rename(right)
+    assert load_sam(right, TINY_SAM) is not None
+
+
+def test_unknown_sam_model_type_and_pickled_checkpoint_are_one_line(tmp_path):
+    import pickle
+
+    from tokenizers3d.errors import ConfigError
+
+    path = tmp_path / "w.pth"
+    path.write_bytes(pickle.dumps({"a": object()}))
+    with pytest.raises(ConfigError, match="unknown SAM model type 'vit_x'"):
+        load_sam(path, "vit_x")
+    with pytest.raises(MeshInputError) as info:
+        load_sam(path, "vit_b")
+    assert "weights_only=False" not in str(info.value) and "\n" not in str(info.value)
+    mesh, _ = table()
+    src = tmp_path / "t.obj"
+    mesh.export(src)
+    proc = subprocess.run([sys.executable, "-m", "meshgen.cli", "segment", str(src), "-o", str(tmp_path / "o.ply"),
+                           "--sam-checkpoint", str(path), "--sam-model-type", "vit_x"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "vit_x" in proc.stderr
+    assert not (tmp_path / "o.ply").exists()
 
 
 # --------------------------------------------------------------------------------------------- files

@@ -1,0 +1,281 @@
+"""The one checkpoint loader of the project: model directories (``config.json`` + ``model.safetensors``) and
+single weight files (``.safetensors``, or a plain tensor state dict saved with ``torch.save``).
+
+Every learned model -- generators in ``meshgen``, learned tokenizers here, mask and body models in
+``renderers`` -- saves and loads through :class:`PretrainedMixin`, and user-supplied weight files (SAM) go
+through :func:`read_state_dict`. Whatever is wrong with a checkpoint (missing, empty, truncated or corrupt
+weights, a non-JSON or unknown-class config, tensors of another shape) becomes one
+:class:`~tokenizers3d.errors.MeshInputError` naming the path: one line and exit 2 on the command line.
+
+Nothing is ever unpickled: ``.pth`` files are read with ``torch.load(weights_only=True)``, and a file that
+would need more is refused without suggesting ``weights_only=False``.
+
+This module imports torch when a function needs it, so importing it is cheap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+
+from .errors import MeshInputError
+from .io import atomic_path, atomic_write_text
+
+FORMAT_VERSION = 1
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+_MODEL_CLASSES: dict[str, type] = {}
+
+
+# ---- configs as plain data ------------------------------------------------------------------------
+def config_to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(cls, d: dict):
+    """Rebuild a (possibly nested) frozen config dataclass from :func:`config_to_dict` output."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{cls.__name__} must be a JSON object, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    kw = {}
+    for name, value in d.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            value = config_from_dict(tp, value)
+        elif typing.get_origin(tp) is tuple and isinstance(value, list):
+            value = tuple(value)
+        kw[name] = value
+    return cls(**kw)
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("meshgen")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+# ---- reading ------------------------------------------------------------------------------------
+def read_model_config(directory: str | Path, *, what: str = "model directory") -> dict:
+    """The parsed ``config.json`` of a model directory, checked: a JSON object with a ``class`` name, a
+    ``config`` object and this project's ``format_version``.
+
+    Raises
+    ------
+    MeshInputError
+        Missing directory, no or unreadable config, not JSON, wrong schema or version.
+    """
+    directory = Path(directory)
+    if not directory.exists():
+        raise MeshInputError(directory, f"{what} does not exist")
+    if not directory.is_dir():
+        raise MeshInputError(directory, f"is a file, expected a {what} (config.json + {WEIGHTS_NAME})")
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise MeshInputError(directory, f"not a {what} (no {CONFIG_NAME})")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MeshInputError(path, f"cannot read model config ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get("class"), str) or not isinstance(meta.get("config"), dict):
+        raise MeshInputError(path, "not a model config written by save_pretrained (needs 'class' and 'config')")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise MeshInputError(path, f"format_version {meta.get('format_version')!r} is not {FORMAT_VERSION}")
+    tied = meta.get("tied", {})
+    if not isinstance(tied, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tied.items()):
+        raise MeshInputError(path, "'tied' must map tensor names to tensor names")
+    return meta
+
+
+def read_state_dict(path: str | Path, *, what: str = "checkpoint") -> dict:
+    """Tensors of one weight file: ``.safetensors``, or a state dict saved with ``torch.save`` and read with
+    ``weights_only=True``; a ``{"model": ...}`` or ``{"state_dict": ...}`` wrapper is unwrapped.
+
+    Raises
+    ------
+    MeshInputError
+        Missing, empty, truncated or corrupt file, pickled objects other than tensors, or no tensors.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise MeshInputError(path, f"{what} does not exist")
+    if path.is_dir():
+        raise MeshInputError(path, f"{what} is a directory, expected a weight file")
+    suffix = path.suffix.lower()
+    if suffix not in WEIGHT_SUFFIXES:
+        raise MeshInputError(path, f"unknown {what} format {path.suffix or '(no suffix)'!r}; "
+                                   f"expected one of {', '.join(WEIGHT_SUFFIXES)}")
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise MeshInputError(path, f"cannot read {what} ({exc.strerror or exc})") from exc
+    if size == 0:
+        raise MeshInputError(path, f"{what} is empty")
+    if suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path), device="cpu")
+        except Exception as exc:  # SafetensorError, OSError, ... for truncated or foreign files
+            raise MeshInputError(path, f"{what} is not a readable safetensors file ({_first_line(exc)})") from exc
+    else:
+        import pickle
+        import warnings
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # protocol notes of the safe unpickler
+                state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            if "Unsupported global" in str(exc):
+                raise MeshInputError(path, f"{what} holds pickled objects other than tensors; they are not loaded "
+                                           "(save a plain state dict, or convert it to .safetensors)") from exc
+            raise MeshInputError(path, f"{what} is not a readable torch or safetensors file (arbitrary pickled "
+                                       "data is never loaded)") from exc
+        except Exception as exc:  # zip, EOF, index and runtime errors of random or truncated bytes
+            raise MeshInputError(path, f"{what} is not a readable torch or safetensors file "
+                                       f"({type(exc).__name__})") from exc
+    for key in ("model", "state_dict"):
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            state = state[key]
+    if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise MeshInputError(path, f"{what} is not a state dict of tensors")
+    return dict(state)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def load_weights(directory: str | Path, meta: dict | None = None) -> dict:
+    """The state dict saved by :meth:`PretrainedMixin.save_pretrained` in ``directory`` (tied aliases restored).
+
+    ``meta`` is the parsed ``config.json`` when the caller has already read it.
+    """
+    directory = Path(directory)
+    if meta is None:
+        meta = read_model_config(directory)
+    path = directory / WEIGHTS_NAME
+    if not path.exists():
+        raise MeshInputError(directory, f"model directory has no weights ({WEIGHTS_NAME} is missing)")
+    state = read_state_dict(path, what="model weights")
+    for alias, source in meta.get("tied", {}).items():
+        if source not in state:
+            raise MeshInputError(path, f"tied weight {alias!r} points at {source!r}, which is not in the file")
+        state[alias] = state[source]
+    return state
+
+
+def check_state_dict(expected: Mapping, state: Mapping, path: str | Path, *, name: str = "the model") -> None:
+    """Raise one :class:`MeshInputError` if ``state`` lacks keys, has extra keys or tensors of other shapes
+    than ``expected`` (a state dict, e.g. of a model built on the meta device)."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if not (missing or unexpected or shapes):
+        return
+    detail = []
+    if missing:
+        detail.append(f"{len(missing)} missing tensors (e.g. {missing[0]})")
+    if unexpected:
+        detail.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
+    if shapes:
+        k = shapes[0]
+        detail.append(f"{len(shapes)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} "
+                      f"vs {tuple(expected[k].shape)})")
+    raise MeshInputError(path, f"weights do not fit {name}: {', '.join(detail)}")
+
+
+# ---- the mixin --------------------------------------------------------------------------------------
+class PretrainedMixin:
+    """Save / load for an ``nn.Module`` with a frozen-dataclass ``config`` and a ``config_class``.
+
+    Subclasses register themselves by class name, so ``Base.from_pretrained(dir)`` returns whichever
+    subclass of ``Base`` was saved there. ``_import_models`` (a classmethod a base may override) imports the
+    modules that define the subclasses before an unknown name is refused.
+    """
+
+    config_class: type | None = None
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if cls.config_class is not None:
+            _MODEL_CLASSES[cls.__name__] = cls
+
+    @classmethod
+    def _import_models(cls) -> None:
+        """Import the modules whose classes may be saved in a directory (none by default)."""
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = self.state_dict()
+        tensors, tied, seen = {}, {}, {}
+        for name, t in state.items():
+            key = (t.data_ptr(), t.dtype, tuple(t.shape), t.stride(), t.device)
+            if t.numel() and key in seen:  # shared storage (e.g. tied embedding / head): store once
+                tied[name] = seen[key]
+                continue
+            seen[key] = name
+            tensors[name] = t.detach().to("cpu").contiguous()
+        meta = {
+            "class": type(self).__name__,
+            "format_version": FORMAT_VERSION,
+            "package_version": _package_version(),
+            "config": config_to_dict(self.config),
+            "tied": tied,
+        }
+        # weights first, config last, each renamed into place: a folder with config.json is complete
+        with atomic_path(directory / WEIGHTS_NAME) as tmp:
+            save_file(tensors, str(tmp), metadata={"format_version": str(FORMAT_VERSION)})
+        atomic_write_text(directory / CONFIG_NAME, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, map_location="cpu"):
+        """Rebuild the model saved in ``directory`` and load its weights (every name and shape must match).
+
+        Raises
+        ------
+        MeshInputError
+            Anything wrong with the directory, its config or its weights (one line naming the path).
+        """
+        import torch
+
+        directory = Path(directory)
+        meta = read_model_config(directory)
+        name = meta["class"]
+        if name not in _MODEL_CLASSES:
+            cls._import_models()  # the class registers itself when its module is imported
+        target = _MODEL_CLASSES.get(name)
+        known = sorted(k for k, v in _MODEL_CLASSES.items() if issubclass(v, cls))
+        if target is None or not issubclass(target, cls):
+            raise MeshInputError(directory / CONFIG_NAME, f"holds a {name!r}, not a {cls.__name__}; "
+                                                          f"known: {', '.join(known) or 'none'}")
+        try:
+            config = config_from_dict(target.config_class, meta["config"])
+        except (TypeError, ValueError) as exc:
+            raise MeshInputError(directory / CONFIG_NAME, f"bad {name} config ({exc})") from exc
+        state = load_weights(directory, meta)
+        with torch.device("meta"):  # shapes only: no memory, no random init
+            expected = target(config).state_dict()
+        check_state_dict(expected, state, directory / WEIGHTS_NAME, name=f"the {name} of {CONFIG_NAME}")
+        model = target(config)
+        model.load_state_dict(state, strict=True)
+        return model.to(map_location)
