@@ -1,6 +1,7 @@
 # The two commands a new machine needs (see README):
 #   make demo   install, then turn the bundled point cloud into a low-poly mesh (+ PNG preview) under out/
-#   make test   install with test extras, then lint and run the whole test suite
+#   make test   install with test extras (and Chromium for the web app's browser test), then lint and run
+#               the whole test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
@@ -10,7 +11,7 @@ env:
 	scripts/setup_env.sh
 
 env-test:
-	scripts/setup_env.sh dev,ray,sam,gpu
+	scripts/setup_env.sh dev,ray,sam,gpu,app
 
 demo: env
 	$(VENV)/bin/meshgen demo --out out/demo

@@ -1,7 +1,8 @@
 """The ``meshgen`` command line.
 
-Every subcommand has ``--help``. Bad input (a missing, corrupt or unsuitable file) prints one readable
-line on stderr and exits with code 2; heavy modules are imported inside the commands so ``--help`` is fast.
+Every subcommand has ``--help``. Bad input (a missing, corrupt or unsuitable file), an output that cannot
+be written (or is the input) and a usage error each print one readable line on stderr and exit with code 2;
+heavy modules are imported inside the commands so ``--help`` is fast.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
@@ -27,12 +29,13 @@ def _console():
 
 @app.command()
 def info(mesh: Path = typer.Argument(..., help="Mesh file (OBJ, PLY, STL, OFF, GLB/GLTF)."),
-         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")):
+         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+         max_faces: int = typer.Option(None, "--max-faces", help="Refuse meshes with more faces (default 1,000,000).")):
     """Counts, bounds, watertightness, manifoldness and genus of a mesh."""
     from tokenizers3d.io import load_mesh
     from tokenizers3d.metrics import mesh_info
 
-    data = mesh_info(load_mesh(mesh))
+    data = mesh_info(load_mesh(mesh, max_faces=max_faces))
     if as_json:
         print(json.dumps(data, indent=2))
         return
@@ -48,12 +51,14 @@ def info(mesh: Path = typer.Argument(..., help="Mesh file (OBJ, PLY, STL, OFF, G
 def preview(mesh: Path = typer.Argument(..., help="Mesh file."),
             out: Path = typer.Option(..., "-o", "--out", help="PNG to write."),
             views: int = typer.Option(4, help="Number of views in the grid."),
-            size: int = typer.Option(256, help="Pixels per view.")):
+            size: int = typer.Option(256, help="Pixels per view."),
+            max_faces: int = typer.Option(None, "--max-faces", help="Refuse meshes with more faces (default 1,000,000).")):
     """Render a PNG grid of shaded views with visible edges."""
     from renderers.preview import render_preview
-    from tokenizers3d.io import load_mesh
+    from tokenizers3d.io import load_mesh, refuse_overwrite
 
-    render_preview(load_mesh(mesh), out, n_views=views, image_size=size)
+    refuse_overwrite(out, mesh)
+    render_preview(load_mesh(mesh, max_faces=max_faces), out, n_views=views, image_size=size)
     print(f"wrote {out}")
 
 
@@ -64,14 +69,17 @@ def dataset(out: Path = typer.Option(..., "-o", "--out", help="Output directory.
             workers: int = typer.Option(2, help="Worker processes."),
             max_faces: int = typer.Option(None, help="Objects with more faces are re-drawn with a new seed."),
             family: list[str] = typer.Option(None, "--family", help="Restrict to these families (repeatable)."),
-            rotate: bool = typer.Option(False, help="Random rotations.")):
+            rotate: bool = typer.Option(False, "--rotate/--no-rotate", help="Random rotations.")):
     """Write the procedural artist-mesh dataset (resumable; train/val/test split)."""
     from tokenizers3d.errors import MeshInputError
+    from tokenizers3d.io import check_output_path, output_errors
     from tokenizers3d.procedural import make_dataset
 
+    check_output_path(out, folder=True)
     try:
-        path = make_dataset(out, n, seed=seed, workers=workers, max_faces=max_faces, families=family or None,
-                            rotate=rotate)
+        with output_errors(out, folder=True):  # the appended metadata.jsonl
+            path = make_dataset(out, n, seed=seed, workers=workers, max_faces=max_faces, families=family or None,
+                                rotate=rotate)
     except (ValueError, KeyError) as exc:  # bad settings, or a resume with other settings
         raise MeshInputError(out, str(exc).strip("'\"")) from exc
     print(f"dataset ready in {path}")
@@ -83,24 +91,20 @@ def tokenize(mesh: Path = typer.Argument(..., help="Mesh file."),
              tokenizer: str = typer.Option("coords", "-t", "--tokenizer", help="coords, adjacent or blocks."),
              bits: int = typer.Option(10, help="Quantization bits (6-12)."),
              max_faces: int = typer.Option(None, help="Refuse meshes with more faces.")):
-    """Tokenize a mesh; the .npz holds ids, tokenizer config and the normalization transform."""
-    import numpy as np
-
+    """Tokenize a mesh; the .npz holds ids, tokenizer config, the normalization transform and a checksum."""
     from tokenizers3d.base import get_tokenizer
-    from tokenizers3d.io import atomic_path, load_mesh
+    from tokenizers3d.io import load_mesh, refuse_overwrite
+    from tokenizers3d.tokenfile import save_tokens
 
+    refuse_overwrite(out, mesh)
     tok = get_tokenizer(tokenizer, bits=bits)
-    enc = tok.encode(load_mesh(mesh, max_faces=max_faces), source=mesh)
-    id_dtype = np.uint16 if tok.vocab_size <= 65536 else np.int32
-    with atomic_path(out, suffix=".npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, ids=enc.ids.astype(id_dtype),
-                                tokenizer=np.array(json.dumps(tok.config)),
-                                normalization=np.array(json.dumps(enc.normalization.to_dict())))
-    token_bytes = enc.ids.astype(id_dtype).nbytes
+    clean = load_mesh(mesh, max_faces=max_faces)
+    enc = tok.encode(clean, source=mesh)
+    save_tokens(out, enc, tok, source_faces=len(clean.faces), source=mesh)  # warns on quantization loss > 5%
     print(json.dumps({
-        "tokenizer": tok.config, "faces": enc.n_faces, "vertices": enc.n_vertices, "tokens": int(len(enc.ids)),
-        "tokens_per_face": round(enc.tokens_per_face, 3), "token_bytes": token_bytes,
+        "tokenizer": tok.config, "faces": enc.n_faces, "source_faces": len(clean.faces), "vertices": enc.n_vertices,
+        "tokens": int(len(enc.ids)), "tokens_per_face": round(enc.tokens_per_face, 3),
+        "token_bytes": int(len(enc.ids)) * (2 if tok.vocab_size <= 65536 else 4),
         "input_bytes": mesh.stat().st_size, "out": str(out),
     }))
 
@@ -108,32 +112,17 @@ def tokenize(mesh: Path = typer.Argument(..., help="Mesh file."),
 @app.command()
 def detokenize(tokens: Path = typer.Argument(..., help=".npz written by `meshgen tokenize`."),
                out: Path = typer.Option(..., "-o", "--out", help="Mesh to write (.obj, .ply, .glb)."),
-               lenient: bool = typer.Option(False, help="Drop a malformed tail instead of failing.")):
+               lenient: bool = typer.Option(False, "--lenient/--strict",
+                                            help="Drop a malformed tail instead of failing.")):
     """Decode tokens back to a mesh at its original scale and place."""
-    import zipfile
+    from tokenizers3d.io import refuse_overwrite, save_mesh
+    from tokenizers3d.tokenfile import load_tokens
 
-    import numpy as np
-    import trimesh
-
-    from tokenizers3d.base import get_tokenizer
-    from tokenizers3d.errors import MeshInputError
-    from tokenizers3d.io import save_mesh
-    from tokenizers3d.mesh import Normalization
-
-    try:
-        with np.load(tokens, allow_pickle=False) as z:
-            ids = z["ids"]
-            cfg = json.loads(str(z["tokenizer"]))
-            norm = Normalization.from_dict(json.loads(str(z["normalization"])))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-        raise MeshInputError(tokens, f"not a token file written by `meshgen tokenize` ({exc})") from exc
-    tok = get_tokenizer(**cfg)
-    qm, report = tok.decode_quantized(ids.astype(np.int64), strict=not lenient)
-    if qm.n_faces == 0:
-        raise MeshInputError(tokens, f"no face could be decoded ({report.error or 'empty sequence'})")
-    mesh = qm.to_trimesh()
-    save_mesh(out, trimesh.Trimesh(norm.invert(mesh.vertices), mesh.faces, process=False))
-    print(json.dumps({"faces": qm.n_faces, "dropped_tokens": report.dropped_tokens, "out": str(out)}))
+    refuse_overwrite(out, tokens)
+    decoded = load_tokens(tokens).decode(strict=not lenient)  # every problem: one MeshInputError naming the file
+    save_mesh(out, decoded.mesh)
+    print(json.dumps({"faces": decoded.quantized.n_faces, "dropped_tokens": decoded.report.dropped_tokens,
+                      "out": str(out)}))
 
 
 @batch_app.command("tokenize")
@@ -148,9 +137,14 @@ def batch_tokenize_cmd(input_dir: Path = typer.Argument(..., help="Directory tre
                        shard_size: int = typer.Option(256, help="Meshes per Parquet shard.")):
     """Tokenize every mesh under a directory into Parquet shards (resumable; Ray optional)."""
     from tokenizers3d.batch import batch_tokenize
+    from tokenizers3d.io import check_output_path, output_errors, refuse_output_inside
 
-    report = batch_tokenize(input_dir, out, tokenizer=tokenizer, tokenizer_config={"bits": bits}, workers=workers,
-                            engine=engine, address=address, max_faces=max_faces, shard_size=shard_size)
+    refuse_output_inside(out, input_dir)
+    check_output_path(out, folder=True)
+    with output_errors(out, folder=True):  # the lock file and anything else written without atomic_path
+        report = batch_tokenize(input_dir, out, tokenizer=tokenizer, tokenizer_config={"bits": bits},
+                                workers=workers, engine=engine, address=address, max_faces=max_faces,
+                                shard_size=shard_size)
     print(json.dumps(report.to_dict(), default=str))
 
 
@@ -160,12 +154,17 @@ def segment(mesh: Path = typer.Argument(..., help="Mesh file."),
             views: int = typer.Option(12, help="Number of rendered views."),
             sam_checkpoint: Path = typer.Option(None, help="Segment-Anything checkpoint (default: geometric masks)."),
             sam_model_type: str = typer.Option("vit_b", help="vit_b, vit_l or vit_h."),
-            seed: int = typer.Option(0)):
+            seed: int = typer.Option(0),
+            max_faces: int = typer.Option(None, "--max-faces", help="Refuse meshes with more faces (default 1,000,000).")):
     """Split a mesh into parts by lifting 2D masks from many views (MeshSegmenter-style revoting)."""
+    from tokenizers3d.errors import ConfigError
+
+    if sam_model_type not in ("vit_b", "vit_l", "vit_h"):  # checked before any file is read
+        raise ConfigError(f"unknown --sam-model-type {sam_model_type!r}; expected vit_b, vit_l or vit_h")
     from renderers.segment import segment_mesh_file
 
     res = segment_mesh_file(mesh, out, views=views, sam_checkpoint=sam_checkpoint, sam_model_type=sam_model_type,
-                            seed=seed)
+                            seed=seed, max_faces=max_faces)
     print(json.dumps({"segments": int(res.n_segments), "faces": int(len(res.labels)), "out": str(out)}))
 
 
@@ -178,7 +177,8 @@ def generate(inp: Path = typer.Argument(..., metavar="INPUT", help="Point cloud 
              top_p: float = typer.Option(0.95),
              max_faces: int = typer.Option(None, help="Stop after this many faces (default: 800, or 2 x --faces)."),
              checkpoint: Path = typer.Option(None, help="Model directory (default: the bundled checkpoint)."),
-             no_constraints: bool = typer.Option(False, help="Disable order-enforcing sampling (and guidance)."),
+             constraints: bool = typer.Option(True, "--constraints/--no-constraints",
+                                              help="Order-enforcing sampling (off also turns guidance off)."),
              guidance: bool = typer.Option(True, "--guidance/--no-guidance",
                                            help="Keep vertices and faces near the input points."),
              guide_tol: float = typer.Option(None, help="Guidance: max vertex-to-point distance, as a fraction of "
@@ -190,10 +190,18 @@ def generate(inp: Path = typer.Argument(..., metavar="INPUT", help="Point cloud 
                                                         "model, else 1)."),
              samples: int = typer.Option(1, help="Draw this many meshes in one batch and keep the one that fits the "
                                                  "input points best (Chamfer to the points)."),
-             no_preview: bool = typer.Option(False, help="Do not write the PNG preview.")):
+             max_input_faces: int = typer.Option(None, help="Refuse input meshes with more faces (default "
+                                                            "1,000,000)."),
+             max_points: int = typer.Option(None, help="Subsample input point clouds above this many points "
+                                                       "(default 1,000,000; the model reads 2,048)."),
+             refine: bool = typer.Option(True, "--refine/--no-refine",
+                                         help="Move the vertices to fit the input points after decoding (faces kept)."),
+             preview: bool = typer.Option(True, "--preview/--no-preview",
+                                          help="Write a PNG preview beside the mesh (same name, .png).")):
     """Turn a point cloud (or a mesh's surface) into a low-poly artist-like mesh."""
     from meshgen.guidance import GuidanceConfig
     from meshgen.pipeline import generate_file
+    from meshgen.refine import RefineConfig
     from tokenizers3d.errors import MeshInputError
 
     if faces is not None and faces <= 0:
@@ -206,14 +214,16 @@ def generate(inp: Path = typer.Argument(..., metavar="INPUT", help="Point cloud 
         raise MeshInputError(None, f"--faces {faces} is above --max-faces {max_faces}")
 
     guide = None
-    if guidance and not no_constraints:
+    if guidance and constraints:
         try:
             guide = GuidanceConfig(tol=guide_tol, min_coverage=min_coverage)
         except ValueError as exc:
             raise MeshInputError(None, str(exc)) from exc
     res = generate_file(inp, out, checkpoint=checkpoint, faces=faces, seed=seed, temperature=temperature,
-                        top_p=top_p, max_faces=max_faces, constraints=not no_constraints, preview=not no_preview,
-                        guidance=guide, cfg_scale=cfg_scale, samples=samples)
+                        top_p=top_p, max_faces=max_faces, constraints=constraints, preview=preview,
+                        guidance=guide, cfg_scale=cfg_scale, samples=samples,
+                        refine=RefineConfig() if refine else None, max_input_faces=max_input_faces,
+                        max_points=max_points)
     print(json.dumps(res, default=str))
 
 
@@ -225,13 +235,59 @@ def demo(out: Path = typer.Option(Path("out/demo"), "--out", help="Output direct
     print(json.dumps(run_demo(out), default=str, indent=2))
 
 
+@app.command("app")
+def app_cmd(host: str = typer.Option("127.0.0.1", help="Interface to bind (127.0.0.1: this machine only)."),
+            port: int = typer.Option(7860, help="Port to serve on."),
+            checkpoint: Path = typer.Option(None, help="Generator directory (default: the bundled checkpoint)."),
+            max_file_size: str = typer.Option("50mb", help="Refuse larger uploads (e.g. 20mb, 1gb)."),
+            device: str = typer.Option("cpu", help="Torch device for generation, rendering and SAM.")):
+    """Serve the web app locally: Generate, Tokenize and Segment tabs (needs the 'app' extra)."""
+    from meshgen.app import AppSettings, serve
+
+    serve(AppSettings(host=host, port=port, checkpoint=checkpoint, max_file_size=max_file_size, device=device))
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: user errors become one line on stderr and exit code 2."""
+    """Console entry point: user errors become one line on stderr (``error: ...``) and exit code 2.
+
+    That covers bad input and unwritable output (:class:`~tokenizers3d.errors.MeshgenError`), usage errors
+    (click's: unknown option, missing ``-o``, ...) and any OS error no writer turned into a ``MeshgenError``.
+    """
+    exceptions = _click_exceptions()
     try:
-        app(args=argv, standalone_mode=True)
+        code = app(args=argv, prog_name="meshgen", standalone_mode=False)
     except MeshgenError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(exc))
+    except getattr(exceptions, "NoArgsIsHelpError", ()) as exc:  # bare `meshgen` or `meshgen batch`: the help
+        if exc.format_message().strip():  # (typer with rich has printed it already)
+            print(exc.format_message(), file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except exceptions.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        _fail(exc.format_message() + hint, exc.exit_code)
+    except exceptions.ClickException as exc:
+        _fail(exc.format_message(), exc.exit_code)
+    except typer.Abort:
+        _fail("aborted", 1)
+    except OSError as exc:
+        _fail(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc))
+    if isinstance(code, int) and code != 0:  # click's Exit (Ctrl-C gives 130); --help returns 0
+        sys.exit(code)
+
+
+def _click_exceptions():
+    """The exception module of the click that typer runs on (typer vendors click as ``typer._click`` since 0.2x)."""
+    try:
+        from typer._click import exceptions
+    except ImportError:
+        from click import exceptions
+    return exceptions
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    """Print ``error: message`` as one line on stderr and exit with ``code``."""
+    print("error: " + " ".join(line.strip() for line in message.splitlines() if line.strip()), file=sys.stderr)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ clean-up -> back to the input's frame -> write the mesh atomically and a PNG pre
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +20,24 @@ import trimesh
 
 from tokenizers3d.base import get_tokenizer
 from tokenizers3d.errors import MeshInputError
-from tokenizers3d.io import MESH_SUFFIXES, POINT_SUFFIXES, PointCloud, load_mesh, load_point_cloud, save_mesh
+from tokenizers3d.io import (
+    MESH_SUFFIXES,
+    POINT_SUFFIXES,
+    PointCloud,
+    atomic_paths,
+    check_output_path,
+    ensure_output_dir,
+    load_mesh,
+    load_point_cloud,
+    mesh_bytes,
+    refuse_overwrite,
+)
 from tokenizers3d.mesh import Normalization, canonicalize
 from tokenizers3d.sample import sample_surface
 
 from .guidance import GuidanceConfig, GuidanceStats
 from .modeling import Conditioning, MeshGenerator
+from .refine import RefineConfig, refine_vertices
 from .registry import load_model
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -59,10 +72,13 @@ class GeneratedMesh:
     guidance: GuidanceStats | None = None  # fallback counts and coverage, None when unguided
 
 
-def read_points(path: str | Path, *, n_points: int = N_POINTS, seed: int = 0) -> PointCloud:
+def read_points(path: str | Path, *, n_points: int = N_POINTS, seed: int = 0, max_faces: int | None = None,
+                max_points: int | None = None) -> PointCloud:
     """Points with normals from a point-cloud file, or sampled from a mesh file's surface.
 
-    A ``.ply`` is read as a mesh when it has faces, else as a point cloud.
+    A ``.ply`` is read as a mesh when it has faces, else as a point cloud. ``max_faces`` / ``max_points``: the
+    input limits of :func:`~tokenizers3d.io.load_mesh` (refuses more faces) and
+    :func:`~tokenizers3d.io.load_point_cloud` (subsamples more points); ``None``: their documented defaults.
     """
     path = Path(path)
     ext = path.suffix.lower()
@@ -71,11 +87,11 @@ def read_points(path: str | Path, *, n_points: int = N_POINTS, seed: int = 0) ->
                                    f"({', '.join(POINT_SUFFIXES)}) or a mesh ({', '.join(MESH_SUFFIXES)})")
     if ext in MESH_SUFFIXES:
         try:
-            return sample_surface(load_mesh(path), n_points, seed=seed)
+            return sample_surface(load_mesh(path, max_faces=max_faces), n_points, seed=seed)
         except MeshInputError as exc:
             if ext != ".ply" or "point cloud" not in exc.problem:
                 raise
-    cloud = load_point_cloud(path)
+    cloud = load_point_cloud(path, max_points=max_points)
     if len(cloud) < 16:
         raise MeshInputError(path, f"only {len(cloud)} points; need at least 16")
     rng = np.random.default_rng(seed)
@@ -86,16 +102,14 @@ def read_points(path: str | Path, *, n_points: int = N_POINTS, seed: int = 0) ->
 def load_generator(checkpoint: str | Path | None = None, *, device: str = "cpu") -> MeshGenerator:
     """Load a generator saved with ``save_pretrained`` (default: the bundled checkpoint)."""
     path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
-    if not (path / "config.json").exists():
-        raise MeshInputError(path, "not a model directory (no config.json); train one with scripts/train_generator.py")
-    return load_model(path, map_location=device)
+    return load_model(path, map_location=device)  # any problem with the directory: one MeshInputError
 
 
 def generate_mesh(model: MeshGenerator, cloud: PointCloud, *, faces: int | None = None, seed: int = 0,
                   temperature: float = 0.7, top_p: float | None = 0.95, top_k: int | None = None,
-                  max_faces: int = 800, constraints: bool = True, progress: bool = False,
+                  max_faces: int = 800, constraints: bool = True, progress: bool | Callable[[int, int], None] = False,
                   guidance: GuidanceConfig | None = GuidanceConfig(), cfg_scale: float | None = None,
-                  samples: int = 1) -> GeneratedMesh:
+                  samples: int = 1, refine: RefineConfig | None = RefineConfig()) -> GeneratedMesh:
     """Generate one mesh for a point cloud given in any frame; the result is in that frame.
 
     ``guidance`` (default on; ``None`` turns it off) keeps vertices and faces near the points and needs
@@ -103,7 +117,9 @@ def generate_mesh(model: MeshGenerator, cloud: PointCloud, *, faces: int | None 
     ``None``: :func:`resolve_cfg_scale`). ``samples = k > 1`` draws ``k`` meshes in one batch and keeps the one that
     fits the input points best
     (:func:`fit_to_points`: symmetric Chamfer distance between the points and the mesh surface -- the input
-    only, never a reference).
+    only, never a reference). ``refine`` (default on; ``None`` turns it off) then moves the kept mesh's vertices
+    to fit the points, faces unchanged (:func:`meshgen.refine.refine_vertices`). ``progress``: ``True`` shows a terminal progress bar; a callable is called as
+    ``progress(steps_done, max_steps)`` after every token (an exception it raises stops the generation).
     """
     if guidance is not None and not constraints:
         raise ValueError("point guidance needs the order constraints; pass guidance=None with constraints=False")
@@ -118,7 +134,9 @@ def generate_mesh(model: MeshGenerator, cloud: PointCloud, *, faces: int | None 
     cond = Conditioning(points=torch.from_numpy(pts)[None].to(device),
                         n_faces=torch.tensor([faces if faces else 0], device=device)).repeat(samples)
     bar, callback = None, None
-    if progress:
+    if callable(progress):  # the caller's report (the web app's progress bar and Cancel button)
+        callback = progress
+    elif progress:
         from rich.progress import BarColumn, Progress, TextColumn
 
         bar = Progress(TextColumn("generating"), BarColumn(), TextColumn("{task.fields[faces]} faces"))
@@ -160,6 +178,8 @@ def generate_mesh(model: MeshGenerator, cloud: PointCloud, *, faces: int | None 
         if best is None or fit < best_fit:
             best, best_fit = (mesh, row, report), fit
     mesh, row, report = best
+    if mesh is not None and refine is not None:
+        mesh = refine_vertices(mesh, cloud.points, refine, seed=seed)
     return GeneratedMesh(mesh, 0 if mesh is None else len(mesh.faces), res.stopped_reason[row], report.dropped_tokens,
                          time.time() - t0, res.guidance[row])
 
@@ -183,28 +203,37 @@ def generate_file(inp: str | Path, out: str | Path, *, checkpoint: str | Path | 
                   seed: int = 0, temperature: float = 0.7, top_p: float | None = 0.95, max_faces: int = 800,
                   constraints: bool = True, preview: bool = True, progress: bool = True,
                   guidance: GuidanceConfig | None = GuidanceConfig(), cfg_scale: float | None = None,
-                  samples: int = 1) -> dict:
+                  samples: int = 1, refine: RefineConfig | None = RefineConfig(), max_input_faces: int | None = None,
+                  max_points: int | None = None) -> dict:
     """Read ``inp``, generate, write ``out`` (and ``out`` with suffix ``.png``); returns a summary dict.
+
+    The mesh and its preview are written together or not at all; an output that is the input, a directory
+    or not writable is refused (:class:`~tokenizers3d.errors.MeshOutputError`) before the generation.
 
     With guidance the summary also has ``fallbacks`` (vertices sampled on a fallback level) and ``coverage``
     (share of input points within the guide's ``tol`` of the mesh).
     """
     out = Path(out)
+    check_output_path(out)  # a directory is named as such, not as a wrong suffix
     if out.suffix.lower() not in (".obj", ".ply", ".glb", ".stl", ".off"):
         raise MeshInputError(out, "output must be .obj, .ply, .glb, .stl or .off")
+    outputs = [out, out.with_suffix(".png")] if preview else [out]
+    for path in outputs:  # before the (slow) generation
+        refuse_overwrite(path, inp)
+        check_output_path(path)
     torch.manual_seed(seed)
-    cloud = read_points(inp, seed=seed)
+    cloud = read_points(inp, seed=seed, max_faces=max_input_faces, max_points=max_points)
     model = load_generator(checkpoint)
     if cfg_scale not in (None, 1.0) and not has_null_context(model):
         raise MeshInputError(checkpoint or DEFAULT_CHECKPOINT, "classifier-free guidance (--cfg-scale) needs a "
                                                                "model trained with encoder.null_context")
     gen = generate_mesh(model, cloud, faces=faces, seed=seed, temperature=temperature, top_p=top_p,
                         max_faces=max_faces, constraints=constraints, progress=progress, guidance=guidance,
-                        cfg_scale=cfg_scale, samples=samples)
+                        cfg_scale=cfg_scale, samples=samples, refine=refine)
     if gen.mesh is None:
         raise MeshInputError(inp, f"the model produced no valid face (stopped: {gen.stopped_reason}); "
                                   "try another --seed or a lower --temperature")
-    save_mesh(out, gen.mesh)
+    _write_mesh_and_preview(gen.mesh, outputs)
     summary = {"input": str(inp), "out": str(out), "faces": gen.n_faces, "vertices": len(gen.mesh.vertices),
                "watertight": bool(gen.mesh.is_watertight), "stopped": gen.stopped_reason,
                "dropped_tokens": gen.dropped_tokens, "seconds": round(gen.seconds, 2)}
@@ -212,18 +241,33 @@ def generate_file(inp: str | Path, out: str | Path, *, checkpoint: str | Path | 
         summary["fallbacks"] = gen.guidance.fallbacks
         summary["coverage"] = round(gen.guidance.coverage, 3)
     if preview:
-        from renderers.preview import render_preview
-
-        png = out.with_suffix(".png")
-        render_preview(gen.mesh, png)
-        summary["preview"] = str(png)
+        summary["preview"] = str(outputs[1])
     return summary
+
+
+def _write_mesh_and_preview(mesh: trimesh.Trimesh, outputs: list[Path]) -> None:
+    """Write ``mesh`` to ``outputs[0]`` and, if given, its PNG preview to ``outputs[1]``: both or neither.
+
+    The preview is rendered before anything is written, and both files are committed together
+    (:func:`tokenizers3d.io.atomic_paths`), so a failure leaves an older mesh at the target untouched.
+    """
+    data = mesh_bytes(mesh, outputs[0].suffix, path=outputs[0])
+    image = None
+    if len(outputs) > 1:
+        from renderers.preview import preview_image
+
+        image = preview_image(mesh)
+    with atomic_paths(*outputs) as tmps:
+        tmps[0].write_bytes(data)
+        if image is not None:
+            from renderers.preview import write_png
+
+            write_png(tmps[1], image)
 
 
 def run_demo(out_dir: str | Path = "out/demo", *, seed: int = 0) -> dict:
     """The README's main job: the bundled point cloud -> mesh + PNG preview under ``out_dir``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = ensure_output_dir(out_dir)
     from renderers.preview import render_preview
 
     cloud = read_points(DEMO_INPUT)

@@ -10,26 +10,31 @@ Main entry points::
     segment_mesh_file("in.obj", "parts.ply", views=12)                     # + parts.npy, parts.png
 
 SAM (optional ``segment-anything``): ``MeshSegmenter(SamMaskGenerator.from_checkpoint(path))``.
-See ``docs/segmentation.md``.
+See ``docs/segmentation.md``. The names are imported on first use (PyTorch3D loads only when needed).
 """
 
-from .cameras import ViewRig, rig_from_eyes, sphere_rig
-from .masks import GeometricMaskGenerator, GeometricSettings, Mask, MaskGenerator
-from .preview import preview_image, render_preview
-from .render import MeshRenderer, RenderOutput, RenderSettings, render_views
-from .sam import SamArchitecture, SamMaskGenerator, SamSettings, build_sam, load_sam
-from .segment import (
-    MeshSegmenter,
-    RevoteSettings,
-    SegmentationResult,
-    SegmentSettings,
-    revote,
-    segment_mesh_file,
-)
+from __future__ import annotations
 
-__all__ = [
-    "GeometricMaskGenerator", "GeometricSettings", "Mask", "MaskGenerator", "MeshRenderer", "MeshSegmenter",
-    "RenderOutput", "RenderSettings", "RevoteSettings", "SamArchitecture", "SamMaskGenerator", "SamSettings",
-    "SegmentSettings", "SegmentationResult", "ViewRig", "build_sam", "load_sam", "preview_image",
-    "render_preview", "render_views", "revote", "rig_from_eyes", "segment_mesh_file", "sphere_rig",
-]
+import importlib
+
+_EXPORTS = {
+    "ViewRig": "cameras", "rig_from_eyes": "cameras", "sphere_rig": "cameras",
+    "GeometricMaskGenerator": "masks", "GeometricSettings": "masks", "Mask": "masks", "MaskGenerator": "masks",
+    "preview_image": "preview", "render_preview": "preview",
+    "MeshRenderer": "render", "RenderOutput": "render", "RenderSettings": "render", "render_views": "render",
+    "SamArchitecture": "sam", "SamMaskGenerator": "sam", "SamSettings": "sam", "build_sam": "sam", "load_sam": "sam",
+    "MeshSegmenter": "segment", "RevoteSettings": "segment", "SegmentationResult": "segment",
+    "SegmentSettings": "segment", "revote": "segment", "segment_mesh_file": "segment",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"renderers.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'renderers' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

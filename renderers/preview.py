@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import trimesh
 
-from tokenizers3d.io import atomic_path, load_mesh
+from tokenizers3d.io import atomic_path, check_output_path, load_mesh
 from tokenizers3d.mesh import Normalization
 
 from .cameras import rig_from_eyes, sphere_rig
@@ -187,11 +187,18 @@ def render_preview(mesh: trimesh.Trimesh | str | Path, path: str | Path, *, n_vi
     Path
         ``path``.
     """
-    from PIL import Image
-
+    path = Path(path)
+    check_output_path(path)  # before the rendering, not after
     image = preview_image(mesh, n_views=n_views, image_size=image_size, face_colors=face_colors, edges=edges,
                           device=device, elevation=elevation)
-    path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:
-        Image.fromarray(image).save(tmp, format="PNG")
+        write_png(tmp, image)
     return path
+
+
+def write_png(path: str | Path, image: np.ndarray) -> None:
+    """Write an (H, W, 3) uint8 image as PNG to ``path`` as it is (callers pass a temporary file of
+    :func:`tokenizers3d.io.atomic_path` or :func:`tokenizers3d.io.atomic_paths`)."""
+    from PIL import Image
+
+    Image.fromarray(image).save(path, format="PNG")

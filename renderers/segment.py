@@ -41,7 +41,7 @@ from scipy.sparse import coo_matrix
 from scipy.spatial import cKDTree
 
 from tokenizers3d.errors import MeshInputError
-from tokenizers3d.io import atomic_path, label_colors, load_mesh, save_mesh
+from tokenizers3d.io import atomic_paths, check_output_path, label_colors, load_mesh, mesh_bytes, refuse_overwrite
 
 from .masks import GeometricMaskGenerator, Mask, MaskGenerator
 from .render import MeshRenderer, RenderOutput, RenderSettings, face_normals_of
@@ -130,6 +130,8 @@ class SegmentationResult:
         Per view, the segment (before clean-up and renumbering) each of its masks joined.
     render : RenderOutput or None
         The views, when the segmenter rendered them.
+    view_masks : list of list of Mask
+        Per view, the masks the generator made (before flattening), when the segmenter made them.
     """
 
     labels: np.ndarray
@@ -140,6 +142,7 @@ class SegmentationResult:
     seen: np.ndarray
     mask_segments: list = field(default_factory=list)
     render: RenderOutput | None = None
+    view_masks: list = field(default_factory=list)
 
     def summary(self) -> dict:
         """JSON-ready counts."""
@@ -696,13 +699,15 @@ class MeshSegmenter:
         eyes = out.normalization.invert(out.rig.eyes)
         result = revote(mesh, out.pix_to_face, view_masks, eyes=eyes, settings=self.settings.revote)
         result.render = out
+        result.view_masks = view_masks
         return result
 
 
 def segment_mesh_file(mesh_path: str | Path, out_path: str | Path, *, views: int = 12,
                       sam_checkpoint: str | Path | None = None, sam_model_type: str = "vit_b", image_size: int = 256,
-                      seed: int = 0, device: str = "cpu", preview: bool = True) -> SegmentationResult:
-    """Segment a mesh file; write the labelled mesh, the labels and a preview, each atomically.
+                      seed: int = 0, device: str = "cpu", preview: bool = True,
+                      max_faces: int | None = None) -> SegmentationResult:
+    """Segment a mesh file; write the labelled mesh, the labels and a preview, atomically and together.
 
     Parameters
     ----------
@@ -726,21 +731,31 @@ def segment_mesh_file(mesh_path: str | Path, out_path: str | Path, *, views: int
         Render (and SAM) device.
     preview : bool
         Write the PNG preview.
+    max_faces : int, optional
+        Refuse meshes with more faces (default :data:`tokenizers3d.io.MAX_MESH_FACES`).
 
     Raises
     ------
     MeshInputError
         Unreadable mesh, missing or mismatched SAM checkpoint, unsupported output suffix.
+    MeshOutputError
+        An output is the input, a directory, or cannot be written (checked before the work where possible);
+        then none of the three files is written.
     """
     import torch
 
-    from .preview import render_preview
+    from .preview import preview_image, write_png
 
     out_path = Path(out_path)
+    check_output_path(out_path)  # a directory is named as such, not as a wrong suffix
     if out_path.suffix.lower() not in (".ply", ".obj", ".glb", ".off", ".stl"):
         raise MeshInputError(out_path, "output must be a mesh file (.ply keeps the labels as a face property)")
+    outputs = [out_path, out_path.with_suffix(".npy")] + ([out_path.with_suffix(".png")] if preview else [])
+    for path in outputs:
+        refuse_overwrite(path, mesh_path, sam_checkpoint)
+        check_output_path(path)
     torch.manual_seed(seed)
-    mesh = load_mesh(mesh_path)
+    mesh = load_mesh(mesh_path, max_faces=max_faces)  # None: the documented default limit
     if sam_checkpoint is not None:
         from .sam import SamMaskGenerator
 
@@ -751,9 +766,12 @@ def segment_mesh_file(mesh_path: str | Path, out_path: str | Path, *, views: int
     settings = SegmentSettings(render=RenderSettings(n_views=views, image_size=image_size))
     result = MeshSegmenter(generator, settings, device=device).segment(mesh)
     colors = label_colors(result.labels, seed=seed)
-    save_mesh(out_path, mesh, face_labels=result.labels, face_colors=colors)
-    with atomic_path(out_path.with_suffix(".npy")) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, result.labels.astype(np.int64))
-    if preview:
-        render_preview(mesh, out_path.with_suffix(".png"), face_colors=colors, device=device)
+    data = mesh_bytes(mesh, out_path.suffix, face_labels=result.labels, face_colors=colors, path=out_path)
+    image = preview_image(mesh, face_colors=colors, device=device) if preview else None
+    with atomic_paths(*outputs) as tmps:  # the mesh, its labels and its preview: all three or none
+        tmps[0].write_bytes(data)
+        with open(tmps[1], "wb") as fh:
+            np.save(fh, result.labels.astype(np.int64))
+        if image is not None:
+            write_png(tmps[2], image)
     return result

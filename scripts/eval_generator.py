@@ -7,6 +7,8 @@ For every held-out mesh: sample an oriented point cloud from its surface, genera
 * ``bbox``: the 12-triangle axis-aligned bounding box of the points;
 * ``hull``: the convex hull of the points, quadric-decimated to at most the reference face count.
 
+(The three are in :mod:`meshgen.baselines`, which the web app's Generate tab also uses.)
+
 All are scored against the reference with :func:`tokenizers3d.metrics.evaluate_mesh` (conventions in that
 module). Per split the JSON holds
 
@@ -24,7 +26,8 @@ module). Per split the JSON holds
         --procedural data/procedural --real data/real --n 24 --out runs/eval.json --markdown
 
 ``--skip-baselines`` leaves out Poisson and the hull (quick ablations); the bounding box is always scored.
-``--cfg-scale``, ``--guidance/--no-guidance``, ``--min-coverage`` and ``--guide-tol`` are passed to
+``--cfg-scale``, ``--guidance/--no-guidance``, ``--min-coverage``, ``--guide-tol``, ``--samples`` and
+``--refine/--no-refine`` are passed to
 :func:`meshgen.pipeline.generate_mesh` only when given (otherwise its defaults apply; the JSON's
 ``generation`` records the settings used). Prints the JSON summary (and markdown tables with
 --markdown).
@@ -45,11 +48,13 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
+from meshgen.baselines import bbox_baseline, hull_baseline, poisson_baseline
 from meshgen.guidance import GuidanceConfig
 from meshgen.pipeline import generate_mesh, has_null_context, load_generator, resolve_cfg_scale
+from meshgen.refine import RefineConfig
 from tokenizers3d.errors import MeshInputError
-from tokenizers3d.io import PointCloud, atomic_write_text, load_mesh
-from tokenizers3d.mesh import Normalization, canonicalize
+from tokenizers3d.io import atomic_write_text, load_mesh
+from tokenizers3d.mesh import Normalization
 from tokenizers3d.metrics import evaluate_mesh
 from tokenizers3d.sample import sample_surface
 
@@ -67,74 +72,6 @@ class Item:
     id: str
     path: Path
     group: str
-
-
-# ---- baselines ------------------------------------------------------------------------------------
-def _as_mesh(v: np.ndarray, f: np.ndarray) -> trimesh.Trimesh | None:
-    """Canonical mesh, or None when no non-degenerate face is left."""
-    if len(f) == 0:
-        return None
-    try:
-        return canonicalize(trimesh.Trimesh(np.asarray(v, dtype=np.float64), np.asarray(f), process=False))
-    except MeshInputError:
-        return None
-
-
-def decimate(mesh: trimesh.Trimesh, n_faces: int) -> trimesh.Trimesh | None:
-    """Open3D quadric decimation of ``mesh`` to at most ``max(4, n_faces)`` faces (unchanged if already there)."""
-    import open3d as o3d
-
-    target = max(4, int(n_faces))
-    if len(mesh.faces) <= target:
-        return mesh
-    o3 = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(np.asarray(mesh.vertices, dtype=np.float64)),
-                                   o3d.utility.Vector3iVector(np.asarray(mesh.faces, dtype=np.int32)))
-    out, ask = None, target
-    while ask >= 4:  # quadric decimation can stop a few faces above its target: ask for fewer until it fits
-        dec = o3.simplify_quadric_decimation(target_number_of_triangles=ask)
-        out = _as_mesh(np.asarray(dec.vertices), np.asarray(dec.triangles))
-        if out is None or len(out.faces) <= target:
-            break
-        ask -= max(1, len(out.faces) - target)
-    return out
-
-
-def poisson_baseline(cloud: PointCloud, n_faces: int, *, depth: int = 7) -> trimesh.Trimesh | None:
-    """Screened Poisson surface reconstruction (Open3D) decimated by quadric error to ``n_faces``."""
-    import open3d as o3d
-
-    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(cloud.points.astype(np.float64)))
-    pcd.normals = o3d.utility.Vector3dVector(cloud.normals.astype(np.float64))
-    with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
-        mesh, density = o3d.geometry.TriangleMesh.create_from_point_cloud_poisson(pcd, depth=depth)
-    density = np.asarray(density)
-    mesh.remove_vertices_by_mask(density < np.quantile(density, 0.02))  # trim the low-density skirt
-    mesh = mesh.simplify_quadric_decimation(target_number_of_triangles=max(4, int(n_faces)))
-    return _as_mesh(np.asarray(mesh.vertices), np.asarray(mesh.triangles))
-
-
-def bbox_baseline(points: np.ndarray) -> trimesh.Trimesh | None:
-    """The 12-triangle axis-aligned bounding box of ``points`` (n, 3).
-
-    Points flat along one axis give a two-sided rectangle (4 faces after clean-up); points that vary along
-    fewer than two axes give None.
-    """
-    points = np.asarray(points, dtype=np.float64)
-    box = trimesh.creation.box(bounds=np.stack([points.min(axis=0), points.max(axis=0)]))
-    return _as_mesh(box.vertices, box.faces)
-
-
-def hull_baseline(points: np.ndarray, n_faces: int) -> trimesh.Trimesh | None:
-    """Convex hull of ``points`` (n, 3), quadric-decimated to at most ``max(4, n_faces)`` faces."""
-    from scipy.spatial import QhullError
-
-    try:
-        with np.errstate(invalid="ignore", divide="ignore"):  # flat hulls: trimesh divides by a zero volume
-            hull = trimesh.convex.convex_hull(np.asarray(points, dtype=np.float64))
-    except QhullError:  # degenerate input qhull cannot triangulate
-        return None
-    hull = _as_mesh(hull.vertices, hull.faces)
-    return None if hull is None else decimate(hull, n_faces)
 
 
 # ---- tracking statistics --------------------------------------------------------------------------
@@ -347,11 +284,12 @@ def invalid_rates(model, items: list[Item], *, n_points: int, seed: int, tempera
 
 def generation_kwargs(*, cfg_scale: float | None = None, guidance: bool | None = None,
                       min_coverage: float | None = None, guide_tol: float | None = None,
-                      samples: int | None = None) -> dict:
+                      samples: int | None = None, refine: bool | None = None) -> dict:
     """Keyword arguments for :func:`generate_mesh` from the options that were given (none given: ``{}``).
 
     ``guidance=False`` gives ``guidance=None`` (unguided decoding); ``guidance=True``, ``min_coverage`` or
-    ``guide_tol`` give a :class:`meshgen.guidance.GuidanceConfig` with those settings.
+    ``guide_tol`` give a :class:`meshgen.guidance.GuidanceConfig` with those settings. ``refine=False`` gives
+    ``refine=None`` (decoded vertices kept as sampled), ``refine=True`` the default :class:`meshgen.refine.RefineConfig`.
 
     Raises
     ------
@@ -365,6 +303,8 @@ def generation_kwargs(*, cfg_scale: float | None = None, guidance: bool | None =
         if samples < 1:
             raise ValueError(f"--samples must be >= 1, got {samples}")
         kw["samples"] = samples
+    if refine is not None:
+        kw["refine"] = RefineConfig() if refine else None
     settings = {k: v for k, v in (("tol", guide_tol), ("min_coverage", min_coverage)) if v is not None}
     if guidance is False:
         if settings:
@@ -383,8 +323,8 @@ def generation_kwargs(*, cfg_scale: float | None = None, guidance: bool | None =
 def effective_generation(kw: dict) -> dict:
     """The ``guidance`` and ``cfg_scale`` that :func:`generate_mesh` uses with ``kw``: given, else its defaults."""
     params = inspect.signature(generate_mesh).parameters
-    return {name: _jsonable(kw.get(name, params[name].default)) for name in ("guidance", "cfg_scale", "samples")
-            if name in params}
+    names = ("guidance", "cfg_scale", "samples", "refine")
+    return {name: _jsonable(kw.get(name, params[name].default)) for name in names if name in params}
 
 
 def _jsonable(value):
@@ -484,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guide-tol", type=float, default=None, help="GuidanceConfig.tol (implies --guidance)")
     p.add_argument("--samples", type=int, default=None,
                    help="passed to generate_mesh as samples (best of k by fit to the input points)")
+    p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
+                   help="passed to generate_mesh as refine: the default RefineConfig, or None with --no-refine "
+                        "(not given: generate_mesh's default)")
     p.add_argument("--invalid-rate", type=int, default=8,
                    help="inputs on which to compare sampling with and without constraints (0: skip)")
     p.add_argument("--out", default=None, help="write the JSON here too")
@@ -493,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         gen_kwargs = generation_kwargs(cfg_scale=args.cfg_scale, guidance=args.guidance,
                                        min_coverage=args.min_coverage, guide_tol=args.guide_tol,
-                                       samples=args.samples)
+                                       samples=args.samples, refine=args.refine)
     except ValueError as exc:
         p.error(str(exc))
     try:

@@ -19,6 +19,22 @@ if ! PATH="$PATH:/sbin:/usr/sbin" ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.
   fi
 fi
 
+# The web app's browser test (tests/test_app.py, extras dev + app) drives Debian's chromium through Playwright.
+case ",$EXTRAS," in
+  *,dev,*) case ",$EXTRAS," in
+    *,app,*)
+      if ! command -v chromium >/dev/null && [ ! -x /usr/lib/chromium/chromium ]; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+          echo "[setup] installing Debian package chromium (for the web app's browser test)"
+          (apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }) \
+            || echo "[setup] could not install chromium; tests/test_app.py will be skipped" >&2
+        else
+          echo "[setup] tests/test_app.py needs Chromium: 'sudo apt-get install chromium' (else it is skipped)" >&2
+        fi
+      fi ;;
+  esac ;;
+esac
+
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 want="$(cat pyproject.toml | sha1sum | cut -c1-16)-${EXTRAS}"
 stamp="$VENV/.installed"

@@ -7,25 +7,12 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 import trimesh
 
-from meshgen.encoder import EncoderConfig
-from meshgen.hourglass import HourglassConfig, HourglassTransformer
 from meshgen.pipeline import generate_file, read_points
 from tokenizers3d.errors import MeshInputError
 from tokenizers3d.io import PointCloud, save_point_cloud
 from tokenizers3d.sample import sample_surface
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = HourglassConfig(bits=7, dim=32, n_heads=2, layers=(1, 1, 1), window=90,
-                          encoder=EncoderConfig(dim=32, n_heads=2, n_latents=8, n_layers=1))
-    path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    HourglassTransformer(cfg).save_pretrained(path)
-    return path
 
 
 @pytest.fixture
@@ -64,7 +51,8 @@ def test_read_points_from_mesh_and_cloud(tmp_path):
     box.export(tmp_path / "box.ply")
     pts = read_points(tmp_path / "box.ply", n_points=300)
     assert pts.points.shape == (300, 3) and np.allclose(np.abs(pts.points).max(axis=1), 0.5, atol=1e-5)
-    save_point_cloud(tmp_path / "few.xyz", PointCloud(np.zeros((5, 3), np.float32), np.ones((5, 3), np.float32)))
+    few = np.arange(15, dtype=np.float32).reshape(5, 3)  # distinct points (coincident ones are refused earlier)
+    save_point_cloud(tmp_path / "few.xyz", PointCloud(few, np.ones((5, 3), np.float32)))
     with pytest.raises(MeshInputError, match="only 5 points"):
         read_points(tmp_path / "few.xyz")
     with pytest.raises(MeshInputError, match="unknown input format"):
@@ -104,10 +92,13 @@ def test_best_of_k_keeps_the_best_fitting_sample(tiny_checkpoint, cloud_file, mo
 
     fit_to_points = pipeline.fit_to_points
     monkeypatch.setattr(pipeline, "fit_to_points", recording_fit)
-    best = pipeline.generate_mesh(model, cloud, max_faces=6, seed=0, samples=4, temperature=1.0)
+    best = pipeline.generate_mesh(model, cloud, max_faces=6, seed=0, samples=4, temperature=1.0, refine=None)
     assert len(seen) == 4 and best.mesh is not None
     assert len({f for _, f in seen}) > 1  # the rows differ
     kept = min(seen, key=lambda mf: mf[1])[0]
     assert kept is best.mesh
+    refined = pipeline.generate_mesh(model, cloud, max_faces=6, seed=0, samples=4, temperature=1.0)
+    assert np.array_equal(refined.mesh.faces, kept.faces)  # refinement moves the kept mesh's vertices only
+    assert fit_to_points(refined.mesh, cloud.points) < fit_to_points(kept, cloud.points)
     with pytest.raises(ValueError):
         pipeline.generate_mesh(model, cloud, max_faces=6, samples=0)

@@ -263,7 +263,7 @@ def test_round_trip_through_meshes_in_any_frame(name):
     assert enc.n_faces == 48 and enc.tokens_per_face == (len(enc.ids) - 2) / 48
     out = tok.decode(enc.ids)
     world = enc.normalization.invert(out.vertices)
-    assert np.abs(world.max(axis=0) - mesh.vertices.max(axis=0)).max() < 7.0 / 256
+    assert np.abs(world.max(axis=0) - mesh.vertices.max(axis=0)).max() <= 7.0 / 256 / 2 + 1e-12  # half a cell
     qm, _ = prepare(mesh, 8)
     assert same_mesh(tok.decode_quantized(enc.ids)[0], qm)
 
@@ -296,14 +296,16 @@ def primitive_meshes() -> list[trimesh.Trimesh]:
 def test_blocks_median_tokens_per_face_at_10_bits():
     tok = get_tokenizer("blocks", bits=10)
     tpf = [tok.encode(m).tokens_per_face for m in primitive_meshes()]
-    assert np.median(tpf) <= 2.5
-    assert tok.encode(trimesh.creation.box()).tokens_per_face <= 2.0  # 8 vertices x 2 + 6 = 22 tokens
+    assert np.median(tpf) <= 1.70  # measured 1.658 (mean 1.684); README: 1.66 procedural, 1.61 real
+    assert len(tok.encode(trimesh.creation.box()).ids) == 2 + 22  # 8 vertices x 2 + 6 references
 
 
 def test_adjacent_is_at_most_a_third_of_coords_plus_restarts():
     tok = get_tokenizer("adjacent", bits=10)
     tpf = [tok.encode(m).tokens_per_face for m in primitive_meshes()]
-    assert np.median(tpf) < 4.0
+    assert np.median(tpf) <= 3.30  # measured 3.275 (mean 3.302); 3 + restarts; README: 3.25 procedural
+    assert all(t == 9.0 for t in (get_tokenizer("coords", bits=10).encode(m).tokens_per_face
+                                  for m in primitive_meshes()))
 
 
 # ---- coords layout helpers -------------------------------------------------------------------------------

@@ -27,6 +27,27 @@ class MeshInputError(MeshgenError, ValueError):
         super().__init__(f"{where}: {problem}")
 
 
+class MeshOutputError(MeshgenError):
+    """A file cannot be written (no permission, read-only or full file system, a directory in the way,
+    the output is the input); the message names the file and the problem.
+
+    Parameters
+    ----------
+    path : str or Path
+        The output the user asked for (never a temporary file beside it).
+    problem : str
+        What is wrong, in words a user can act on.
+    """
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self):  # survives the trip back from a worker process
+        return type(self), (self.path, self.problem)
+
+
 class ConfigError(MeshgenError, ValueError):
     """A setting is invalid (unknown tokenizer, bits out of range, ...)."""
 

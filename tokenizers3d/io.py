@@ -2,45 +2,263 @@
 
 Every reader raises :class:`~tokenizers3d.errors.MeshInputError` naming the file and the problem;
 every writer writes a temporary file beside the target and renames it, so a crash never leaves a
-half-written file.
+half-written file, and turns OS errors (no permission, read-only or full file system, a directory in the
+way) into :class:`~tokenizers3d.errors.MeshOutputError` naming the target. :func:`atomic_paths` commits
+several files together (a mesh and its preview); :func:`refuse_overwrite` and :func:`refuse_output_inside`
+keep an output from landing on its input.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
+import shutil
 import tempfile
+import uuid
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import trimesh
 
-from .errors import MeshInputError
-from .mesh import canonicalize
+from .errors import MeshInputError, MeshOutputError
+from .mesh import canonicalize, check_coordinates
 
 MESH_SUFFIXES = (".obj", ".ply", ".stl", ".off", ".glb", ".gltf")
 POINT_SUFFIXES = (".ply", ".pcd", ".xyz", ".npy")
+
+# Size limits of the readers (the one place they are set; see README "Limits").
+MAX_MESH_FACES = 1_000_000  # load_mesh refuses larger meshes unless given a larger max_faces
+MAX_CLOUD_POINTS = 1_000_000  # load_point_cloud keeps a deterministic subsample of this many points
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None):
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
 
-    On an exception the temporary file is removed and ``path`` is left untouched.
+    On an exception the temporary file is removed and ``path`` is left untouched. An OS error (no
+    permission, read-only or full file system, ``path`` a directory, a parent a file) becomes a
+    :class:`~tokenizers3d.errors.MeshOutputError` naming ``path``.
+    """
+    with atomic_paths(path, suffixes=(suffix,)) as (tmp,):
+        yield tmp
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths: str | Path, suffixes: Sequence[str | None] | None = None):
+    """Yield one temporary path beside each of ``paths``; on success all are renamed onto their targets.
+
+    The files are committed together: nothing is renamed before the body has written every temporary
+    file, and if a rename fails the targets already replaced get their old content back. On any exception
+    every temporary file is removed and the targets are left as they were. OS errors become
+    :class:`~tokenizers3d.errors.MeshOutputError` naming the target (the first one when the error does not
+    say which file it is about).
+
+    Parameters
+    ----------
+    paths : str or Path
+        Targets, e.g. a mesh and its PNG preview.
+    suffixes : sequence of (str or None), optional
+        Suffix of each temporary file (default: its target's), for writers that go by the suffix.
+    """
+    targets = [Path(p) for p in paths]
+    suffixes = list(suffixes) if suffixes is not None else [None] * len(targets)
+    tmps: list[Path] = []
+    try:
+        for target, suffix in zip(targets, suffixes, strict=True):
+            check_output_path(target)
+            _make_parent(target)
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or target.suffix,
+                                           dir=target.parent)
+            except OSError as exc:
+                raise MeshOutputError(target, _write_problem(exc, target)) from exc
+            os.close(fd)
+            tmps.append(Path(tmp))
+        try:
+            yield tmps
+        except OSError as exc:
+            ours = {str(p): target for t, target in zip(tmps, targets, strict=True) for p in (t, target)}
+            if exc.filename is not None and str(exc.filename) not in ours:
+                raise  # about another file (an input, say): not ours to rename
+            target = ours.get(str(exc.filename), targets[0])
+            raise MeshOutputError(target, _write_problem(exc, target)) from exc
+        mode = 0o666 & ~_umask()  # mkstemp makes 0600; give the files the usual permissions
+        for tmp in tmps:
+            os.chmod(tmp, mode)
+        _commit(tmps, targets)
+    finally:
+        for tmp in tmps:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+
+def _commit(tmps: list[Path], targets: list[Path]) -> None:
+    """Rename every temporary file onto its target; on a failure put back what was there before."""
+    if len(targets) == 1:
+        try:
+            os.replace(tmps[0], targets[0])
+        except OSError as exc:
+            raise MeshOutputError(targets[0], _write_problem(exc, targets[0])) from exc
+        return
+    done: list[tuple[Path, Path | None]] = []  # (target, backup of its old content or None)
+    try:
+        for tmp, target in zip(tmps, targets, strict=True):
+            done.append((target, _backup(target)))
+            os.replace(tmp, target)
+    except OSError as exc:
+        for target, backup in reversed(done):
+            with contextlib.suppress(OSError):
+                if backup is not None:
+                    os.replace(backup, target)
+                else:
+                    target.unlink(missing_ok=True)
+        raise MeshOutputError(done[-1][0], _write_problem(exc, done[-1][0])) from exc
+    finally:
+        for _, backup in done:
+            if backup is not None:
+                with contextlib.suppress(OSError):
+                    backup.unlink(missing_ok=True)
+
+
+def _backup(target: Path) -> Path | None:
+    """A hard link (or, where links are not supported, a copy) of ``target`` beside it; None if it does not exist."""
+    if not target.is_file():
+        return None
+    backup = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.old")
+    try:
+        os.link(target, backup)
+    except OSError:
+        shutil.copy2(target, backup)
+    return backup
+
+
+def _make_parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MeshOutputError(path, _write_problem(exc, path)) from exc
+
+
+def _write_problem(exc: OSError, path: Path, *, folder: bool = False) -> str:
+    """``exc`` in words, for a failed write of the file (or, with ``folder``, into the folder) ``path``."""
+    blocker = _file_in_the_way(path / "x" if folder else path)
+    if folder and blocker == path:
+        return "is a file, expected a folder"
+    if blocker is not None:
+        return f"cannot write: {blocker} is a file, not a folder"
+    if not folder and (isinstance(exc, IsADirectoryError) or path.is_dir()):
+        return "is a directory; give a file name"
+    reason = exc.strerror or type(exc).__name__
+    return f"cannot write: {reason[:1].lower()}{reason[1:]}"
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The first ancestor of ``path`` that exists and is not a folder, if any."""
+    for parent in reversed(path.parents):
+        try:
+            if parent.exists() and not parent.is_dir():
+                return parent
+        except OSError:
+            return None
+    return None
+
+
+def check_output_path(path: str | Path, *, folder: bool = False) -> None:
+    """Fail early, before any work, when ``path`` cannot become an output file (or, with ``folder``, an
+    output folder).
+
+    Raises :class:`~tokenizers3d.errors.MeshOutputError` when ``path`` is a directory (with ``folder``: a
+    file), when one of its parents is a file, or when the nearest existing folder is not writable. Writes
+    nothing. The write itself still turns any later OS error into the same exception.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix, dir=path.parent)
-    os.close(fd)
+    if folder and path.exists() and not path.is_dir():
+        raise MeshOutputError(path, "is a file, expected a folder")
+    if not folder and path.is_dir():
+        raise MeshOutputError(path, "is a directory; give a file name")
+    blocker = _file_in_the_way(path)
+    if blocker is not None:
+        raise MeshOutputError(path, f"cannot write: {blocker} is a file, not a folder")
+    existing = next((p for p in ([path] if folder else []) + list(path.parents) if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise MeshOutputError(path, f"cannot write: folder {existing} is not writable")
+
+
+def ensure_output_dir(path: str | Path) -> Path:
+    """Create the output folder ``path`` (and its parents) and check that a file can be written in it.
+
+    Raises :class:`~tokenizers3d.errors.MeshOutputError` when ``path`` is a file or cannot be created or
+    written; leaves nothing behind but the folder.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MeshOutputError(path, "is a file, expected a folder")
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise MeshOutputError(path, _write_problem(exc, path, folder=True)) from exc
+    return path
+
+
+@contextlib.contextmanager
+def output_errors(path: str | Path, *, folder: bool = False):
+    """Turn an OS error raised inside into :class:`~tokenizers3d.errors.MeshOutputError` naming ``path``, the
+    file (or, with ``folder``, the folder) being written; an error that names a file elsewhere passes through.
+
+    For writers that do not go through :func:`atomic_path` (a lock file, an appended journal).
+    """
+    path = Path(path)
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None and not _is_within(Path(os.fsdecode(exc.filename)), path):
+            raise
+        raise MeshOutputError(path, _write_problem(exc, path, folder=folder)) from exc
+
+
+def _is_within(path: Path, root: Path) -> bool:
+    try:
+        path, root = path.resolve(), root.resolve()
+    except (OSError, RuntimeError):
+        return False
+    return path == root or root in path.parents
+
+
+def refuse_overwrite(out: str | Path, *inputs: str | Path | None) -> None:
+    """Raise :class:`~tokenizers3d.errors.MeshOutputError` when ``out`` is the same file as one of ``inputs``.
+
+    Symbolic links, hard links and relative paths are seen through; ``None`` inputs are skipped.
+    """
+    out = Path(out)
+    for inp in inputs:
+        if inp is not None and _same_file(out, Path(inp)):
+            raise MeshOutputError(out, f"is the input file {inp}; write the output somewhere else")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        try:
+            return a.resolve() == b.resolve()
+        except (OSError, RuntimeError):  # a symlink loop
+            return False
+
+
+def refuse_output_inside(out_dir: str | Path, input_dir: str | Path) -> None:
+    """Raise :class:`~tokenizers3d.errors.MeshOutputError` when the folder ``out_dir`` is ``input_dir`` or below it."""
+    if _is_within(Path(out_dir), Path(input_dir)) or _same_file(Path(out_dir), Path(input_dir)):
+        raise MeshOutputError(out_dir, f"is inside the input folder {input_dir}; write the output somewhere else")
 
 
 def _umask() -> int:
@@ -62,7 +280,105 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
-def _load_trimesh(path: Path):
+_OBJ_INT = rb"-?\d+"
+_OBJ_REF_FORMS = (  # v, v/vt, v/vt/vn, v//vn
+    _OBJ_INT,
+    _OBJ_INT + b"/" + _OBJ_INT,
+    _OBJ_INT + b"/" + _OBJ_INT + b"/" + _OBJ_INT,
+    _OBJ_INT + b"//" + _OBJ_INT,
+)
+_OBJ_FACE = re.compile(  # a whole face line: three or more references, all of one form, optional comment
+    rb"f(?:" + rb"|".join(rb"(?:[ \t]+" + form + rb"){3,}" for form in _OBJ_REF_FORMS) + rb")[ \t]*(?:#.*)?\r?"
+)
+_OBJ_VERTEX = re.compile(rb"v(?:[ \t]+\S+){3,}[ \t]*\r?")  # three or more coordinates
+_OBJ_FACE_BODIES = re.compile(rb"\nf[ \t]([^\n]*)")
+_OBJ_SENTINEL = b" -1 "  # ends each face line in the vectorized pass (a real -1 sends the file to the careful pass)
+
+
+def _obj_lines(data: bytes) -> list[bytes]:
+    return data.replace(b"\\\r\n", b" ").replace(b"\\\n", b" ").split(b"\n")  # joins continued lines
+
+
+def _check_obj_slow(data: bytes) -> str | None:
+    """Line by line: the first problem with a vertex or face line of an OBJ file (messages name the line)."""
+    n_vertices = 0
+    late: tuple[int, int] | None = None  # first (line, index) above the vertices defined so far
+    for no, raw in enumerate(_obj_lines(data), 1):
+        if raw[:1] not in (b"v", b"f") or raw[1:2] not in (b" ", b"\t"):
+            continue
+        line = raw.decode("utf-8", "replace").strip()
+        if raw[:1] == b"v":
+            if not _OBJ_VERTEX.fullmatch(raw.rstrip(b"\r")):
+                return f"line {no}: vertex {line!r} has fewer than 3 coordinates (file cut short?)"
+            n_vertices += 1
+            continue
+        if not _OBJ_FACE.fullmatch(raw.rstrip(b"\r")):
+            return f"line {no}: malformed face {line!r} (fewer than 3 vertices, or a reference cut short?)"
+        refs = [int(r.split("/", 1)[0]) for r in line.split("#", 1)[0].split()[1:]]
+        if 0 in refs:
+            return f"line {no}: face {line!r} refers to vertex 0; OBJ vertex indices start at 1"
+        if min(refs) < -n_vertices:
+            return f"line {no}: face {line!r} refers {-min(refs)} vertices back, but only {n_vertices} come before it"
+        if max(refs) > n_vertices and late is None:
+            late = (no, max(refs))
+    if late is not None and late[1] > n_vertices:
+        return f"line {late[0]}: face refers to vertex {late[1]}, but the file has only {n_vertices} vertices"
+    return None
+
+
+def _check_obj(path: Path, max_faces: int | None) -> None:
+    """Refuse OBJ files that trimesh would read into a wrong mesh without an error.
+
+    trimesh maps a face index 0 (OBJ indices start at 1) to another vertex, and keeps a last line cut
+    short (``f 1 2``, ``f 1/1 2/2 3/``, ``v 1 2``) as a wrong face or 2-D vertices. One vectorized pass
+    checks the common case; a line-by-line pass finds the offending line when something looks wrong.
+    Polygons count as one face each for ``max_faces`` here (the exact check follows the triangulation).
+    """
+    data = path.read_bytes()
+    lines = data.rstrip().rsplit(b"\n", 1)
+    last = lines[-1].strip()
+    if last[:2] in (b"f ", b"f\t", b"v ", b"v\t"):
+        matcher = _OBJ_FACE if last[:1] == b"f" else _OBJ_VERTEX
+        if not matcher.fullmatch(last):
+            raise MeshInputError(path, f"last line {last.decode('utf-8', 'replace')!r} is incomplete (file cut short?)")
+    bodies = _OBJ_FACE_BODIES.findall(b"\n" + data)
+    if max_faces is not None and len(bodies) > max_faces:
+        raise MeshInputError(path, f"has at least {len(bodies):,} faces, more than the limit of {max_faces:,}")
+    if not bodies:
+        return
+    blob = _OBJ_SENTINEL.join(bodies) + _OBJ_SENTINEL  # a sentinel after each face line
+    suspect = b"#" in blob or b"\\" in data  # comments or continued lines: let the careful pass decide
+    if not suspect:
+        first_ref = bodies[0].split(maxsplit=1)[0] if bodies[0].split() else b""
+        parts, slashes = 1, 0  # integers per reference (v, v/vt, v/vt/vn; v//vn is read as v/0/vn)
+        if b"/" in blob:
+            blob = blob.replace(b"//", b"/0/")
+            parts, slashes = first_ref.replace(b"//", b"/0/").count(b"/") + 1, blob.count(b"/")
+            blob = blob.replace(b"/", b" ")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a token that is not an integer stops np.fromstring with a warning
+            try:
+                flat = np.fromstring(blob, dtype=np.int64, sep=" ")
+            except (DeprecationWarning, ValueError):
+                flat = None
+        if flat is not None:
+            ends = np.flatnonzero(flat == int(_OBJ_SENTINEL))
+            per_line = np.diff(ends, prepend=-1) - 1  # integers on each face line
+            flat = flat[flat != int(_OBJ_SENTINEL)]
+        if (flat is None or len(ends) != len(bodies) or np.any(per_line % parts) or np.any(per_line < 3 * parts)
+                or slashes != len(flat) // parts * (parts - 1)):
+            suspect = True  # fewer than 3 references, mixed reference forms or stray tokens
+        else:
+            idx = flat[::parts]
+            n_vertices = data.count(b"\nv ") + data.count(b"\nv\t") + (data[:2] in (b"v ", b"v\t"))
+            suspect = bool(idx.min() <= 0 or idx.max() > n_vertices)  # 0, relative, or out of range
+    if suspect:
+        problem = _check_obj_slow(data)
+        if problem is not None:
+            raise MeshInputError(path, problem)
+
+
+def _load_trimesh(path: Path, *, max_faces: int | None = None):
     if not path.exists():
         raise MeshInputError(path, "file does not exist")
     if path.is_dir():
@@ -72,6 +388,8 @@ def _load_trimesh(path: Path):
         raise MeshInputError(path, f"unknown mesh format {ext or '(no suffix)'!r}; expected one of {', '.join(MESH_SUFFIXES)}")
     if path.stat().st_size == 0:
         raise MeshInputError(path, "file is empty")
+    if ext == ".obj":
+        _check_obj(path, max_faces)
     try:
         return trimesh.load(str(path), process=False, force=None)
     except Exception as exc:  # trimesh raises many types for corrupt files
@@ -84,20 +402,28 @@ def load_mesh(path: str | Path, *, max_faces: int | None = None, clean: bool = T
     Scenes (GLB/GLTF, multi-object OBJ) are merged with their node transforms; polygons are
     triangulated by trimesh; with ``clean`` the result goes through :func:`~tokenizers3d.mesh.canonicalize`.
 
+    OBJ files are checked before trimesh reads them: a face index 0 or beyond the vertices, and a last
+    line cut short, are refused (trimesh would silently build a wrong face).
+
     Parameters
     ----------
     path : str or Path
     max_faces : int, optional
-        Refuse meshes with more faces than this (checked before clean-up).
+        Refuse meshes with more (triangulated) faces than this, checked before clean-up; default
+        :data:`MAX_MESH_FACES` (1,000,000). Pass a larger number to read larger meshes.
+    clean : bool
+        Canonicalize (merge equal vertices, drop degenerate and duplicate faces).
 
     Raises
     ------
     MeshInputError
-        Missing, empty, unknown-format or corrupt file; a point cloud; empty mesh; NaN/inf
-        coordinates; too many faces.
+        Missing, empty, unknown-format or corrupt file; an OBJ with a bad face index or cut short; a
+        point cloud; empty mesh; NaN/inf coordinates or coordinates beyond ``±MAX_COORDINATE`` (1e30);
+        too many faces; no face of non-zero area (including every mesh of zero extent).
     """
     path = Path(path)
-    obj = _load_trimesh(path)
+    limit = MAX_MESH_FACES if max_faces is None else int(max_faces)
+    obj = _load_trimesh(path, max_faces=limit)
     if isinstance(obj, trimesh.Scene):
         geoms = [g for g in obj.dump(concatenate=False) if isinstance(g, trimesh.Trimesh)] if obj.geometry else []
         if not geoms:
@@ -114,11 +440,13 @@ def load_mesh(path: str | Path, *, max_faces: int | None = None, clean: bool = T
         if len(obj.vertices):
             raise MeshInputError(path, "is a point cloud, not a mesh (no faces)")
         raise MeshInputError(path, "mesh is empty (no faces)")
-    if max_faces is not None and len(obj.faces) > max_faces:
-        raise MeshInputError(path, f"has {len(obj.faces)} faces, more than the limit of {max_faces}")
-    if not np.all(np.isfinite(obj.vertices)):
-        raise MeshInputError(path, "mesh has NaN or infinite vertex coordinates")
-    mesh = trimesh.Trimesh(np.asarray(obj.vertices, dtype=np.float64), np.asarray(obj.faces), process=False)
+    if len(obj.faces) > limit:
+        raise MeshInputError(path, f"has {len(obj.faces):,} faces, more than the limit of {limit:,}")
+    vertices = np.asarray(obj.vertices, dtype=np.float64)
+    if vertices.ndim != 2 or vertices.shape[1] != 3:
+        raise MeshInputError(path, f"vertices have {vertices.shape[-1]} coordinates, expected 3 (file cut short?)")
+    check_coordinates(vertices, path)
+    mesh = trimesh.Trimesh(vertices, np.asarray(obj.faces), process=False)
     return canonicalize(mesh, source=path) if clean else mesh
 
 
@@ -128,7 +456,9 @@ class PointCloud:
 
     Attributes
     ----------
-    points : (N, 3) float32
+    points : (N, 3) float
+        float64 from :func:`load_point_cloud` (a file's precision is kept: clouds far from the origin or a
+        few units of 1e-300 across stay exact), float32 from :func:`~tokenizers3d.sample.sample_surface`.
     normals : (N, 3) float32, unit length
     """
 
@@ -140,19 +470,27 @@ class PointCloud:
 
 
 def estimate_normals(points: np.ndarray, k: int = 16) -> np.ndarray:
-    """Unit normals (N, 3) by PCA over ``k`` nearest neighbours (Open3D), oriented away from the centroid."""
+    """Unit normals (N, 3) by PCA over ``k`` nearest neighbours (Open3D), oriented away from the centroid.
+
+    The points are first moved into the unit cube, so the result does not depend on their scale.
+    """
     import open3d as o3d
 
-    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.asarray(points, dtype=np.float64)))
+    points = np.asarray(points, dtype=np.float64)
+    lo, extent = points.min(axis=0), float(np.ptp(points, axis=0).max())
+    unit = (points - lo) / (extent if extent > 0 else 1.0)
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(unit))
     pcd.estimate_normals(o3d.geometry.KDTreeSearchParamKNN(knn=min(k, max(3, len(points) - 1))))
     normals = np.asarray(pcd.normals)
-    outward = np.asarray(points) - np.asarray(points).mean(axis=0)
+    outward = unit - unit.mean(axis=0)
     flip = (normals * outward).sum(axis=1) < 0
     normals[flip] *= -1
     return normals.astype(np.float32)
 
 
-def _as_point_cloud(arr: np.ndarray, path: Path) -> PointCloud:
+def _as_point_cloud(arr: np.ndarray, path: Path, max_points: int | None = None) -> PointCloud:
+    """Check an (N, 3) or (N, 6) array and make a :class:`PointCloud`, subsampled to ``max_points``
+    (default :data:`MAX_CLOUD_POINTS`) with a fixed seed; normals are estimated when absent or zero."""
     arr = np.asarray(arr)
     if arr.ndim != 2 or arr.shape[1] not in (3, 6):
         raise MeshInputError(path, f"expected an N x 3 or N x 6 array of points, got shape {arr.shape}")
@@ -163,25 +501,53 @@ def _as_point_cloud(arr: np.ndarray, path: Path) -> PointCloud:
     except (TypeError, ValueError) as exc:
         raise MeshInputError(path, f"point cloud is not numeric ({exc})") from exc
     if not np.all(np.isfinite(arr)):
-        raise MeshInputError(path, "point cloud has NaN or infinite coordinates")
+        raise MeshInputError(path, "point cloud has NaN or infinite coordinates or normals")
+    check_coordinates(arr[:, :3], path, what="point cloud")
+    if len(arr) > 1 and not np.ptp(arr[:, :3], axis=0).any():
+        raise MeshInputError(path, f"all {len(arr):,} points coincide (zero extent)")
+    limit = MAX_CLOUD_POINTS if max_points is None else int(max_points)
+    if len(arr) > limit:
+        keep = np.sort(np.random.default_rng(0).choice(len(arr), size=limit, replace=False))
+        log.warning("%s: %s points, more than the limit of %s; using a fixed subsample of %s",
+                    path, f"{len(arr):,}", f"{limit:,}", f"{limit:,}")
+        arr = arr[keep]
     pts = arr[:, :3]
     if arr.shape[1] == 6:
         nrm = arr[:, 3:]
-        length = np.linalg.norm(nrm, axis=1, keepdims=True)
-        if np.any(length < 1e-12):
+        big = np.abs(nrm).max(axis=1, keepdims=True)  # scale first: normals of any length, no overflow
+        if np.any(big == 0):
             nrm = estimate_normals(pts)
         else:
-            nrm = nrm / length
+            nrm = nrm / big
+            nrm = nrm / np.linalg.norm(nrm, axis=1, keepdims=True)
     else:
         nrm = estimate_normals(pts)
-    return PointCloud(pts.astype(np.float32), np.asarray(nrm, dtype=np.float32))
+    return PointCloud(pts.copy(), np.asarray(nrm, dtype=np.float32))
 
 
-def load_point_cloud(path: str | Path) -> PointCloud:
+def load_point_cloud(path: str | Path, *, max_points: int | None = None) -> PointCloud:
     """Read points (and normals, if present) from .ply, .pcd, .xyz or .npy; estimate normals if absent.
 
     A mesh file (faces present) is accepted too: its vertices become the points. Use
     :func:`tokenizers3d.sample.sample_surface` to sample a mesh's surface instead.
+
+    Parameters
+    ----------
+    path : str or Path
+    max_points : int, optional
+        Larger clouds are cut to a subsample of this many points (fixed seed, file order kept; a warning
+        is logged); default :data:`MAX_CLOUD_POINTS` (1,000,000). The generator uses about 2,000.
+
+    Returns
+    -------
+    PointCloud
+        points (N, 3) float64, normals (N, 3) float32.
+
+    Raises
+    ------
+    MeshInputError
+        Missing, empty, unknown-format or unreadable file; not N x 3 or N x 6; NaN/inf values; a
+        coordinate beyond ``±MAX_COORDINATE`` (1e30); all points at one place.
     """
     path = Path(path)
     if not path.exists():
@@ -196,13 +562,13 @@ def load_point_cloud(path: str | Path) -> PointCloud:
             arr = np.load(path, allow_pickle=False)
         except Exception as exc:
             raise MeshInputError(path, f"cannot read .npy array ({exc})") from exc
-        return _as_point_cloud(arr, path)
+        return _as_point_cloud(arr, path, max_points)
     if ext == ".xyz":
         try:
             arr = np.loadtxt(path, ndmin=2)
         except Exception as exc:
             raise MeshInputError(path, f"cannot parse .xyz text ({exc})") from exc
-        return _as_point_cloud(arr, path)
+        return _as_point_cloud(arr, path, max_points)
     import open3d as o3d
 
     pcd = o3d.io.read_point_cloud(str(path))  # .pcd or .ply (a mesh PLY gives its vertices)
@@ -210,7 +576,7 @@ def load_point_cloud(path: str | Path) -> PointCloud:
     if len(pts) == 0:
         raise MeshInputError(path, f"no points could be read (corrupt or empty {ext} file)")
     arr = np.hstack([pts, np.asarray(pcd.normals)]) if pcd.has_normals() else pts
-    return _as_point_cloud(arr, path)
+    return _as_point_cloud(arr, path, max_points)
 
 
 def save_point_cloud(path: str | Path, cloud: PointCloud) -> None:
@@ -264,8 +630,19 @@ def save_mesh(path: str | Path, mesh: trimesh.Trimesh, *, face_labels: np.ndarra
         Stored as a ``label`` face property in PLY; also coloured if ``face_colors`` is not given.
     face_colors : (F, 3 or 4) uint8, optional
     """
-    path = Path(path)
-    ext = _suffix(path)
+    check_output_path(path)
+    data = mesh_bytes(mesh, _suffix(Path(path)), face_labels=face_labels, face_colors=face_colors, path=path)
+    atomic_write_bytes(path, data)
+
+
+def mesh_bytes(mesh: trimesh.Trimesh, suffix: str, *, face_labels: np.ndarray | None = None,
+               face_colors: np.ndarray | None = None, path: str | Path | None = None) -> bytes:
+    """The file :func:`save_mesh` writes, as bytes (for writers that commit several files together).
+
+    ``suffix`` is the format (``.obj``, ``.ply``, ``.glb``, ``.stl`` or ``.off``); ``path`` only names the
+    file in the error raised for another suffix.
+    """
+    ext = suffix.lower()
     if ext not in (".obj", ".ply", ".glb", ".stl", ".off"):
         raise MeshInputError(path, f"cannot write meshes as {ext!r}; use .obj, .ply, .glb, .stl or .off")
     out = trimesh.Trimesh(np.asarray(mesh.vertices), np.asarray(mesh.faces), process=False)
@@ -273,14 +650,23 @@ def save_mesh(path: str | Path, mesh: trimesh.Trimesh, *, face_labels: np.ndarra
         face_colors = label_colors(face_labels)
     if face_colors is not None:
         out.visual.face_colors = np.asarray(face_colors)
-    with atomic_path(path) as tmp:
-        if ext == ".ply" and face_labels is not None:
-            tmp.write_bytes(_ply_with_labels(out, np.asarray(face_labels, dtype=np.int32), face_colors))
-        elif ext == ".obj":
-            tmp.write_text(trimesh.exchange.obj.export_obj(out, include_color=False, include_normals=False,
-                                                          include_texture=False, write_texture=False))
-        else:
-            out.export(str(tmp), file_type=ext[1:])
+    if ext == ".ply" and face_labels is not None:
+        return _ply_with_labels(out, np.asarray(face_labels, dtype=np.int32), face_colors)
+    if ext == ".obj":
+        return _obj_bytes(out.vertices, out.faces)
+    else:
+        data = out.export(file_type=ext[1:])
+    return data.encode("utf-8") if isinstance(data, str) else bytes(data)
+
+
+def _obj_bytes(vertices: np.ndarray, faces: np.ndarray) -> bytes:
+    """OBJ text with every coordinate written as the shortest decimal that reads back to the same float64
+    (fixed decimals would write a 1e-300 mesh as zeros and pad 1e28 with digits)."""
+    v = np.asarray(vertices, dtype=np.float64)
+    f = np.asarray(faces, dtype=np.int64) + 1
+    lines = [f"v {x!r} {y!r} {z!r}" for x, y, z in v.tolist()]
+    lines += [f"f {a} {b} {c}" for a, b, c in f.tolist()]
+    return ("\n".join(lines) + "\n").encode("ascii")
 
 
 def _ply_with_labels(mesh: trimesh.Trimesh, labels: np.ndarray, colors: np.ndarray | None) -> bytes:

@@ -4,7 +4,13 @@ Conventions (every other module relies on them):
 
 * A *canonical* mesh is a ``trimesh.Trimesh`` whose faces are triangles, with equal vertices merged,
   degenerate faces (two equal corners, or zero area) and duplicate faces (the same vertex set, either
-  winding) dropped, and unreferenced vertices removed.
+  winding) dropped, and unreferenced vertices removed. Which of several duplicates is kept does not
+  depend on the face order: a vertex set listed with both windings keeps the winding that comes first in
+  canonical order (rotated to start at its lowest corner in (z, y, x) order, the next corner is the lower
+  of the other two); copies with the same winding are the same face. The zero-area test (a cross product
+  with no non-zero component) does not depend on the mesh's scale: a valid mesh 1e-300 units across is kept.
+* Coordinates must be finite and within ``±MAX_COORDINATE`` (1e30), so that no extent, squared distance
+  or volume overflows; :func:`check_coordinates` refuses anything else.
 * *Normalized* space is the cube ``[-0.5, 0.5]^3``: the bounding box is centred at the origin and its
   longest side scaled to 1. :class:`Normalization` keeps the transform so outputs go back to the
   user's frame with :meth:`Normalization.invert`.
@@ -25,6 +31,7 @@ import trimesh
 from .errors import ConfigError, MeshInputError
 
 MIN_BITS, MAX_BITS = 6, 12
+MAX_COORDINATE = 1e30  # larger coordinates are refused: squares and cubes of extents must stay finite
 
 
 @dataclass(frozen=True)
@@ -44,10 +51,20 @@ class Normalization:
 
     @classmethod
     def fit(cls, points: np.ndarray) -> Normalization:
-        """The normalization that puts ``points`` (n, 3) into ``[-0.5, 0.5]^3``."""
+        """The normalization that puts ``points`` (n, 3) into ``[-0.5, 0.5]^3``.
+
+        Works at any scale (no absolute epsilon); points that all coincide get ``scale = 1``.
+
+        Raises
+        ------
+        ValueError
+            If the bounding box is not finite (see :func:`check_coordinates`).
+        """
         points = np.asarray(points, dtype=np.float64)
         lo, hi = points.min(axis=0), points.max(axis=0)
         extent = float((hi - lo).max())
+        if not np.isfinite(extent):
+            raise ValueError(f"cannot normalize points whose bounding box is not finite (extent {extent})")
         scale = extent if extent > 0 else 1.0
         return cls(center=tuple(float(c) for c in (lo + hi) / 2.0), scale=scale)
 
@@ -64,7 +81,29 @@ class Normalization:
 
     @classmethod
     def from_dict(cls, d: dict) -> Normalization:
-        return cls(center=tuple(float(c) for c in d["center"]), scale=float(d["scale"]))
+        """Inverse of :meth:`to_dict`.
+
+        Raises
+        ------
+        ValueError
+            If ``d`` is not ``{"center": [x, y, z], "scale": s}`` with finite numbers and ``s > 0``.
+        """
+        if not isinstance(d, dict) or set(d) != {"center", "scale"}:
+            raise ValueError(f"normalization must be a dict with keys 'center' and 'scale', got {d!r}")
+        center, scale = d["center"], d["scale"]
+        if not isinstance(center, (list, tuple)) or len(center) != 3 or not all(_is_number(c) for c in center):
+            raise ValueError(f"normalization center must be three numbers, got {center!r}")
+        if not _is_number(scale):
+            raise ValueError(f"normalization scale must be a number, got {scale!r}")
+        if not all(np.isfinite(float(c)) for c in center):
+            raise ValueError(f"normalization center is not finite: {center!r}")
+        if not (np.isfinite(float(scale)) and float(scale) > 0):
+            raise ValueError(f"normalization scale must be finite and positive, got {scale!r}")
+        return cls(center=tuple(float(c) for c in center), scale=float(scale))
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
 
 
 @dataclass
@@ -132,9 +171,29 @@ def dequantize(q: np.ndarray, bits: int) -> np.ndarray:
     return -0.5 + (np.asarray(q, dtype=np.float64) + 0.5) / n
 
 
-def _check_finite(vertices: np.ndarray, source) -> None:
-    if not np.all(np.isfinite(vertices)):
-        raise MeshInputError(source, "mesh has NaN or infinite vertex coordinates")
+def check_coordinates(points: np.ndarray, source=None, *, what: str = "mesh") -> None:
+    """Refuse NaN/inf coordinates and coordinates beyond ``±MAX_COORDINATE``.
+
+    Parameters
+    ----------
+    points : (n, 3) float
+    source : str or Path or None
+        Named in the error.
+    what : str
+        ``"mesh"`` or ``"point cloud"``, for the message.
+
+    Raises
+    ------
+    MeshInputError
+    """
+    points = np.asarray(points)
+    if not np.all(np.isfinite(points)):
+        coords = "vertex coordinates" if what == "mesh" else "coordinates"
+        raise MeshInputError(source, f"{what} has NaN or infinite {coords}")
+    big = float(np.abs(points).max()) if points.size else 0.0
+    if big > MAX_COORDINATE:
+        raise MeshInputError(source, f"{what} has a coordinate of magnitude {big:.3g}, beyond the supported "
+                                     f"±{MAX_COORDINATE:.0e} (its extent would overflow); rescale it")
 
 
 _INT64_MAX = np.iinfo(np.int64).max
@@ -184,16 +243,30 @@ def _unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _nonzero_area(points: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """(F,) bool: the triangle has a non-zero cross product (``|cross|^2 > 0``, as ``norm > 0``)."""
+    """(F,) bool: the triangle's cross product has a non-zero component.
+
+    For float points a face whose cross product comes out zero is tested again with its two edge vectors
+    scaled by a power of two (exact) so that their largest component is about 1: the test then does not
+    depend on the mesh's scale (edges of 1e-300 would otherwise give products that underflow to zero).
+    """
     p = points.astype(np.float64) if points.dtype.kind == "f" else points.astype(np.int64)
     a = p[faces[:, 0]]
     e1 = p[faces[:, 1]] - a
     e2 = p[faces[:, 2]] - a
+    ok = _cross_nonzero(e1, e2)
+    if p.dtype.kind == "f" and not ok.all():
+        redo = np.flatnonzero(~ok)
+        big = np.maximum(np.abs(e1[redo]).max(axis=1), np.abs(e2[redo]).max(axis=1))
+        _, exp = np.frexp(big)
+        ok[redo] = _cross_nonzero(np.ldexp(e1[redo], -exp[:, None]), np.ldexp(e2[redo], -exp[:, None]))
+    return ok
+
+
+def _cross_nonzero(e1: np.ndarray, e2: np.ndarray) -> np.ndarray:
+    """(F,) bool: the cross product of edge vectors (F, 3) x (F, 3) has a non-zero component."""
     cx = e1[:, 1] * e2[:, 2] - e1[:, 2] * e2[:, 1]
     cy = e1[:, 2] * e2[:, 0] - e1[:, 0] * e2[:, 2]
     cz = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
-    if p.dtype.kind == "f":
-        return cx * cx + cy * cy + cz * cz > 0
     return (cx != 0) | (cy != 0) | (cz != 0)
 
 
@@ -210,7 +283,9 @@ def clean_faces(vertices: np.ndarray, faces: np.ndarray, labels: np.ndarray | No
     Returns
     -------
     vertices : (V', 3), faces : (F', 3) int64, labels : (F',) or None
-        Face order is preserved among kept faces (first occurrence of a duplicate wins).
+        Vertices sorted by (x, y, z); face order is preserved among kept faces. Of faces with the same
+        vertex set, the one kept is the first with the canonical winding (:func:`_canonical_winding`) if
+        any has it, else the first; so the kept faces do not depend on the face order.
     """
     vertices = np.asarray(vertices)
     faces = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
@@ -229,11 +304,17 @@ def clean_faces(vertices: np.ndarray, faces: np.ndarray, labels: np.ndarray | No
         lo, hi = np.minimum(np.minimum(a, b), c), np.maximum(np.maximum(a, b), c)
         if n < 2_000_000:  # n^3 fits in int64
             order, new = _sorted_unique_first((lo * n + (a + b + c - lo - hi)) * n + hi)
-            first = np.sort(order[new])
         else:
-            _, first = np.unique(np.sort(faces, axis=1), axis=0, return_index=True)
-            first = np.sort(first)
-        if len(first) < len(faces):
+            order = np.lexsort((hi, a + b + c - lo - hi, lo))  # stable: equal vertex sets in face order
+            srt = np.stack([lo, a + b + c - lo - hi, hi], axis=1)[order]
+            new = np.ones(len(faces), dtype=bool)
+            new[1:] = np.any(srt[1:] != srt[:-1], axis=1)
+        if not new.all():  # some vertex set appears more than once: keep one face per set
+            m = len(faces)
+            pref = (~_canonical_winding(uniq, faces))[order].astype(np.int64)  # 0 = canonical winding
+            starts = np.flatnonzero(new)
+            best = np.minimum.reduceat(pref * m + order, starts)  # per set: first canonical, else first
+            first = np.sort(best % m)
             faces = faces[first]
             labels = None if labels is None else labels[first]
     used = np.flatnonzero(np.bincount(faces.reshape(-1), minlength=len(uniq)))
@@ -242,6 +323,22 @@ def clean_faces(vertices: np.ndarray, faces: np.ndarray, labels: np.ndarray | No
     return uniq[used], remap[faces].reshape(-1, 3), labels
 
 
+def _canonical_winding(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(F,) bool: rotated to start at its lowest corner in (z, y, x) order, the face's second corner is
+    lower than its third; of the two windings of a triangle, the one that comes first in canonical order.
+
+    Parameters
+    ----------
+    vertices : (V, 3), distinct rows, columns x, y, z
+    faces : (F, 3) int, three distinct vertices each
+    """
+    v = np.asarray(vertices)
+    perm = np.lexsort((v[:, 0], v[:, 1], v[:, 2]))  # (z, y, x) order
+    rank = np.empty(len(v), dtype=np.int64)
+    rank[perm] = np.arange(len(v))
+    r = rank[faces]  # (F, 3)
+    ascents = (r[:, 0] < r[:, 1]).astype(np.int64) + (r[:, 1] < r[:, 2]) + (r[:, 2] < r[:, 0])
+    return ascents == 2  # a cyclic triple of distinct ranks rises twice when it runs (min, mid, max)
 
 
 def canonicalize(mesh: trimesh.Trimesh, *, source=None, labels: np.ndarray | None = None) -> trimesh.Trimesh:
@@ -250,14 +347,18 @@ def canonicalize(mesh: trimesh.Trimesh, *, source=None, labels: np.ndarray | Non
     Raises
     ------
     MeshInputError
-        If the mesh has non-finite coordinates or no face survives the clean-up.
+        If the mesh has non-finite coordinates or coordinates beyond ``±MAX_COORDINATE``, or no face
+        survives the clean-up (which includes every mesh of zero extent).
     """
     vertices = np.asarray(mesh.vertices, dtype=np.float64)
-    _check_finite(vertices, source)
+    check_coordinates(vertices, source)
     if labels is None and "label" in getattr(mesh, "face_attributes", {}):
         labels = np.asarray(mesh.face_attributes["label"])
     v, f, lab = clean_faces(vertices, np.asarray(mesh.faces), labels)
     if len(f) == 0:
+        used = vertices[np.asarray(mesh.faces, dtype=np.int64).reshape(-1)] if len(mesh.faces) else vertices
+        if len(used) and not np.ptp(used, axis=0).any():
+            raise MeshInputError(source, "mesh has zero extent (all vertices at one point)")
         raise MeshInputError(source, "mesh is empty (no non-degenerate triangle)")
     out = trimesh.Trimesh(v, f, process=False)
     if lab is not None:

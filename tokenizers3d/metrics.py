@@ -27,7 +27,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 import trimesh
 
 from .mesh import Normalization
@@ -56,6 +55,7 @@ class MeshMetrics:
 
 def _nn_dist(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distance (Na,) from each point of a (Na, 3) to its nearest in b (Nb, 3), and that neighbour's index."""
+    import torch  # here, not at the top: `meshgen info` needs no PyTorch
     from pytorch3d.ops import knn_points
 
     ta = torch.as_tensor(a, dtype=torch.float32)[None]

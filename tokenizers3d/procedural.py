@@ -1190,8 +1190,9 @@ def make_dataset(out_dir: str | Path, n: int, *, seed: int = 0, workers: int = 2
     config = DatasetConfig(int(seed), None if families is None else tuple(sorted(set(families))),
                            _check_splits(splits), None if max_faces is None else int(max_faces), bool(rotate))
     _eligible_families(config.families, config.max_faces)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from .io import ensure_output_dir
+
+    out = ensure_output_dir(out_dir)  # a file in the way or an unwritable place: MeshOutputError
     _check_manifest(out, config)
     done = _recover(out)
     meta = out / "metadata.jsonl"

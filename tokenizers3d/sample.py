@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 import trimesh
 
 from .io import PointCloud
@@ -52,6 +51,7 @@ def sample_surface(mesh: trimesh.Trimesh, n: int, *, method: str = "uniform", se
     if method == "uniform":
         pts, face = _uniform(mesh, n, rng)
     else:
+        import torch
         from pytorch3d.ops import sample_farthest_points
 
         cand, cface = _uniform(mesh, n * max(oversample, 1), rng)

@@ -33,7 +33,9 @@ from .batch import SHARD_METADATA_KEY, SHARD_SCHEMA
 from .errors import MeshInputError
 
 #: Columns :class:`TokenShardDataset` reads (the repeated tokenizer columns are left on disk).
-ROW_COLUMNS = ("id", "source", "ids", "n_tokens", "n_faces", "n_vertices", "normalization")
+ROW_COLUMNS = ("id", "source", "ids", "n_tokens", "n_faces", "n_vertices", "normalization", "n_source_faces")
+#: Nullable columns added to SHARD_SCHEMA after the first format; older shards read them as nulls.
+ADDED_COLUMNS = tuple(f.name for f in SHARD_SCHEMA if f.nullable)
 
 
 def list_shards(root: str | Path) -> list[Path]:
@@ -44,15 +46,28 @@ def list_shards(root: str | Path) -> list[Path]:
     return sorted(root.glob("shard-*.parquet"))
 
 
+def read_shard(path: str | Path, *, columns: Sequence[str] | None = None) -> pa.Table:
+    """One shard as a table with SHARD_SCHEMA's columns (or ``columns``), without the Parquet metadata.
+
+    Columns added to the schema later (``ADDED_COLUMNS``, e.g. ``n_source_faces``) that an older
+    shard lacks are filled with nulls, so shards of every format read (and concatenate) alike.
+    """
+    cols = list(columns) if columns is not None else SHARD_SCHEMA.names
+    present = set(pq.read_schema(path).names)
+    missing = [c for c in cols if c not in present and c in ADDED_COLUMNS]
+    table = pq.read_table(path, columns=[c for c in cols if c not in missing]).replace_schema_metadata(None)
+    for name in missing:
+        table = table.append_column(SHARD_SCHEMA.field(name), pa.nulls(table.num_rows, SHARD_SCHEMA.field(name).type))
+    return table.select(cols)
+
+
 def read_shards(root: str | Path, *, columns: Sequence[str] | None = None) -> pa.Table:
     """All rows of all shards as one table (shard order, then row order); an empty table if none."""
     shards = list_shards(root)
-    cols = list(columns) if columns is not None else None
     if not shards:
         empty = SHARD_SCHEMA.empty_table()
-        return empty.select(cols) if cols is not None else empty
-    tables = [pq.read_table(p, columns=cols).replace_schema_metadata(None) for p in shards]
-    return pa.concat_tables(tables)
+        return empty.select(list(columns)) if columns is not None else empty
+    return pa.concat_tables([read_shard(p, columns=columns) for p in shards])
 
 
 def table_rows(table: pa.Table) -> Iterator[dict]:
@@ -74,7 +89,7 @@ def table_rows(table: pa.Table) -> Iterator[dict]:
 def iter_rows(root: str | Path, *, columns: Sequence[str] | None = None) -> Iterator[dict]:
     """Every row of every shard, in order, one shard in memory at a time."""
     for path in list_shards(root):
-        yield from table_rows(pq.read_table(path, columns=list(columns) if columns is not None else None))
+        yield from table_rows(read_shard(path, columns=columns))
 
 
 def shard_tokenizer_config(path: str | Path) -> dict:
@@ -152,7 +167,8 @@ class TokenShardDataset(IterableDataset):
     differing by at most one row before filtering, so the consumers' rows partition the dataset.
     With ``persistent_workers=True`` the DataLoader workers keep the epoch they started with.
     Yields dicts: ``id`` str, ``ids`` (T,) int64, ``n_tokens``, ``n_faces``, ``n_vertices`` int,
-    ``source`` str, ``normalization`` dict (``center``, ``scale``).
+    ``n_source_faces`` int (None in shards written before that column existed), ``source`` str,
+    ``normalization`` dict (``center``, ``scale``).
     """
 
     def __init__(self, root: str | Path, *, shuffle: bool = True, shuffle_buffer: int = 1024, seed: int = 0,
@@ -204,7 +220,7 @@ class TokenShardDataset(IterableDataset):
 
     def _shard_rows(self, shard: int, start: int, stop: int) -> Iterator[dict]:
         """Rows ``[start, stop)`` of shard ``shard`` in this epoch's within-shard order."""
-        table = pq.read_table(self.shards[shard], columns=list(ROW_COLUMNS))
+        table = read_shard(self.shards[shard], columns=ROW_COLUMNS)
         if self.shuffle:
             perm = np.random.default_rng([self.seed, self.epoch, shard]).permutation(table.num_rows)
             table = table.take(pa.array(perm[start:stop]))
