@@ -223,7 +223,7 @@ def tokenize_job(inp: str | Path, folder: Path, *, tokenizer: str = "coords", bi
 
 def segment_job(inp: str | Path, folder: Path, *, views: int = 12, image_size: int = 256,
                 sam_checkpoint: str | Path | None = None, sam_model_type: str = "vit_b", seed: int = 0,
-                device: str = "cpu") -> SegmentResult:
+                device: str = "cpu", progress: Callable[[int, int], None] | None = None) -> SegmentResult:
     """Segment a mesh file as ``meshgen segment`` does (PLY with labels, ``.npy`` labels, preview PNG)."""
     from renderers.segment import segment_mesh_file
     from tokenizers3d.io import label_colors
@@ -232,7 +232,7 @@ def segment_job(inp: str | Path, folder: Path, *, views: int = 12, image_size: i
     out = folder / f"{_stem(inp)}-segmented.ply"
     res = segment_mesh_file(inp, out, views=int(views), image_size=int(image_size),
                             sam_checkpoint=sam_checkpoint or None, sam_model_type=sam_model_type, seed=int(seed),
-                            device=device)
+                            device=device, progress=progress)
     mesh = trimesh.load(out, file_type="ply", process=False)  # the cleaned mesh the labels refer to
     view = _write(folder / "view-segmented.glb", viewer_glb(mesh, face_colors=label_colors(res.labels, seed=int(seed))))
     masks = []
@@ -419,9 +419,10 @@ class SessionFolders:
 
 
 def progress_reporter(report: Callable[[float, str], None], cancel: threading.Event, *,
-                      every: float = 0.25) -> Callable[[int, int], None]:
-    """A ``progress(steps_done, max_steps)`` callback for :func:`generate_job`: raises :class:`JobCancelled`
-    once ``cancel`` is set and calls ``report(fraction, text)`` at most every ``every`` seconds."""
+                      every: float = 0.25, unit: str = "faces") -> Callable[[int, int], None]:
+    """A ``progress(steps_done, max_steps)`` callback for :func:`generate_job` (``unit="faces"``) or
+    :func:`segment_job` (``unit="views"``): raises :class:`JobCancelled` once ``cancel`` is set and calls
+    ``report(fraction, text)`` at most every ``every`` seconds."""
     last = [0.0]
 
     def callback(done: int, total: int) -> None:
@@ -430,7 +431,10 @@ def progress_reporter(report: Callable[[float, str], None], cancel: threading.Ev
         now = time.monotonic()
         if now - last[0] >= every:
             last[0] = now
-            report(done / max(total, 1), f"{max(0, done - 1) // 9} faces")  # 9 coords tokens a face
+            if unit == "faces":
+                report(done / max(total, 1), f"{max(0, done - 1) // 9} faces")  # 9 coords tokens a face
+            else:
+                report(done / max(total, 1), f"{done} of {total} {unit}")
 
     return callback
 
@@ -523,10 +527,13 @@ def build_app(model, sessions: SessionFolders, *, device: str = "cpu"):
             raise gr.Error("SAM needs the path of a checkpoint file on this machine (e.g. sam_vit_b_01ec64.pth).",
                            duration=15, print_exception=False)
         sam = sam_checkpoint.strip() if generator == "SAM" else None
+        cancel = sessions.cancel_event(request.session_hash)
+        cancel.clear()
         folder = sessions.job(request.session_hash, "segment")
-        progress(0, desc=f"rendering {int(views)} views and making masks")
+        progress(0, desc=f"rendering {int(views)} views")
+        callback = progress_reporter(lambda f, text: progress(f, desc=f"masks: {text}"), cancel, unit="views")
         res = run(lambda: segment_job(path, folder, views=views, image_size=image_size, sam_checkpoint=sam,
-                                      sam_model_type=sam_model_type, device=device), folder, path)
+                                      sam_model_type=sam_model_type, device=device, progress=callback), folder, path)
         return (str(res.mesh_view), [(str(p), c) for p, c in res.masks], [str(p) for p in res.downloads],
                 _markdown_table(res.summary))
 
@@ -621,7 +628,7 @@ def build_app(model, sessions: SessionFolders, *, device: str = "cpu"):
         t_cancel.click(None, None, None, cancels=[t_event], api_name=False)
         s_event = s_run.click(on_segment, [s_file, s_views, s_size, s_gen, s_sam, s_sam_type],
                               [s_view, s_masks, s_files, s_summary], api_name=False)
-        s_cancel.click(None, None, None, cancels=[s_event], api_name=False)
+        s_cancel.click(on_cancel, None, None, cancels=[s_event], api_name=False)
         demo.unload(on_unload)
     return demo
 

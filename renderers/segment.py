@@ -691,11 +691,21 @@ class MeshSegmenter:
         self.settings = settings or SegmentSettings()
         self.device = device
 
-    def segment(self, mesh: trimesh.Trimesh) -> SegmentationResult:
-        """Labels for every face of ``mesh`` (any frame; it is normalized for rendering)."""
+    def segment(self, mesh: trimesh.Trimesh, *, progress=None) -> SegmentationResult:
+        """Labels for every face of ``mesh`` (any frame; it is normalized for rendering).
+
+        ``progress(views_done, n_views)`` is called after the render (0) and after each view's masks; an exception
+        it raises stops the segmentation (the app's Cancel).
+        """
         out = MeshRenderer(self.settings.render, device=self.device).render(mesh)
-        view_masks = [self.generator.generate(out.image(v), normals=out.normals[v], depth=out.depth[v],
-                                              points=out.points[v]) for v in range(out.n_views)]
+        view_masks = []
+        for v in range(out.n_views):
+            if progress is not None:
+                progress(v, out.n_views)
+            view_masks.append(self.generator.generate(out.image(v), normals=out.normals[v], depth=out.depth[v],
+                                                      points=out.points[v]))
+        if progress is not None:
+            progress(out.n_views, out.n_views)
         eyes = out.normalization.invert(out.rig.eyes)
         result = revote(mesh, out.pix_to_face, view_masks, eyes=eyes, settings=self.settings.revote)
         result.render = out
@@ -706,7 +716,7 @@ class MeshSegmenter:
 def segment_mesh_file(mesh_path: str | Path, out_path: str | Path, *, views: int = 12,
                       sam_checkpoint: str | Path | None = None, sam_model_type: str = "vit_b", image_size: int = 256,
                       seed: int = 0, device: str = "cpu", preview: bool = True,
-                      max_faces: int | None = None) -> SegmentationResult:
+                      max_faces: int | None = None, progress=None) -> SegmentationResult:
     """Segment a mesh file; write the labelled mesh, the labels and a preview, atomically and together.
 
     Parameters
@@ -733,6 +743,8 @@ def segment_mesh_file(mesh_path: str | Path, out_path: str | Path, *, views: int
         Write the PNG preview.
     max_faces : int, optional
         Refuse meshes with more faces (default :data:`tokenizers3d.io.MAX_MESH_FACES`).
+    progress : callable, optional
+        ``progress(views_done, n_views)`` (see :meth:`MeshSegmenter.segment`); nothing is written if it raises.
 
     Raises
     ------
@@ -764,7 +776,7 @@ def segment_mesh_file(mesh_path: str | Path, out_path: str | Path, *, views: int
     else:
         generator = GeometricMaskGenerator()
     settings = SegmentSettings(render=RenderSettings(n_views=views, image_size=image_size))
-    result = MeshSegmenter(generator, settings, device=device).segment(mesh)
+    result = MeshSegmenter(generator, settings, device=device).segment(mesh, progress=progress)
     colors = label_colors(result.labels, seed=seed)
     data = mesh_bytes(mesh, out_path.suffix, face_labels=result.labels, face_colors=colors, path=out_path)
     image = preview_image(mesh, face_colors=colors, device=device) if preview else None

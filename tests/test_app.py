@@ -317,6 +317,23 @@ def test_cancel_stops_a_generation_at_the_next_token(tmp_path, tiny_checkpoint):
     assert not any((tmp_path / "b").iterdir())  # stopped before anything was written
 
 
+def test_cancel_stops_a_segmentation_between_views(tmp_path):
+    from meshgen.app import EXAMPLE_MESH, JobCancelled, progress_reporter, segment_job
+
+    cancel, reports = threading.Event(), []
+
+    def report(fraction, text):
+        reports.append(text)
+        if len(reports) == 2:
+            cancel.set()  # the Cancel button, pressed while the second view's masks are made
+
+    callback = progress_reporter(report, cancel, every=0.0, unit="views")
+    with pytest.raises(JobCancelled):
+        segment_job(EXAMPLE_MESH, tmp_path, views=4, image_size=64, progress=callback)
+    assert reports[:2] == ["0 of 4 views", "1 of 4 views"]
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
 def test_viewer_file_is_y_up_in_the_unit_cube_with_exact_face_colours():
     from meshgen.app import viewer_glb
 
