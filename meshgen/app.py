@@ -134,7 +134,7 @@ class SegmentResult:
 
 
 def generate_job(model, inp: str | Path, folder: Path, *, faces: int | None = None, max_faces: int = 800,
-                 seed: int = 0, temperature: float = 0.7, samples: int = 1, baseline: bool = True,
+                 seed: int = 0, temperature: float = 0.5, samples: int = 4, baseline: bool = True,
                  progress: Callable[[int, int], None] | None = None) -> GenerateResult:
     """Points (or a mesh's surface) -> mesh with ``model``, as ``meshgen generate`` does, into ``folder``.
 
@@ -196,7 +196,8 @@ def tokenize_job(inp: str | Path, folder: Path, *, tokenizer: str = "coords", bi
     from tokenizers3d.tokenfile import load_tokens, save_tokens
 
     inp = Path(inp)
-    tok = get_tokenizer(tokenizer, bits=int(bits))
+    learned = tokenizer == "vqvae"  # its bits come from its checkpoint (the bundled one)
+    tok = get_tokenizer(tokenizer) if learned else get_tokenizer(tokenizer, bits=int(bits))
     mesh = load_mesh(inp)
     enc = tok.encode(mesh, source=inp)
     stem = _stem(inp)
@@ -560,7 +561,7 @@ def build_app(model, sessions: SessionFolders, *, device: str = "cpu"):
                     g_max = gr.Number(800, label="Stop after this many faces", precision=0, minimum=1,
                                       elem_id="gen-max-faces")
                     g_seed = gr.Number(0, label="Seed", precision=0)
-                    g_temp = gr.Slider(0.05, 1.5, value=0.7, step=0.05, label="Temperature")
+                    g_temp = gr.Slider(0.05, 1.5, value=0.5, step=0.05, label="Temperature")
                     g_samples = gr.Slider(1, 8, value=1, step=1, label="Samples (keeps the best fit to the points)",
                                           elem_id="gen-samples")
                     g_base = gr.Checkbox(True, label="Poisson + decimation beside it (non-learned baseline)")

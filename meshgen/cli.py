@@ -88,8 +88,11 @@ def dataset(out: Path = typer.Option(..., "-o", "--out", help="Output directory.
 @app.command()
 def tokenize(mesh: Path = typer.Argument(..., help="Mesh file."),
              out: Path = typer.Option(..., "-o", "--out", help="Output .npz."),
-             tokenizer: str = typer.Option("coords", "-t", "--tokenizer", help="coords, adjacent or blocks."),
-             bits: int = typer.Option(10, help="Quantization bits (6-12)."),
+             tokenizer: str = typer.Option("coords", "-t", "--tokenizer",
+                                           help="coords, adjacent, blocks (lossless) or vqvae (learned, lossy)."),
+             bits: int = typer.Option(None, help="Quantization bits (6-12; default 10, vqvae: its checkpoint's)."),
+             checkpoint: Path = typer.Option(None, help="vqvae only: face VQ-VAE model directory "
+                                                        "(default: assets/checkpoints/face-vqvae)."),
              max_faces: int = typer.Option(None, help="Refuse meshes with more faces.")):
     """Tokenize a mesh; the .npz holds ids, tokenizer config, the normalization transform and a checksum."""
     from tokenizers3d.base import get_tokenizer
@@ -97,7 +100,7 @@ def tokenize(mesh: Path = typer.Argument(..., help="Mesh file."),
     from tokenizers3d.tokenfile import save_tokens
 
     refuse_overwrite(out, mesh)
-    tok = get_tokenizer(tokenizer, bits=bits)
+    tok = get_tokenizer(tokenizer, **_tokenizer_options(tokenizer, bits, checkpoint))
     clean = load_mesh(mesh, max_faces=max_faces)
     enc = tok.encode(clean, source=mesh)
     save_tokens(out, enc, tok, source_faces=len(clean.faces), source=mesh)  # warns on quantization loss > 5%
@@ -107,6 +110,18 @@ def tokenize(mesh: Path = typer.Argument(..., help="Mesh file."),
         "token_bytes": int(len(enc.ids)) * (2 if tok.vocab_size <= 65536 else 4),
         "input_bytes": mesh.stat().st_size, "out": str(out),
     }))
+
+
+def _tokenizer_options(name: str, bits: int | None, checkpoint: Path | None) -> dict:
+    """``get_tokenizer`` keywords from the command's options; ``--checkpoint`` belongs to learned tokenizers only."""
+    from tokenizers3d.errors import ConfigError
+
+    config = {} if bits is None else {"bits": bits}
+    if checkpoint is not None:
+        if name != "vqvae":
+            raise ConfigError(f"--checkpoint is for the learned tokenizer (vqvae), not {name!r}")
+        config["checkpoint"] = str(checkpoint)
+    return config
 
 
 @app.command()
@@ -129,7 +144,8 @@ def detokenize(tokens: Path = typer.Argument(..., help=".npz written by `meshgen
 def batch_tokenize_cmd(input_dir: Path = typer.Argument(..., help="Directory tree of meshes."),
                        out: Path = typer.Option(..., "-o", "--out", help="Shard directory."),
                        tokenizer: str = typer.Option("adjacent", "-t", "--tokenizer"),
-                       bits: int = typer.Option(10),
+                       bits: int = typer.Option(None, help="Quantization bits (default 10; vqvae: its checkpoint's)."),
+                       checkpoint: Path = typer.Option(None, help="vqvae only: face VQ-VAE model directory."),
                        workers: int = typer.Option(1),
                        engine: str = typer.Option("local", help="local or ray."),
                        address: str = typer.Option(None, help="Ray cluster address (default: start a local one)."),
@@ -142,7 +158,8 @@ def batch_tokenize_cmd(input_dir: Path = typer.Argument(..., help="Directory tre
     refuse_output_inside(out, input_dir)
     check_output_path(out, folder=True)
     with output_errors(out, folder=True):  # the lock file and anything else written without atomic_path
-        report = batch_tokenize(input_dir, out, tokenizer=tokenizer, tokenizer_config={"bits": bits},
+        report = batch_tokenize(input_dir, out, tokenizer=tokenizer,
+                                tokenizer_config=_tokenizer_options(tokenizer, bits, checkpoint),
                                 workers=workers, engine=engine, address=address, max_faces=max_faces,
                                 shard_size=shard_size)
     print(json.dumps(report.to_dict(), default=str))
@@ -173,7 +190,7 @@ def generate(inp: Path = typer.Argument(..., metavar="INPUT", help="Point cloud 
              out: Path = typer.Option(..., "-o", "--out", help="Mesh to write (.obj, .ply, .glb)."),
              faces: int = typer.Option(None, help="Requested face count (default: the model's choice)."),
              seed: int = typer.Option(0),
-             temperature: float = typer.Option(0.7),
+             temperature: float = typer.Option(0.5, help="Sampling temperature (the held-out tables use 0.5)."),
              top_p: float = typer.Option(0.95),
              max_faces: int = typer.Option(None, help="Stop after this many faces (default: 800, or 2 x --faces)."),
              checkpoint: Path = typer.Option(None, help="Model directory (default: the bundled checkpoint)."),
@@ -188,7 +205,7 @@ def generate(inp: Path = typer.Argument(..., metavar="INPUT", help="Point cloud 
              cfg_scale: float = typer.Option(None, help="Classifier-free guidance scale (1 = off; needs a model "
                                                         "trained with encoder.null_context; default 2 for such a "
                                                         "model, else 1)."),
-             samples: int = typer.Option(1, help="Draw this many meshes in one batch and keep the one that fits the "
+             samples: int = typer.Option(4, help="Draw this many meshes in one batch and keep the one that fits the "
                                                  "input points best (Chamfer to the points)."),
              max_input_faces: int = typer.Option(None, help="Refuse input meshes with more faces (default "
                                                             "1,000,000)."),

@@ -6,8 +6,9 @@ Decoding at 7 bits puts a vertex on a grid of 1/128 of the longest side, and a s
 decoding, :func:`refine_vertices` moves every vertex by gradient descent on the symmetric Chamfer distance between
 the input points and points sampled on the mesh's surface (area-weighted, redrawn every step, so the loss is
 differentiable in the vertex positions), with a penalty that keeps each edge's length near its decoded value
-(the mesh keeps its shape, faces do not fold) and a hard bound on how far any vertex may move
-(``max_shift``, a fraction of the points' longest side): refinement corrects positions, it cannot invent a shape.
+(the mesh keeps its shape, faces do not fold), and two hard bounds: no vertex leaves the points' bounding box (by
+more than half a 7-bit cell) and none moves farther than ``max_shift`` (a fraction of the points' longest side)
+from where it was decoded: refinement corrects positions, it cannot invent a shape.
 The face list is never changed, so a canonical, valid mesh stays valid.
 """
 
@@ -94,6 +95,8 @@ def refine_vertices(mesh: trimesh.Trimesh, points: np.ndarray, config: RefineCon
         f = torch.from_numpy(faces)
         edges = torch.from_numpy(np.array(mesh.edges_unique, dtype=np.int64))
         rest = (start[edges[:, 0]] - start[edges[:, 1]]).norm(dim=1).clamp_min(1e-6)
+        lo = target.min(dim=0).values - 1 / 256
+        hi = target.max(dim=0).values + 1 / 256
         offset = torch.zeros_like(start, requires_grad=True)
         opt = torch.optim.Adam([offset], lr=config.lr)
         for _ in range(config.steps):
@@ -105,7 +108,9 @@ def refine_vertices(mesh: trimesh.Trimesh, points: np.ndarray, config: RefineCon
             opt.zero_grad()
             loss.backward()
             opt.step()
-            with torch.no_grad():  # keep every vertex within max_shift of its decoded position
+            with torch.no_grad():
+                # inside the points' bounding box (half a 7-bit cell of slack), then within max_shift of the start
+                offset.copy_(torch.minimum(torch.maximum(start + offset, lo), hi) - start)
                 n = offset.norm(dim=1, keepdim=True).clamp_min(1e-12)
                 offset.mul_(torch.clamp(config.max_shift / n, max=1.0))
         moved = (start + offset).detach().double().numpy()

@@ -60,3 +60,13 @@ def test_bad_settings_are_refused():
         RefineConfig(max_shift=-1)
     with pytest.raises(ValueError):
         RefineConfig(surface_points=2)
+
+
+def test_vertices_do_not_leave_the_points_bounding_box(box_points):
+    box, pts = box_points
+    big = box.copy()
+    big.apply_scale(1.05)  # decoded slightly outside the points
+    big.apply_translation(box.centroid - big.centroid)
+    out = refine_vertices(big, pts, RefineConfig(steps=5), seed=0)
+    slack = np.ptp(pts, axis=0).max() / 256 * (1 + 1e-4)
+    assert np.all(out.vertices >= pts.min(axis=0) - slack) and np.all(out.vertices <= pts.max(axis=0) + slack)

@@ -103,6 +103,7 @@ class MeshTokenizer(ABC):
     """Base class. Subclasses set ``name`` and implement ``encode_quantized`` / ``decode_quantized``."""
 
     name: str = ""
+    lossless: bool = True  # decode(encode(m)) is the canonical quantized m; False for learned tokenizers (vqvae)
 
     def __init__(self, bits: int = 10):
         self.bits = validate_bits(bits)
@@ -374,7 +375,7 @@ def get_tokenizer(name: str, **config) -> MeshTokenizer:
 
 
 def _import_builtin() -> None:
-    from . import adjacent, blocks, coords  # noqa: F401  (registration side effect)
+    from . import adjacent, blocks, coords, vqvae  # noqa: F401  (registration side effect; vqvae loads torch lazily)
 
 
 @dataclass
