@@ -168,21 +168,39 @@ def batch_tokenize_cmd(input_dir: Path = typer.Argument(..., help="Directory tre
 @app.command()
 def segment(mesh: Path = typer.Argument(..., help="Mesh file."),
             out: Path = typer.Option(..., "-o", "--out", help="Output PLY with per-face colours and labels."),
-            views: int = typer.Option(12, help="Number of rendered views."),
+            method: str = typer.Option("views", help="views: render, 2D masks, revote (default); mesh: cut sharp "
+                                                     "concave edges and take connected components (no rendering)."),
+            views: int = typer.Option(12, help="Number of rendered views (views method)."),
+            image_size: int = typer.Option(256, "--image-size", help="Pixels per view side, 32-2048 (views method)."),
+            components: bool = typer.Option(None, "--components/--no-components",
+                                            help="Split masks along the mesh's connected pieces (default on; views "
+                                                 "method). Off: image cues only, for parts made of several pieces."),
             sam_checkpoint: Path = typer.Option(None, help="Segment-Anything checkpoint (default: geometric masks)."),
             sam_model_type: str = typer.Option("vit_b", help="vit_b, vit_l or vit_h."),
             seed: int = typer.Option(0),
             max_faces: int = typer.Option(None, "--max-faces", help="Refuse meshes with more faces (default 1,000,000).")):
-    """Split a mesh into parts by lifting 2D masks from many views (MeshSegmenter-style revoting)."""
+    """Split a mesh into parts by lifting 2D masks from many views (MeshSegmenter-style revoting).
+
+    Exit codes: 0 done; 2 bad input, output or option (one line on stderr, nothing written);
+    3 no view produced a mask (a warning on stderr; the outputs are written, every face in one segment).
+    """
     from tokenizers3d.errors import ConfigError
 
     if sam_model_type not in ("vit_b", "vit_l", "vit_h"):  # checked before any file is read
         raise ConfigError(f"unknown --sam-model-type {sam_model_type!r}; expected vit_b, vit_l or vit_h")
-    from renderers.segment import segment_mesh_file
+    from renderers.segment import check_segment_options, segment_mesh_file
 
+    check_segment_options(method=method, views=views, image_size=image_size, sam_checkpoint=sam_checkpoint,
+                          components=components)
     res = segment_mesh_file(mesh, out, views=views, sam_checkpoint=sam_checkpoint, sam_model_type=sam_model_type,
-                            seed=seed, max_faces=max_faces)
-    print(json.dumps({"segments": int(res.n_segments), "faces": int(len(res.labels)), "out": str(out)}))
+                            seed=seed, max_faces=max_faces, method=method, image_size=image_size,
+                            components=components is not False)
+    print(json.dumps({"segments": int(res.n_segments), "faces": int(len(res.labels)), "method": res.method,
+                      "masks": int(res.n_masks), "out": str(out)}))
+    if res.no_masks:
+        print(f"warning: no view of {mesh} produced a mask (mesh too thin or too small for {image_size} px "
+              f"views?); wrote every face as one segment", file=sys.stderr)
+        raise typer.Exit(3)
 
 
 @app.command()

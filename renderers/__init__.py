@@ -20,11 +20,13 @@ import importlib
 _EXPORTS = {
     "ViewRig": "cameras", "rig_from_eyes": "cameras", "sphere_rig": "cameras",
     "GeometricMaskGenerator": "masks", "GeometricSettings": "masks", "Mask": "masks", "MaskGenerator": "masks",
+    "get_mask_generator": "masks", "register_mask_generator": "masks",
     "preview_image": "preview", "render_preview": "preview",
     "MeshRenderer": "render", "RenderOutput": "render", "RenderSettings": "render", "render_views": "render",
     "SamArchitecture": "sam", "SamMaskGenerator": "sam", "SamSettings": "sam", "build_sam": "sam", "load_sam": "sam",
     "MeshSegmenter": "segment", "RevoteSettings": "segment", "SegmentationResult": "segment",
     "SegmentSettings": "segment", "revote": "segment", "segment_mesh_file": "segment",
+    "segment_by_concave_edges": "segment",
 }
 
 __all__ = sorted(_EXPORTS)

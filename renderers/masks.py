@@ -268,3 +268,31 @@ def regions_to_masks(labels: np.ndarray, *, min_pixels: int = 12, full_score_pix
         score = min(1.0, math.sqrt(n / full_score_pixels)) * (0.5 + 0.5 * compact)
         masks.append(Mask(mask=labels == region, score=float(score)))
     return masks
+
+
+# --------------------------------------------------------------------------------------------- registry
+
+_GENERATORS: dict = {"geometric": GeometricMaskGenerator}
+
+
+def register_mask_generator(name: str, factory) -> None:
+    """Make ``factory(**kwargs) -> MaskGenerator`` available as :func:`get_mask_generator` ``(name)``.
+
+    The hook for learned generators (the evaluation's ``--generator NAME``): a trained mask model registers
+    a factory that loads its weights.
+    """
+    _GENERATORS[str(name)] = factory
+
+
+def list_mask_generators() -> list[str]:
+    """Names :func:`get_mask_generator` knows."""
+    return sorted(_GENERATORS)
+
+
+def get_mask_generator(name: str, **kwargs) -> MaskGenerator:
+    """A mask generator by name (``"geometric"``, or one added with :func:`register_mask_generator`)."""
+    try:
+        factory = _GENERATORS[name]
+    except KeyError:
+        raise KeyError(f"unknown mask generator {name!r}; choose from {', '.join(list_mask_generators())}") from None
+    return factory(**kwargs)

@@ -202,3 +202,84 @@ def write_png(path: str | Path, image: np.ndarray) -> None:
     from PIL import Image
 
     Image.fromarray(image).save(path, format="PNG")
+
+
+def segmentation_colors(pred: np.ndarray, true: np.ndarray, areas: np.ndarray, *, seed: int = 0
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Face colours (F, 4) uint8 of the truth and of a prediction, matched so that agreeing parts look alike.
+
+    Every true part gets a colour of :func:`tokenizers3d.io.label_colors`; the segment matched to it (Hungarian
+    on area-weighted IoU, :func:`tokenizers3d.metrics.part_matching`) gets the same colour, unmatched segments
+    get colours of another palette.
+    """
+    from tokenizers3d.io import label_colors
+    from tokenizers3d.metrics import part_matching
+
+    true = np.asarray(true, dtype=np.int64)
+    pred = np.asarray(pred, dtype=np.int64)
+    parts, matched, _ = part_matching(pred, true, areas)
+    palette = label_colors(np.arange(len(parts)), seed=seed)  # (P, 4)
+    true_colors = palette[np.searchsorted(parts, true)]
+    segments = np.unique(pred)
+    extra = label_colors(np.arange(len(segments)), seed=seed + 1)
+    seg_palette = extra[np.arange(len(segments))].copy()
+    for k, s in enumerate(matched):
+        if s >= 0:
+            seg_palette[np.searchsorted(segments, s)] = palette[k]
+    return true_colors, seg_palette[np.searchsorted(segments, pred)]
+
+
+def segmentation_grid(rows, *, n_views: int = 2, image_size: int = 160, device: str | torch.device = "cpu",
+                      caption_height: int = 14) -> np.ndarray:
+    """A picture of predictions next to the truth: one row per shape, one column per labelling.
+
+    Parameters
+    ----------
+    rows : sequence of (name, mesh, true_labels, predictions)
+        ``predictions`` maps a column title (e.g. ``"views, 12"``) to (F,) labels of ``mesh``'s faces.
+    n_views : int
+        Preview views per cell (side by side).
+    image_size : int
+        Pixels per view.
+    caption_height : int
+        Pixels of the caption above every cell: the shape and ``truth (P parts)``, or the column title, the
+        mean matched IoU and the segment count.
+
+    Returns
+    -------
+    (H, W, 3) uint8
+        Cells coloured by :func:`segmentation_colors` (a segment matched to a part has the part's colour).
+    """
+    from PIL import Image, ImageDraw
+
+    from tokenizers3d.metrics import face_areas, matched_part_iou
+
+    cells: list[list[tuple[str, np.ndarray]]] = []
+    for name, mesh, true, predictions in rows:
+        areas = face_areas(mesh)
+        row = []
+        for k, (title, pred) in enumerate(predictions.items()):
+            true_colors, pred_colors = segmentation_colors(pred, true, areas)
+            if k == 0:
+                image = grid(render_preview_views(mesh, n_views=n_views, image_size=image_size,
+                                                  face_colors=true_colors, device=device), cols=n_views)
+                row.append((f"{name}: truth ({len(np.unique(true))} parts)", image))
+            miou, _ = matched_part_iou(pred, true, areas)
+            image = grid(render_preview_views(mesh, n_views=n_views, image_size=image_size, face_colors=pred_colors,
+                                              device=device), cols=n_views)
+            row.append((f"{title}: {miou:.3f}, {len(np.unique(pred))} seg.", image))
+        cells.append(row)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    cell_h = max(img.shape[0] for row in cells for _, img in row) + caption_height
+    cell_w = max(max(img.shape[1], int(measure.textlength(caption)) + 4) for row in cells for caption, img in row)
+    n_cols = max(len(row) for row in cells)
+    gap = 6
+    out = Image.new("RGB", (n_cols * cell_w + (n_cols - 1) * gap, len(cells) * cell_h + (len(cells) - 1) * gap),
+                    (255, 255, 255))
+    draw = ImageDraw.Draw(out)
+    for r, row in enumerate(cells):
+        for c, (caption, image) in enumerate(row):
+            x, y = c * (cell_w + gap), r * (cell_h + gap)
+            draw.text((x + 2, y + 1), caption, fill=(0, 0, 0))
+            out.paste(Image.fromarray(image), (x + (cell_w - image.shape[1]) // 2, y + caption_height))
+    return np.asarray(out)

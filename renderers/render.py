@@ -453,8 +453,8 @@ class MeshRenderer:
         """
         mesh = _as_trimesh(mesh)
         s = self.settings
-        vertices = np.asarray(mesh.vertices, dtype=np.float64)
-        faces = np.asarray(mesh.faces, dtype=np.int64).reshape(-1, 3)
+        vertices = np.ascontiguousarray(mesh.vertices, dtype=np.float64)
+        faces = np.ascontiguousarray(np.asarray(mesh.faces, dtype=np.int64).reshape(-1, 3))  # torch: no negative strides
         if len(faces) == 0:
             raise MeshInputError(None, "mesh has no faces to render")
         if not np.all(np.isfinite(vertices)):

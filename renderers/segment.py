@@ -9,6 +9,8 @@ Pipeline (:class:`MeshSegmenter`)
    checkpoint). Each view's masks are flattened into a partition, smaller masks painted over larger ones.
 3. Revote (:func:`revote`):
 
+   * *Orient*: faces are wound consistently and outward (:func:`tokenizers3d.orient.orient_outward`; face
+     order kept), so the convexity tests below read an inside-out mesh as they read the original.
    * *Lift*: a mask's pixels map to faces through ``pix_to_face``. Mask ``m`` in view ``v`` holds face
      ``f`` with fraction ``c(m, f) / c(v, f)`` (its pixels of ``f`` over all visible pixels of ``f``) and
      votes for it with weight ``score(m) * |cos(n_f, view direction)| * c(m, f) / c(v, f)``.
@@ -26,7 +28,9 @@ Pipeline (:class:`MeshSegmenter`)
    * *Clean*: segments below ``min_segment_area`` of the surface merge into the neighbour they share most
      edges with; labels are renumbered 0..K-1 by decreasing area.
 
-:func:`segment_mesh_file` is the file-to-file entry point behind ``meshgen segment``.
+:func:`segment_by_concave_edges` is the render-free baseline (``meshgen segment --method mesh``): cut sharp
+concave edges, take connected components. :func:`segment_mesh_file` is the file-to-file entry point behind
+``meshgen segment``.
 """
 
 from __future__ import annotations
@@ -40,8 +44,9 @@ import trimesh
 from scipy.sparse import coo_matrix
 from scipy.spatial import cKDTree
 
-from tokenizers3d.errors import MeshInputError
+from tokenizers3d.errors import ConfigError, MeshInputError
 from tokenizers3d.io import atomic_paths, check_output_path, label_colors, load_mesh, mesh_bytes, refuse_overwrite
+from tokenizers3d.orient import orient_outward
 
 from .masks import GeometricMaskGenerator, Mask, MaskGenerator
 from .render import MeshRenderer, RenderOutput, RenderSettings, face_normals_of
@@ -80,9 +85,13 @@ class RevoteSettings:
         image; wrong when one part is made of several pieces.
     merge_convex_fraction : float
         Neighbouring segments whose shared boundary is at least this fraction (by length) sharp convex
-        creases merge (1.0 turns it off); needs outward-consistent winding.
+        creases merge (1.0 turns it off); needs outward-consistent winding (see ``orient``).
     convex_angle : float
         Dihedral (degrees between normals) above which a mesh edge counts as a sharp crease.
+    orient : bool
+        Make the winding consistent and outward first (:func:`tokenizers3d.orient.orient_outward`), so that
+        an inside-out mesh, or one whose pieces disagree, gets the same convexity tests as an outward one.
+        Face order and labels are unchanged.
     """
 
     association: str = "louvain"
@@ -98,6 +107,7 @@ class RevoteSettings:
     split_components: bool = True
     merge_convex_fraction: float = 0.6
     convex_angle: float = 30.0
+    orient: bool = True
 
 
 @dataclass(frozen=True)
@@ -132,6 +142,8 @@ class SegmentationResult:
         The views, when the segmenter rendered them.
     view_masks : list of list of Mask
         Per view, the masks the generator made (before flattening), when the segmenter made them.
+    method : str
+        ``"views"`` (masks revoted) or ``"mesh"`` (:func:`segment_by_concave_edges`, nothing rendered).
     """
 
     labels: np.ndarray
@@ -143,10 +155,16 @@ class SegmentationResult:
     mask_segments: list = field(default_factory=list)
     render: RenderOutput | None = None
     view_masks: list = field(default_factory=list)
+    method: str = "views"
+
+    @property
+    def no_masks(self) -> bool:
+        """The views method found no usable mask in any view: every face got label 0 (one segment)."""
+        return self.method == "views" and self.n_masks == 0
 
     def summary(self) -> dict:
         """JSON-ready counts."""
-        return {"n_segments": self.n_segments, "n_views": self.n_views, "n_masks": self.n_masks,
+        return {"method": self.method, "n_segments": self.n_segments, "n_views": self.n_views, "n_masks": self.n_masks,
                 "n_faces": int(len(self.labels)), "seen_fraction": float(self.seen.mean()) if len(self.seen) else 0.0,
                 "mean_confidence": float(self.confidence.mean()) if len(self.confidence) else 0.0}
 
@@ -222,6 +240,26 @@ def edge_convexity(vertices: np.ndarray, faces: np.ndarray, adjacency: np.ndarra
     behind = (np.einsum("ij,ij->i", normals[a], centroid[b] - centroid[a]) < 0) & \
         (np.einsum("ij,ij->i", normals[b], centroid[a] - centroid[b]) < 0)
     return length, sharp & behind
+
+
+def concave_edges(vertices: np.ndarray, faces: np.ndarray, adjacency: np.ndarray, *, angle: float = 30.0
+                  ) -> np.ndarray:
+    """Which shared edges are sharp concave creases, (E,) bool.
+
+    Normals (by winding, assumed outward) further apart than ``angle`` degrees, and each face's centroid
+    in front of the other's plane (the opposite of :func:`edge_convexity`'s ``behind``): the valley where
+    a leg meets a table top, a handle meets a mug, two fused parts meet.
+    """
+    if len(adjacency) == 0:
+        return np.zeros(0, dtype=bool)
+    vertices = np.asarray(vertices, dtype=np.float64)
+    normals = face_normals_of(vertices, faces)
+    centroid = vertices[np.asarray(faces)].mean(axis=1)
+    a, b = adjacency[:, 0], adjacency[:, 1]
+    sharp = np.einsum("ij,ij->i", normals[a], normals[b]) < np.cos(np.radians(angle))
+    front = (np.einsum("ij,ij->i", normals[a], centroid[b] - centroid[a]) > 0) & \
+        (np.einsum("ij,ij->i", normals[b], centroid[a] - centroid[b]) > 0)
+    return sharp & front
 
 
 class _UnionFind:
@@ -365,6 +403,8 @@ def revote(mesh: trimesh.Trimesh, pix_to_face: np.ndarray, view_masks: Sequence[
     n_faces, n_views = len(faces), pix_to_face.shape[0]
     if pix_to_face.max(initial=-1) >= n_faces:
         raise ValueError("pix_to_face refers to a face index beyond the mesh")
+    if s.orient:
+        faces = orient_outward(vertices, faces)  # same faces in the same order; only the winding may change
     tri = vertices[faces]
     centroids = tri.mean(axis=1)
     areas = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
@@ -673,6 +713,49 @@ def _relabel_by_area(labels, area_w) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- pipeline
 
 
+def segment_by_concave_edges(mesh: trimesh.Trimesh, *, angle_deg: float = 30.0, min_segment_area: float = 0.002,
+                             orient: bool = True) -> SegmentationResult:
+    """The render-free baseline: cut the mesh along sharp concave edges, take connected components.
+
+    Separate pieces are separate segments; pieces are cut where their surface folds inwards by more
+    than ``angle_deg`` (:func:`concave_edges`), the minima rule applied to the mesh itself. Segments under
+    ``min_segment_area`` of the surface merge into the neighbour they share most edges with; labels are
+    ``0..K-1`` by decreasing area. Every evaluation table has this row beside the view-based pipeline.
+
+    Parameters
+    ----------
+    mesh : trimesh.Trimesh
+    angle_deg : float
+        Dihedral (degrees between face normals) above which a concave edge is cut.
+    min_segment_area : float
+        Fraction of the total surface area.
+    orient : bool
+        Make the winding consistent and outward first (:func:`tokenizers3d.orient.orient_outward`).
+
+    Returns
+    -------
+    SegmentationResult
+        ``method="mesh"``, ``n_views = n_masks = 0``, confidence 1 and ``seen`` True for every face.
+    """
+    vertices = np.asarray(mesh.vertices, dtype=np.float64)
+    faces = np.asarray(mesh.faces, dtype=np.int64).reshape(-1, 3)
+    n_faces = len(faces)
+    if n_faces == 0:
+        raise MeshInputError(None, "mesh has no faces to segment")
+    if orient:
+        faces = orient_outward(vertices, faces)
+    adjacency = face_adjacency(vertices, faces)
+    cut = concave_edges(vertices, faces, adjacency, angle=angle_deg)
+    labels = _components_of(n_faces, adjacency[~cut])
+    tri = vertices[faces]  # (F, 3, 3)
+    areas = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    area_w = areas / areas.sum() if areas.sum() > 0 else np.full(n_faces, 1.0 / n_faces)
+    labels = _relabel_by_area(_merge_small(labels, adjacency, area_w, min_segment_area), area_w)
+    return SegmentationResult(labels=labels, confidence=np.ones(n_faces, dtype=np.float32),
+                              n_segments=int(labels.max()) + 1, n_views=0, n_masks=0,
+                              seen=np.ones(n_faces, dtype=bool), method="mesh")
+
+
 class MeshSegmenter:
     """Render, generate masks, revote.
 
@@ -713,10 +796,34 @@ class MeshSegmenter:
         return result
 
 
+METHODS = ("views", "mesh")
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 2048
+
+
+def check_segment_options(*, method: str = "views", views: int = 12, image_size: int = 256,
+                          sam_checkpoint: str | Path | None = None, components: bool | None = None) -> None:
+    """Raise :class:`~tokenizers3d.errors.ConfigError` (one line) for settings ``meshgen segment`` refuses.
+
+    ``components=None`` means "not given"; ``--method mesh`` takes neither SAM nor a components choice (it
+    always separates pieces).
+    """
+    if method not in METHODS:
+        raise ConfigError(f"unknown --method {method!r}; expected {' or '.join(METHODS)}")
+    if views < 1:
+        raise ConfigError(f"--views must be at least 1, got {views}")
+    if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+        raise ConfigError(f"--image-size must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE}, got {image_size}")
+    if method == "mesh" and sam_checkpoint is not None:
+        raise ConfigError("--sam-checkpoint needs --method views (--method mesh renders nothing)")
+    if method == "mesh" and components is False:
+        raise ConfigError("--no-components needs --method views (--method mesh always separates pieces)")
+
+
 def segment_mesh_file(mesh_path: str | Path, out_path: str | Path, *, views: int = 12,
                       sam_checkpoint: str | Path | None = None, sam_model_type: str = "vit_b", image_size: int = 256,
                       seed: int = 0, device: str = "cpu", preview: bool = True,
-                      max_faces: int | None = None, progress=None) -> SegmentationResult:
+                      max_faces: int | None = None, progress=None, method: str = "views",
+                      components: bool = True) -> SegmentationResult:
     """Segment a mesh file; write the labelled mesh, the labels and a preview, atomically and together.
 
     Parameters
@@ -745,9 +852,19 @@ def segment_mesh_file(mesh_path: str | Path, out_path: str | Path, *, views: int
         Refuse meshes with more faces (default :data:`tokenizers3d.io.MAX_MESH_FACES`).
     progress : callable, optional
         ``progress(views_done, n_views)`` (see :meth:`MeshSegmenter.segment`); nothing is written if it raises.
+    method : str
+        ``"views"`` (render, masks, revote) or ``"mesh"`` (:func:`segment_by_concave_edges`; ``views``,
+        ``image_size`` and SAM do not apply).
+    components : bool
+        ``views``: split masks along the mesh's connected pieces (:attr:`RevoteSettings.split_components`).
+
+    The files are written even when no view produced a mask (``result.no_masks``: one segment); the
+    ``meshgen segment`` command then warns and exits with code 3.
 
     Raises
     ------
+    ConfigError
+        Unknown method, fewer than one view, image size outside 32-2048, SAM with ``method="mesh"``.
     MeshInputError
         Unreadable mesh, missing or mismatched SAM checkpoint, unsupported output suffix.
     MeshOutputError
@@ -758,6 +875,8 @@ def segment_mesh_file(mesh_path: str | Path, out_path: str | Path, *, views: int
 
     from .preview import preview_image, write_png
 
+    check_segment_options(method=method, views=views, image_size=image_size, sam_checkpoint=sam_checkpoint,
+                          components=None if components else False)
     out_path = Path(out_path)
     check_output_path(out_path)  # a directory is named as such, not as a wrong suffix
     if out_path.suffix.lower() not in (".ply", ".obj", ".glb", ".off", ".stl"):
@@ -768,15 +887,19 @@ def segment_mesh_file(mesh_path: str | Path, out_path: str | Path, *, views: int
         check_output_path(path)
     torch.manual_seed(seed)
     mesh = load_mesh(mesh_path, max_faces=max_faces)  # None: the documented default limit
-    if sam_checkpoint is not None:
-        from .sam import SamMaskGenerator
-
-        generator: MaskGenerator = SamMaskGenerator.from_checkpoint(sam_checkpoint, model_type=sam_model_type,
-                                                                    device=device)
+    if method == "mesh":
+        result = segment_by_concave_edges(mesh)
     else:
-        generator = GeometricMaskGenerator()
-    settings = SegmentSettings(render=RenderSettings(n_views=views, image_size=image_size))
-    result = MeshSegmenter(generator, settings, device=device).segment(mesh, progress=progress)
+        if sam_checkpoint is not None:
+            from .sam import SamMaskGenerator
+
+            generator: MaskGenerator = SamMaskGenerator.from_checkpoint(sam_checkpoint, model_type=sam_model_type,
+                                                                        device=device)
+        else:
+            generator = GeometricMaskGenerator()
+        settings = SegmentSettings(render=RenderSettings(n_views=views, image_size=image_size),
+                                   revote=RevoteSettings(split_components=components))
+        result = MeshSegmenter(generator, settings, device=device).segment(mesh, progress=progress)
     colors = label_colors(result.labels, seed=seed)
     data = mesh_bytes(mesh, out_path.suffix, face_labels=result.labels, face_colors=colors, path=out_path)
     image = preview_image(mesh, face_colors=colors, device=device) if preview else None
