@@ -47,7 +47,7 @@ from tokenizers3d.errors import MeshgenError, MeshInputError
 from tokenizers3d.face_vqvae import FaceBatch, FaceVQVAE, FaceVQVAEConfig
 from tokenizers3d.io import atomic_write_text
 from tokenizers3d.mesh import QuantizedMesh, canonicalize, normalize, quantize
-from tokenizers3d.procedural import FAMILIES, generate, object_seed
+from tokenizers3d.procedural import DatasetConfig, build_object
 from tokenizers3d.rvq import code_usage
 
 
@@ -121,17 +121,12 @@ def load_run_config(path: str | Path | None, **overrides) -> RunConfig:
 # ---- data -------------------------------------------------------------------------------------------------
 def draw_mesh(seed: int, index: int, *, bits: int, max_faces: int, families=None,
               augment: AugmentConfig | None = None, rotate_p: float = 0.0) -> QuantizedMesh:
-    """Procedural object ``index`` of stream ``seed``, augmented, quantized at ``bits``, canonical order."""
-    names = sorted(families or FAMILIES)
-    names = [n for n in names if FAMILIES[n].face_range[0] <= max_faces] or names
+    """Procedural object ``index`` of stream ``seed`` (drawn as :func:`tokenizers3d.procedural.build_object` draws a
+    dataset's objects, re-drawn until it fits ``max_faces``), augmented, quantized at ``bits``, canonical order."""
     rng = np.random.default_rng([seed, index])
     rotate = bool(rng.random() < rotate_p)
-    for attempt in range(16 * len(names)):
-        if attempt % 16 == 0:
-            family = names[int(rng.integers(len(names)))]
-        pm = generate(family, object_seed(seed, index, attempt), rotate=rotate)
-        if pm.n_faces <= max_faces:
-            break
+    pm, _ = build_object(index, DatasetConfig(seed=seed, families=tuple(families) if families else None,
+                                              max_faces=max_faces, rotate=rotate))
     v, f = np.asarray(pm.mesh.vertices, dtype=np.float64), np.asarray(pm.mesh.faces)
     if augment is not None:
         m = augment.mesh_matrix(rng)
