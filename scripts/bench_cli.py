@@ -2,10 +2,11 @@
 """Benchmark the start-up of the ``meshgen`` command; prints JSON.
 
 Wall time, median of ``--repeat`` fresh processes (``python -m meshgen.cli ...``, as the console script
-runs the same ``main``), of ``meshgen --help``, ``meshgen info MESH --json`` and ``meshgen tokenize MESH -o
-TMP.npz`` on a small mesh, beside two floors: the bare interpreter and ``import trimesh`` (which every
-command that reads a mesh needs). The system load average is reported too: on a busy machine every
-figure grows.
+runs the same ``main``), of ``meshgen --help``, ``meshgen info MESH --json``, ``meshgen tokenize MESH -o
+TMP.npz`` and ``meshgen detokenize TMP.npz -o TMP.obj`` on a small mesh, beside three floors: the bare
+interpreter, ``import numpy`` (which every command that reads a mesh needs) and ``import trimesh`` (which these
+commands no longer import: they read OBJ, OFF, STL and PLY with numpy alone). The system load average is
+reported too: on a busy machine every figure grows.
 
 Usage::
 
@@ -51,14 +52,18 @@ def main(argv=None) -> int:
     py = sys.executable
     cli = [py, "-m", "meshgen.cli"]
     with tempfile.TemporaryDirectory() as tmp:
+        tokens = str(Path(tmp) / "t.npz")
         commands = {
             "python_floor": [py, "-c", "pass"],
+            "import_numpy_floor": [py, "-c", "import numpy"],
             "import_trimesh_floor": [py, "-c", "import trimesh"],
             "help": [*cli, "--help"],
             "info": [*cli, "info", str(args.mesh.resolve()), "--json"],
-            "tokenize": [*cli, "tokenize", str(args.mesh.resolve()), "-o", str(Path(tmp) / "t.npz")],
+            "tokenize": [*cli, "tokenize", str(args.mesh.resolve()), "-o", tokens],
+            "detokenize": [*cli, "detokenize", tokens, "-o", str(Path(tmp) / "back.obj")],
         }
         wall([*cli, "--help"], 1, ROOT)  # warm the file cache and the bytecode
+        wall(commands["tokenize"], 1, ROOT)  # the token file detokenize reads
         runs = {name: wall(cmd, args.repeat, ROOT) for name, cmd in commands.items()}
     report = {
         "what": "wall seconds to run the command in a fresh process, median of --repeat runs",

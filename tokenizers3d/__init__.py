@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
+    "ArrayMesh": "tokenizers3d.mesh",
     "Encoding": "tokenizers3d.base",
     "MeshTokenizer": "tokenizers3d.base",
     "get_tokenizer": "tokenizers3d.base",
@@ -21,6 +22,7 @@ _EXPORTS = {
     "TokenizationError": "tokenizers3d.errors",
     "PointCloud": "tokenizers3d.io",
     "load_mesh": "tokenizers3d.io",
+    "load_mesh_arrays": "tokenizers3d.io",
     "load_point_cloud": "tokenizers3d.io",
     "save_mesh": "tokenizers3d.io",
     "Normalization": "tokenizers3d.mesh",

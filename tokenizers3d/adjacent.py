@@ -33,14 +33,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
-from scipy.sparse.csgraph import depth_first_order
 
 from .base import Body, DecodeReport, MeshTokenizer, ensure_canonical, finish_decode, locate_body, register_tokenizer
 from .errors import TokenizationError
 from .mesh import QuantizedMesh
+
+if TYPE_CHECKING:  # SciPy is imported by the encoder, where it is used: decoding needs none
+    import scipy.sparse as sp
 
 
 @dataclass
@@ -133,6 +135,8 @@ def _face_graph(k: np.ndarray, h: np.ndarray, first: np.ndarray, n_faces: int) -
         nb = fh[np.lexsort((fh, fk))]
     indices = np.concatenate([nb, roots])
     indptr = np.concatenate([[0], np.cumsum(degree), [len(indices)]])
+    import scipy.sparse as sp
+
     # float data: scipy keeps the given (unsorted) root order only when it need not convert the matrix
     return sp.csr_matrix((np.ones(len(indices)), indices, indptr), shape=(n_faces + 1, n_faces + 1))
 
@@ -184,6 +188,8 @@ def strip_walk(faces: np.ndarray, n_vertices: int) -> StripWalk:
     if n_faces == 0:
         empty = np.zeros(0, dtype=np.int64)
         return StripWalk(empty, empty.copy(), np.zeros(0, dtype=bool), empty.copy())
+    from scipy.sparse.csgraph import depth_first_order
+
     k, h, first = _opposite_half_edges(faces, n_vertices)
     visit, pred = depth_first_order(_face_graph(k, h, first, n_faces), n_faces, return_predecessors=True)
     order = visit[1:].astype(np.int64)  # faces in writing order

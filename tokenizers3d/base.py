@@ -16,16 +16,20 @@ decode itself.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import trimesh
 
 from .errors import TokenizationError, UnknownTokenizerError
-from .mesh import Normalization, QuantizedMesh, canonical_order, clean_faces, prepare, validate_bits
+from .mesh import ArrayMesh, Normalization, QuantizedMesh, canonical_order, clean_faces, prepare, validate_bits
+
+if TYPE_CHECKING:  # only decode needs trimesh; encoding an ArrayMesh loads neither trimesh nor SciPy
+    import trimesh
 
 
 @dataclass
@@ -151,8 +155,9 @@ class MeshTokenizer(ABC):
         """ids -> canonical quantized mesh. ``strict`` raises TokenizationError on malformed input;
         otherwise the broken tail is dropped and reported."""
 
-    def encode(self, mesh: trimesh.Trimesh, *, source=None) -> Encoding:
-        """Canonicalize, normalize, quantize and serialize a mesh in any frame."""
+    def encode(self, mesh: trimesh.Trimesh | ArrayMesh, *, source=None) -> Encoding:
+        """Canonicalize, normalize, quantize and serialize a mesh in any frame (a ``trimesh.Trimesh`` or an
+        :class:`~tokenizers3d.mesh.ArrayMesh`)."""
         qm, norm = prepare(mesh, self.bits, source=source)
         return Encoding(self.encode_quantized(qm), norm, qm.n_faces, len(qm.vertices))
 
@@ -161,7 +166,7 @@ class MeshTokenizer(ABC):
         qm, _ = self.decode_quantized(ids, strict=strict)
         return qm.to_trimesh()
 
-    def encode_batch(self, meshes: Iterable[trimesh.Trimesh]) -> list[Encoding]:
+    def encode_batch(self, meshes: Iterable[trimesh.Trimesh | ArrayMesh]) -> list[Encoding]:
         return [self.encode(m) for m in meshes]
 
     def decode_batch(self, batch: Iterable[Sequence[int] | np.ndarray], *, strict: bool = True) -> list[trimesh.Trimesh]:
@@ -361,21 +366,31 @@ def register_tokenizer(name: str):
     return deco
 
 
+_BUILTIN = {"coords": "coords", "adjacent": "adjacent", "blocks": "blocks", "vqvae": "vqvae"}  # name -> module
+
+
 def list_tokenizers() -> list[str]:
     _import_builtin()
     return sorted(_REGISTRY)
 
 
 def get_tokenizer(name: str, **config) -> MeshTokenizer:
-    """Build a registered tokenizer by name, e.g. ``get_tokenizer("adjacent", bits=10)``."""
-    _import_builtin()
+    """Build a registered tokenizer by name, e.g. ``get_tokenizer("adjacent", bits=10)``.
+
+    A built-in tokenizer's module is imported on first use (only that one: ``coords`` loads no SciPy).
+    """
+    if name not in _REGISTRY and name in _BUILTIN:
+        importlib.import_module(f"{__package__}.{_BUILTIN[name]}")
     if name not in _REGISTRY:
+        _import_builtin()
         raise UnknownTokenizerError(f"unknown tokenizer {name!r}; available: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name](**config)
 
 
 def _import_builtin() -> None:
-    from . import adjacent, blocks, coords, vqvae  # noqa: F401  (registration side effect; vqvae loads torch lazily)
+    """Register every built-in tokenizer (vqvae loads torch lazily)."""
+    for module in _BUILTIN.values():
+        importlib.import_module(f"{__package__}.{module}")
 
 
 @dataclass

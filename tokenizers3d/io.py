@@ -6,6 +6,10 @@ half-written file, and turns OS errors (no permission, read-only or full file sy
 way) into :class:`~tokenizers3d.errors.MeshOutputError` naming the target. :func:`atomic_paths` commits
 several files together (a mesh and its preview); :func:`refuse_overwrite` and :func:`refuse_output_inside`
 keep an output from landing on its input.
+
+:func:`load_mesh` reads meshes with trimesh; :func:`load_mesh_arrays` gives the same mesh as plain arrays,
+reading OBJ, OFF, STL and PLY with numpy alone (:mod:`tokenizers3d.meshfile`). trimesh, which loads SciPy, is
+imported only inside the functions that need it, so the quick commands never load it.
 """
 
 from __future__ import annotations
@@ -13,20 +17,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shutil
 import tempfile
 import uuid
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import trimesh
 
 from .errors import MeshInputError, MeshOutputError
-from .mesh import canonicalize, check_coordinates
+from .mesh import ArrayMesh, canonicalize, check_coordinates
+from .meshfile import check_obj, read_mesh_file
+
+if TYPE_CHECKING:  # trimesh (which loads SciPy) is imported where it is needed: see load_mesh_arrays
+    import trimesh
 
 MESH_SUFFIXES = (".obj", ".ply", ".stl", ".off", ".glb", ".gltf")
 POINT_SUFFIXES = (".ply", ".pcd", ".xyz", ".npy")
@@ -280,105 +286,8 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
-_OBJ_INT = rb"-?\d+"
-_OBJ_REF_FORMS = (  # v, v/vt, v/vt/vn, v//vn
-    _OBJ_INT,
-    _OBJ_INT + b"/" + _OBJ_INT,
-    _OBJ_INT + b"/" + _OBJ_INT + b"/" + _OBJ_INT,
-    _OBJ_INT + b"//" + _OBJ_INT,
-)
-_OBJ_FACE = re.compile(  # a whole face line: three or more references, all of one form, optional comment
-    rb"f(?:" + rb"|".join(rb"(?:[ \t]+" + form + rb"){3,}" for form in _OBJ_REF_FORMS) + rb")[ \t]*(?:#.*)?\r?"
-)
-_OBJ_VERTEX = re.compile(rb"v(?:[ \t]+\S+){3,}[ \t]*\r?")  # three or more coordinates
-_OBJ_FACE_BODIES = re.compile(rb"\nf[ \t]([^\n]*)")
-_OBJ_SENTINEL = b" -1 "  # ends each face line in the vectorized pass (a real -1 sends the file to the careful pass)
-
-
-def _obj_lines(data: bytes) -> list[bytes]:
-    return data.replace(b"\\\r\n", b" ").replace(b"\\\n", b" ").split(b"\n")  # joins continued lines
-
-
-def _check_obj_slow(data: bytes) -> str | None:
-    """Line by line: the first problem with a vertex or face line of an OBJ file (messages name the line)."""
-    n_vertices = 0
-    late: tuple[int, int] | None = None  # first (line, index) above the vertices defined so far
-    for no, raw in enumerate(_obj_lines(data), 1):
-        if raw[:1] not in (b"v", b"f") or raw[1:2] not in (b" ", b"\t"):
-            continue
-        line = raw.decode("utf-8", "replace").strip()
-        if raw[:1] == b"v":
-            if not _OBJ_VERTEX.fullmatch(raw.rstrip(b"\r")):
-                return f"line {no}: vertex {line!r} has fewer than 3 coordinates (file cut short?)"
-            n_vertices += 1
-            continue
-        if not _OBJ_FACE.fullmatch(raw.rstrip(b"\r")):
-            return f"line {no}: malformed face {line!r} (fewer than 3 vertices, or a reference cut short?)"
-        refs = [int(r.split("/", 1)[0]) for r in line.split("#", 1)[0].split()[1:]]
-        if 0 in refs:
-            return f"line {no}: face {line!r} refers to vertex 0; OBJ vertex indices start at 1"
-        if min(refs) < -n_vertices:
-            return f"line {no}: face {line!r} refers {-min(refs)} vertices back, but only {n_vertices} come before it"
-        if max(refs) > n_vertices and late is None:
-            late = (no, max(refs))
-    if late is not None and late[1] > n_vertices:
-        return f"line {late[0]}: face refers to vertex {late[1]}, but the file has only {n_vertices} vertices"
-    return None
-
-
-def _check_obj(path: Path, max_faces: int | None) -> None:
-    """Refuse OBJ files that trimesh would read into a wrong mesh without an error.
-
-    trimesh maps a face index 0 (OBJ indices start at 1) to another vertex, and keeps a last line cut
-    short (``f 1 2``, ``f 1/1 2/2 3/``, ``v 1 2``) as a wrong face or 2-D vertices. One vectorized pass
-    checks the common case; a line-by-line pass finds the offending line when something looks wrong.
-    Polygons count as one face each for ``max_faces`` here (the exact check follows the triangulation).
-    """
-    data = path.read_bytes()
-    lines = data.rstrip().rsplit(b"\n", 1)
-    last = lines[-1].strip()
-    if last[:2] in (b"f ", b"f\t", b"v ", b"v\t"):
-        matcher = _OBJ_FACE if last[:1] == b"f" else _OBJ_VERTEX
-        if not matcher.fullmatch(last):
-            raise MeshInputError(path, f"last line {last.decode('utf-8', 'replace')!r} is incomplete (file cut short?)")
-    bodies = _OBJ_FACE_BODIES.findall(b"\n" + data)
-    if max_faces is not None and len(bodies) > max_faces:
-        raise MeshInputError(path, f"has at least {len(bodies):,} faces, more than the limit of {max_faces:,}")
-    if not bodies:
-        return
-    blob = _OBJ_SENTINEL.join(bodies) + _OBJ_SENTINEL  # a sentinel after each face line
-    suspect = b"#" in blob or b"\\" in data  # comments or continued lines: let the careful pass decide
-    if not suspect:
-        first_ref = bodies[0].split(maxsplit=1)[0] if bodies[0].split() else b""
-        parts, slashes = 1, 0  # integers per reference (v, v/vt, v/vt/vn; v//vn is read as v/0/vn)
-        if b"/" in blob:
-            blob = blob.replace(b"//", b"/0/")
-            parts, slashes = first_ref.replace(b"//", b"/0/").count(b"/") + 1, blob.count(b"/")
-            blob = blob.replace(b"/", b" ")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # a token that is not an integer stops np.fromstring with a warning
-            try:
-                flat = np.fromstring(blob, dtype=np.int64, sep=" ")
-            except (DeprecationWarning, ValueError):
-                flat = None
-        if flat is not None:
-            ends = np.flatnonzero(flat == int(_OBJ_SENTINEL))
-            per_line = np.diff(ends, prepend=-1) - 1  # integers on each face line
-            flat = flat[flat != int(_OBJ_SENTINEL)]
-        if (flat is None or len(ends) != len(bodies) or np.any(per_line % parts) or np.any(per_line < 3 * parts)
-                or slashes != len(flat) // parts * (parts - 1)):
-            suspect = True  # fewer than 3 references, mixed reference forms or stray tokens
-        else:
-            idx = flat[::parts]
-            n_vertices = data.count(b"\nv ") + data.count(b"\nv\t") + (data[:2] in (b"v ", b"v\t"))
-            suspect = bool(idx.min() <= 0 or idx.max() > n_vertices)  # 0, relative, or out of range
-    if suspect:
-        problem = _check_obj_slow(data)
-        if problem is not None:
-            raise MeshInputError(path, problem)
-
-
-def _load_trimesh(path: Path, *, max_faces: int | None = None):
+def _check_mesh_path(path: Path) -> str:
+    """The suffix of a mesh file that exists, is not empty and has a known format (else MeshInputError)."""
     if not path.exists():
         raise MeshInputError(path, "file does not exist")
     if path.is_dir():
@@ -388,12 +297,63 @@ def _load_trimesh(path: Path, *, max_faces: int | None = None):
         raise MeshInputError(path, f"unknown mesh format {ext or '(no suffix)'!r}; expected one of {', '.join(MESH_SUFFIXES)}")
     if path.stat().st_size == 0:
         raise MeshInputError(path, "file is empty")
-    if ext == ".obj":
-        _check_obj(path, max_faces)
+    return ext
+
+
+def _load_trimesh(path: Path, *, max_faces: int | None = None, checked: bool = False):
+    """``trimesh.load`` of ``path`` after the path checks and, for an OBJ, the pre-scan
+    :func:`~tokenizers3d.meshfile.check_obj`; with ``checked`` the caller has made both."""
+    import trimesh
+
+    ext = _suffix(path) if checked else _check_mesh_path(path)
+    if ext == ".obj" and not checked:
+        check_obj(path, max_faces)
     try:
         return trimesh.load(str(path), process=False, force=None)
     except Exception as exc:  # trimesh raises many types for corrupt files
         raise MeshInputError(path, f"cannot parse {ext[1:].upper()} file ({type(exc).__name__}: {exc})") from exc
+
+
+def _read_with_trimesh(path: Path, limit: int, *, checked: bool = False) -> ArrayMesh:
+    """The one triangle mesh in the file, read by trimesh and checked (:func:`_checked_arrays`)."""
+    import trimesh
+
+    obj = _load_trimesh(path, max_faces=limit, checked=checked)
+    if isinstance(obj, trimesh.Scene):
+        geoms = [g for g in obj.dump(concatenate=False) if isinstance(g, trimesh.Trimesh)] if obj.geometry else []
+        if not geoms:
+            kinds = {type(g).__name__ for g in obj.geometry.values()}
+            if kinds & {"PointCloud"}:
+                raise MeshInputError(path, "contains a point cloud, not a mesh (no faces)")
+            raise MeshInputError(path, "no triangle mesh could be read (corrupt file, or no geometry in it)")
+        obj = trimesh.util.concatenate(geoms) if len(geoms) > 1 else geoms[0]
+    if isinstance(obj, trimesh.PointCloud):
+        raise MeshInputError(path, "is a point cloud, not a mesh (no faces)")
+    if not isinstance(obj, trimesh.Trimesh):
+        raise MeshInputError(path, f"does not contain a triangle mesh (got {type(obj).__name__})")
+    return _checked_arrays(path, obj.vertices, obj.faces, limit)
+
+
+def _checked_arrays(path: Path, vertices, faces, limit: int) -> ArrayMesh:
+    """Vertices and faces read from ``path`` as an :class:`~tokenizers3d.mesh.ArrayMesh`, after the checks
+    every reader makes: faces present, at most ``limit`` of them, referring to vertices that exist, 3-D finite
+    coordinates within range."""
+    if len(faces) == 0:
+        if len(vertices):
+            raise MeshInputError(path, "is a point cloud, not a mesh (no faces)")
+        raise MeshInputError(path, "mesh is empty (no faces)")
+    if len(faces) > limit:
+        raise MeshInputError(path, f"has {len(faces):,} faces, more than the limit of {limit:,}")
+    faces = np.asarray(faces, dtype=np.int64)
+    if faces.min() < 0 or faces.max() >= len(vertices):
+        bad = int(faces.min()) if faces.min() < 0 else int(faces.max())
+        raise MeshInputError(path, f"a face refers to vertex index {bad}, but the file has only {len(vertices):,} "
+                                   "vertices (file corrupt or cut short?)")
+    vertices = np.asarray(vertices, dtype=np.float64)
+    if vertices.ndim != 2 or vertices.shape[1] != 3:
+        raise MeshInputError(path, f"vertices have {vertices.shape[-1]} coordinates, expected 3 (file cut short?)")
+    check_coordinates(vertices, path)
+    return ArrayMesh(vertices, faces)
 
 
 def load_mesh(path: str | Path, *, max_faces: int | None = None, clean: bool = True) -> trimesh.Trimesh:
@@ -403,7 +363,8 @@ def load_mesh(path: str | Path, *, max_faces: int | None = None, clean: bool = T
     triangulated by trimesh; with ``clean`` the result goes through :func:`~tokenizers3d.mesh.canonicalize`.
 
     OBJ files are checked before trimesh reads them: a face index 0 or beyond the vertices, and a last
-    line cut short, are refused (trimesh would silently build a wrong face).
+    line cut short, are refused (trimesh would silently build a wrong face). :func:`load_mesh_arrays` reads
+    the same mesh without trimesh where it can.
 
     Parameters
     ----------
@@ -417,37 +378,36 @@ def load_mesh(path: str | Path, *, max_faces: int | None = None, clean: bool = T
     Raises
     ------
     MeshInputError
-        Missing, empty, unknown-format or corrupt file; an OBJ with a bad face index or cut short; a
-        point cloud; empty mesh; NaN/inf coordinates or coordinates beyond ``±MAX_COORDINATE`` (1e30);
+        Missing, empty, unknown-format or corrupt file; an OBJ with a bad face index or cut short; a face
+        index outside the vertices (any format); a point cloud; empty mesh; NaN/inf coordinates or coordinates beyond ``±MAX_COORDINATE`` (1e30);
         too many faces; no face of non-zero area (including every mesh of zero extent).
+    """
+    import trimesh
+
+    path = Path(path)
+    limit = MAX_MESH_FACES if max_faces is None else int(max_faces)
+    arrays = _read_with_trimesh(path, limit)
+    mesh = trimesh.Trimesh(arrays.vertices, arrays.faces, process=False)
+    return canonicalize(mesh, source=path) if clean else mesh
+
+
+def load_mesh_arrays(path: str | Path, *, max_faces: int | None = None, clean: bool = True) -> ArrayMesh:
+    """:func:`load_mesh` as an :class:`~tokenizers3d.mesh.ArrayMesh`, read with numpy alone where possible.
+
+    OBJ, OFF, STL and PLY files are read by :func:`~tokenizers3d.meshfile.read_mesh_file` (no trimesh, no
+    SciPy: what keeps ``meshgen info`` and ``meshgen tokenize`` quick to start); a file it does not read
+    exactly as trimesh would (GLB/GLTF, OBJ materials, PLY texture coordinates, ...) goes to trimesh. Either
+    way the result, the checks and the error messages are those of :func:`load_mesh`: with ``clean``, the
+    same canonical vertices and faces.
+
+    Parameters and errors as :func:`load_mesh`.
     """
     path = Path(path)
     limit = MAX_MESH_FACES if max_faces is None else int(max_faces)
-    obj = _load_trimesh(path, max_faces=limit)
-    if isinstance(obj, trimesh.Scene):
-        geoms = [g for g in obj.dump(concatenate=False) if isinstance(g, trimesh.Trimesh)] if obj.geometry else []
-        if not geoms:
-            kinds = {type(g).__name__ for g in obj.geometry.values()}
-            if kinds & {"PointCloud"}:
-                raise MeshInputError(path, "contains a point cloud, not a mesh (no faces)")
-            raise MeshInputError(path, "no triangle mesh could be read (corrupt file, or no geometry in it)")
-        obj = trimesh.util.concatenate(geoms) if len(geoms) > 1 else geoms[0]
-    if isinstance(obj, trimesh.PointCloud):
-        raise MeshInputError(path, "is a point cloud, not a mesh (no faces)")
-    if not isinstance(obj, trimesh.Trimesh):
-        raise MeshInputError(path, f"does not contain a triangle mesh (got {type(obj).__name__})")
-    if len(obj.faces) == 0:
-        if len(obj.vertices):
-            raise MeshInputError(path, "is a point cloud, not a mesh (no faces)")
-        raise MeshInputError(path, "mesh is empty (no faces)")
-    if len(obj.faces) > limit:
-        raise MeshInputError(path, f"has {len(obj.faces):,} faces, more than the limit of {limit:,}")
-    vertices = np.asarray(obj.vertices, dtype=np.float64)
-    if vertices.ndim != 2 or vertices.shape[1] != 3:
-        raise MeshInputError(path, f"vertices have {vertices.shape[-1]} coordinates, expected 3 (file cut short?)")
-    check_coordinates(vertices, path)
-    mesh = trimesh.Trimesh(vertices, np.asarray(obj.faces), process=False)
-    return canonicalize(mesh, source=path) if clean else mesh
+    _check_mesh_path(path)
+    read = read_mesh_file(path, max_faces=limit)  # runs the OBJ pre-scan
+    arrays = _read_with_trimesh(path, limit, checked=True) if read is None else _checked_arrays(path, *read, limit)
+    return canonicalize(arrays, source=path) if clean else arrays
 
 
 @dataclass
@@ -591,6 +551,8 @@ def save_point_cloud(path: str | Path, cloud: PointCloud) -> None:
         elif ext == ".xyz":
             np.savetxt(tmp, arr, fmt="%.6f")
         elif ext == ".ply":
+            import trimesh
+
             pc = trimesh.PointCloud(cloud.points)
             header = trimesh.exchange.ply.export_ply(pc, encoding="ascii")
             del header  # trimesh cannot write point normals; write our own header below
@@ -620,7 +582,7 @@ def label_colors(labels: np.ndarray, seed: int = 0) -> np.ndarray:
     return out
 
 
-def save_mesh(path: str | Path, mesh: trimesh.Trimesh, *, face_labels: np.ndarray | None = None,
+def save_mesh(path: str | Path, mesh: trimesh.Trimesh | ArrayMesh, *, face_labels: np.ndarray | None = None,
               face_colors: np.ndarray | None = None) -> None:
     """Write OBJ, PLY (with per-face colours and an integer ``label`` face property) or GLB, atomically.
 
@@ -635,16 +597,25 @@ def save_mesh(path: str | Path, mesh: trimesh.Trimesh, *, face_labels: np.ndarra
     atomic_write_bytes(path, data)
 
 
-def mesh_bytes(mesh: trimesh.Trimesh, suffix: str, *, face_labels: np.ndarray | None = None,
+def mesh_bytes(mesh: trimesh.Trimesh | ArrayMesh, suffix: str, *, face_labels: np.ndarray | None = None,
                face_colors: np.ndarray | None = None, path: str | Path | None = None) -> bytes:
     """The file :func:`save_mesh` writes, as bytes (for writers that commit several files together).
 
     ``suffix`` is the format (``.obj``, ``.ply``, ``.glb``, ``.stl`` or ``.off``); ``path`` only names the
-    file in the error raised for another suffix.
+    file in the error raised for another suffix. ``mesh`` is anything with ``vertices`` and ``faces``; OBJ,
+    and PLY without ``face_colors``, are written with numpy alone (no trimesh import).
     """
     ext = suffix.lower()
     if ext not in (".obj", ".ply", ".glb", ".stl", ".off"):
         raise MeshInputError(path, f"cannot write meshes as {ext!r}; use .obj, .ply, .glb, .stl or .off")
+    if face_colors is None and ext in (".obj", ".ply"):
+        if ext == ".obj":
+            return _obj_bytes(mesh.vertices, mesh.faces)
+        if face_labels is None:
+            return _ply_bytes(mesh.vertices, mesh.faces)
+        return _ply_with_labels(mesh, np.asarray(face_labels, dtype=np.int32), None)
+    import trimesh
+
     out = trimesh.Trimesh(np.asarray(mesh.vertices), np.asarray(mesh.faces), process=False)
     if face_labels is not None and face_colors is None:
         face_colors = label_colors(face_labels)
@@ -669,7 +640,22 @@ def _obj_bytes(vertices: np.ndarray, faces: np.ndarray) -> bytes:
     return ("\n".join(lines) + "\n").encode("ascii")
 
 
-def _ply_with_labels(mesh: trimesh.Trimesh, labels: np.ndarray, colors: np.ndarray | None) -> bytes:
+def _ply_bytes(vertices: np.ndarray, faces: np.ndarray) -> bytes:
+    """Binary little-endian PLY with float xyz vertices and triangle faces: the bytes trimesh's PLY export writes
+    for a mesh without colours or attributes."""
+    v = np.asarray(vertices, dtype="<f4").reshape(-1, 3)
+    f = np.asarray(faces).reshape(-1, 3)
+    header = (
+        "ply\nformat binary_little_endian 1.0\ncomment https://github.com/mikedh/trimesh\n"
+        f"element vertex {len(v)}\nproperty float x\nproperty float y\nproperty float z\n"
+        f"element face {len(f)}\nproperty list uchar int vertex_indices\nend_header\n"
+    ).encode("ascii")
+    rec = np.empty(len(f), dtype=np.dtype([("n", "u1"), ("idx", "<i4", (3,))]))
+    rec["n"], rec["idx"] = 3, f
+    return header + v.tobytes() + rec.tobytes()
+
+
+def _ply_with_labels(mesh: trimesh.Trimesh | ArrayMesh, labels: np.ndarray, colors: np.ndarray | None) -> bytes:
     """Binary little-endian PLY with float xyz vertices and faces carrying rgba + int label."""
     v = np.asarray(mesh.vertices, dtype="<f4")
     f = np.asarray(mesh.faces, dtype="<i4")
@@ -691,6 +677,8 @@ def _ply_with_labels(mesh: trimesh.Trimesh, labels: np.ndarray, colors: np.ndarr
 
 def read_ply_face_labels(path: str | Path) -> np.ndarray:
     """Per-face ``label`` property of a PLY written by :func:`save_mesh` (F,) int."""
+    import trimesh
+
     obj = trimesh.load(str(path), process=False)
     raw = obj.metadata.get("_ply_raw", {}).get("face", {}).get("data")
     if raw is None or "label" not in (raw.dtype.names or ()):

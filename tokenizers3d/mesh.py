@@ -2,13 +2,14 @@
 
 Conventions (every other module relies on them):
 
-* A *canonical* mesh is a ``trimesh.Trimesh`` whose faces are triangles, with equal vertices merged,
-  degenerate faces (two equal corners, or zero area) and duplicate faces (the same vertex set, either
-  winding) dropped, and unreferenced vertices removed. Which of several duplicates is kept does not
-  depend on the face order: a vertex set listed with both windings keeps the winding that comes first in
-  canonical order (rotated to start at its lowest corner in (z, y, x) order, the next corner is the lower
-  of the other two); copies with the same winding are the same face. The zero-area test (a cross product
-  with no non-zero component) does not depend on the mesh's scale: a valid mesh 1e-300 units across is kept.
+* A *canonical* mesh is a ``trimesh.Trimesh`` (or an :class:`ArrayMesh`, its numpy-only stand-in) whose
+  faces are triangles, with equal vertices merged, degenerate faces (two equal corners, or zero area) and
+  duplicate faces (the same vertex set, either winding) dropped, and unreferenced vertices removed.
+  Which of several duplicates is kept does not depend on the face order: a vertex set listed with both
+  windings keeps the winding that comes first in canonical order (rotated to start at its lowest corner in
+  (z, y, x) order, the next corner is the lower of the other two); copies with the same winding are the
+  same face. The zero-area test (a cross product with no non-zero component) does not depend on the
+  mesh's scale: a valid mesh 1e-300 units across is kept.
 * Coordinates must be finite and within ``±MAX_COORDINATE`` (1e30), so that no extent, squared distance
   or volume overflows; :func:`check_coordinates` refuses anything else.
 * *Normalized* space is the cube ``[-0.5, 0.5]^3``: the bounding box is centred at the origin and its
@@ -24,11 +25,14 @@ Conventions (every other module relies on them):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import trimesh
 
 from .errors import ConfigError, MeshInputError
+
+if TYPE_CHECKING:  # imported where needed: this module must load without trimesh (and SciPy)
+    import trimesh
 
 MIN_BITS, MAX_BITS = 6, 12
 MAX_COORDINATE = 1e30  # larger coordinates are refused: squares and cubes of extents must stay finite
@@ -102,6 +106,45 @@ class Normalization:
         return cls(center=tuple(float(c) for c in center), scale=float(scale))
 
 
+@dataclass
+class ArrayMesh:
+    """A triangle mesh as plain numpy arrays: what :func:`~tokenizers3d.io.load_mesh_arrays` reads, without trimesh.
+
+    :func:`canonicalize`, :func:`normalize`, :func:`quantize` and :func:`prepare` (so every tokenizer's
+    ``encode``) take it as they take a ``trimesh.Trimesh``, and :func:`canonicalize` and :func:`normalize`
+    return an ``ArrayMesh`` for an ``ArrayMesh``.
+
+    Attributes
+    ----------
+    vertices : (V, 3) float64
+    faces : (F, 3) int64
+        Vertex indices, counter-clockwise seen from outside.
+    face_attributes : dict of str to (F, ...) array
+        Per-face data carried along, as ``trimesh.Trimesh.face_attributes`` (``"label"``).
+    """
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    face_attributes: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def to_trimesh(self) -> trimesh.Trimesh:
+        """The same mesh as a ``trimesh.Trimesh`` (no processing; face attributes kept)."""
+        return _mesh_like(None, self.vertices, self.faces, self.face_attributes)
+
+
+def _mesh_like(like, vertices: np.ndarray, faces: np.ndarray, face_attributes: dict | None = None):
+    """A new mesh of the kind of ``like``: an :class:`ArrayMesh` for an ``ArrayMesh``, else a ``trimesh.Trimesh``."""
+    attributes = {k: v for k, v in (face_attributes or {}).items() if v is not None}
+    if isinstance(like, ArrayMesh):
+        return ArrayMesh(np.asarray(vertices, dtype=np.float64), np.asarray(faces, dtype=np.int64), attributes)
+    import trimesh
+
+    out = trimesh.Trimesh(vertices, faces, process=False)
+    for k, v in attributes.items():
+        out.face_attributes[k] = v
+    return out
+
+
 def _is_number(x) -> bool:
     return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
 
@@ -135,7 +178,11 @@ class QuantizedMesh:
 
     def to_trimesh(self) -> trimesh.Trimesh:
         """Dequantize to cell centres in the unit cube (no processing, faces kept as they are)."""
-        return trimesh.Trimesh(dequantize(self.vertices, self.bits), self.faces.copy(), process=False)
+        return self.to_arrays().to_trimesh()
+
+    def to_arrays(self) -> ArrayMesh:
+        """:meth:`to_trimesh` as an :class:`ArrayMesh`."""
+        return ArrayMesh(dequantize(self.vertices, self.bits), np.asarray(self.faces, dtype=np.int64).copy())
 
     def canonical_order(self) -> QuantizedMesh:
         """Vertices sorted by (z, y, x), faces rotated to start at their lowest vertex, faces sorted."""
@@ -341,8 +388,11 @@ def _canonical_winding(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return ascents == 2  # a cyclic triple of distinct ranks rises twice when it runs (min, mid, max)
 
 
-def canonicalize(mesh: trimesh.Trimesh, *, source=None, labels: np.ndarray | None = None) -> trimesh.Trimesh:
+def canonicalize(mesh: trimesh.Trimesh | ArrayMesh, *, source=None,
+                 labels: np.ndarray | None = None) -> trimesh.Trimesh | ArrayMesh:
     """Clean a triangle mesh (see module docstring); per-face ``labels`` go to ``face_attributes['label']``.
+
+    Returns an :class:`ArrayMesh` for an ``ArrayMesh``, else a ``trimesh.Trimesh``.
 
     Raises
     ------
@@ -360,27 +410,22 @@ def canonicalize(mesh: trimesh.Trimesh, *, source=None, labels: np.ndarray | Non
         if len(used) and not np.ptp(used, axis=0).any():
             raise MeshInputError(source, "mesh has zero extent (all vertices at one point)")
         raise MeshInputError(source, "mesh is empty (no non-degenerate triangle)")
-    out = trimesh.Trimesh(v, f, process=False)
-    if lab is not None:
-        out.face_attributes["label"] = lab
-    return out
+    return _mesh_like(mesh, v, f, {"label": lab})
 
 
-def normalize(mesh: trimesh.Trimesh) -> tuple[trimesh.Trimesh, Normalization]:
-    """Scale and centre into ``[-0.5, 0.5]^3``; returns the new mesh and the transform to undo it."""
+def normalize(mesh: trimesh.Trimesh | ArrayMesh) -> tuple[trimesh.Trimesh | ArrayMesh, Normalization]:
+    """Scale and centre into ``[-0.5, 0.5]^3``; returns the new mesh (of the kind given) and the transform to undo it."""
     norm = Normalization.fit(mesh.vertices)
-    out = trimesh.Trimesh(norm.apply(mesh.vertices), np.asarray(mesh.faces), process=False)
-    for k, val in getattr(mesh, "face_attributes", {}).items():
-        out.face_attributes[k] = val
+    out = _mesh_like(mesh, norm.apply(mesh.vertices), np.asarray(mesh.faces), dict(getattr(mesh, "face_attributes", {})))
     return out, norm
 
 
-def quantize(mesh: trimesh.Trimesh, bits: int, *, order: bool = True) -> QuantizedMesh:
+def quantize(mesh: trimesh.Trimesh | ArrayMesh, bits: int, *, order: bool = True) -> QuantizedMesh:
     """Quantize a normalized mesh; vertices in the same cell merge and collapsed faces are dropped.
 
     Parameters
     ----------
-    mesh : trimesh.Trimesh
+    mesh : trimesh.Trimesh or ArrayMesh
         Vertices in the unit cube (see :func:`normalize`).
     bits : int
         6 to 12; ``2^bits`` levels per axis.
@@ -420,7 +465,7 @@ def canonical_order(qm: QuantizedMesh) -> QuantizedMesh:
     labels = None if qm.face_labels is None else np.asarray(qm.face_labels)[forder]
     return QuantizedMesh(v[perm], faces[forder], qm.bits, labels)
 
-def prepare(mesh: trimesh.Trimesh, bits: int, *, source=None) -> tuple[QuantizedMesh, Normalization]:
+def prepare(mesh: trimesh.Trimesh | ArrayMesh, bits: int, *, source=None) -> tuple[QuantizedMesh, Normalization]:
     """canonicalize -> normalize -> quantize -> canonical order: what every tokenizer consumes."""
     clean = canonicalize(mesh, source=source)
     unit, norm = normalize(clean)

@@ -19,7 +19,8 @@ Conventions
 * Edge Chamfer: Chamfer distance between points sampled on *sharp* edges (dihedral angle above
   ``sharp_angle`` degrees, default 30) of both meshes; NaN when either mesh has no sharp edge.
 * Topology: face and vertex counts; watertight (every edge shared by exactly two faces with consistent
-  winding, trimesh's definition); edge-manifold (no edge shared by more than two faces).
+  winding, trimesh's definition); edge-manifold (no edge shared by more than two faces). :func:`mesh_info`
+  computes trimesh's topology figures with numpy alone (``meshgen info`` loads neither trimesh nor SciPy).
 * Part segmentation (:func:`matched_part_iou`): IoU between a true part and a predicted segment is
   area-weighted over faces, ``area(P & S) / area(P | S)``; segments are matched one-to-one to parts with the
   Hungarian algorithm on IoU; the score is the mean matched IoU over the true parts (a part left without a
@@ -29,12 +30,15 @@ Conventions
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import trimesh
 
-from .mesh import Normalization
+from .mesh import ArrayMesh, Normalization
 from .sample import sample_surface
+
+if TYPE_CHECKING:  # imported where needed, so that mesh_info loads neither trimesh nor SciPy
+    import trimesh
 
 
 @dataclass(frozen=True)
@@ -116,15 +120,43 @@ def sample_edges(segments: np.ndarray, n: int, rng: np.random.Generator) -> np.n
     return segments[idx, 0] * (1 - t) + segments[idx, 1] * t
 
 
-def is_edge_manifold(mesh: trimesh.Trimesh) -> bool:
+def _edges(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The directed edges (3F, 2) of ``faces`` (a face's edges 0-1, 1-2, 2-0 in turn, as trimesh lists them), the
+    index of each one's undirected edge in sorted order, and how many times each undirected edge occurs."""
+    edges = faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)
+    lo, hi = edges.min(axis=1), edges.max(axis=1)
+    n = int(faces.max()) + 1 if faces.size else 1
+    _, inverse, counts = np.unique(lo * n + hi, return_inverse=True, return_counts=True)
+    return edges, inverse.reshape(-1), counts
+
+
+def is_edge_manifold(mesh: trimesh.Trimesh | ArrayMesh) -> bool:
     """True when no edge is shared by more than two faces."""
-    counts = np.bincount(mesh.edges_unique_inverse, minlength=len(mesh.edges_unique))
+    _, _, counts = _edges(np.asarray(mesh.faces, dtype=np.int64).reshape(-1, 3))
     return bool(counts.max(initial=0) <= 2)
+
+
+def _count_components(n: int, a: np.ndarray, b: np.ndarray) -> int:
+    """Connected components of the graph on nodes ``0 .. n-1`` with edges ``a[i] - b[i]`` (isolated nodes count)."""
+    root = np.arange(n)
+    while True:
+        ra, rb = root[a], root[b]
+        cross = ra != rb
+        if not cross.any():
+            return int(np.count_nonzero(root == np.arange(n)))
+        np.minimum.at(root, np.maximum(ra, rb)[cross], np.minimum(ra, rb)[cross])  # hook roots onto smaller ones
+        while True:  # point every node at its root
+            up = root[root]
+            if np.array_equal(up, root):
+                break
+            root = up
 
 
 def evaluate_mesh(pred: trimesh.Trimesh, ref: trimesh.Trimesh, *, n_samples: int = 10_000, seed: int = 0,
                   sharp_angle: float = 30.0) -> MeshMetrics:
     """All metrics of ``pred`` against ``ref`` (both in the same frame; see module conventions)."""
+    import trimesh
+
     norm = Normalization.fit(ref.vertices)
     p = trimesh.Trimesh(norm.apply(pred.vertices), pred.faces, process=False)
     r = trimesh.Trimesh(norm.apply(ref.vertices), ref.faces, process=False)
@@ -151,23 +183,52 @@ def evaluate_mesh(pred: trimesh.Trimesh, ref: trimesh.Trimesh, *, n_samples: int
     )
 
 
-def mesh_info(mesh: trimesh.Trimesh) -> dict:
-    """Counts, bounds, watertightness, manifoldness, components and genus (Euler characteristic)."""
-    n_comp = int(trimesh.graph.connected_components(mesh.face_adjacency, nodes=np.arange(len(mesh.faces))).__len__())
-    euler = int(mesh.euler_number)
-    watertight = bool(mesh.is_watertight)
+def mesh_info(mesh: trimesh.Trimesh | ArrayMesh) -> dict:
+    """Counts, bounds, watertightness, manifoldness, components and genus (Euler characteristic).
+
+    numpy alone, with trimesh's definitions and numbers (``tests/test_fast_io.py`` compares them): bounds and
+    extent over the vertices the faces use; area the sum of the faces' areas; watertight when every edge
+    occurs in exactly two faces, winding-consistent when each such pair runs the edge in opposite
+    directions (both False for a mesh without vertices); edge-manifold when no edge is in more than two
+    faces; components of faces joined across edges shared by exactly two faces; Euler characteristic
+    ``V_used - E + F``; genus ``(2 components - Euler) / 2`` for a watertight mesh, else None.
+
+    Parameters
+    ----------
+    mesh : trimesh.Trimesh or ArrayMesh
+        Anything with ``vertices`` (V, 3) and ``faces`` (F, 3), at least one face.
+    """
+    vertices = np.asarray(mesh.vertices, dtype=np.float64)
+    faces = np.asarray(mesh.faces, dtype=np.int64).reshape(-1, 3)
+    edges, inverse, counts = _edges(faces)
+    per_edge = counts[inverse]  # occurrences of each directed edge's undirected edge
+    twice = np.flatnonzero(per_edge == 2)
+    pairs = twice[np.argsort(inverse[twice], kind="stable")].reshape(-1, 2)  # the two occurrences of each such edge
+    empty = len(vertices) == 0  # trimesh's is_empty
+    watertight = not empty and len(twice) == len(edges)
+    winding = not empty and bool(np.all(edges[pairs[:, 0], 1] == edges[pairs[:, 1], 0]))
+    adjacent = pairs // 3  # faces sharing an edge (an edge of a degenerate face may join the face to itself)
+    n_comp = _count_components(len(faces), adjacent[:, 0], adjacent[:, 1])
+    used = np.zeros(len(vertices), dtype=bool)
+    used[faces] = True
+    euler = int(used.sum()) - len(counts) + len(faces)
     genus = (2 * n_comp - euler) // 2 if watertight else None
-    lo, hi = np.asarray(mesh.bounds)
+    points = vertices[used]
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    tri = vertices[faces]
+    vectors = tri[:, 1:, :] - tri[:, :2, :]  # as trimesh.triangles.cross: edges 0-1 and 1-2
+    crosses = np.cross(vectors[:, 0], vectors[:, 1])
+    area = (np.sqrt((crosses**2).sum(axis=1)) / 2.0).sum()
     return {
-        "faces": int(len(mesh.faces)),
-        "vertices": int(len(mesh.vertices)),
+        "faces": int(len(faces)),
+        "vertices": int(len(vertices)),
         "bounds_min": [float(x) for x in lo],
         "bounds_max": [float(x) for x in hi],
         "extent": [float(x) for x in hi - lo],
-        "area": float(mesh.area),
+        "area": float(area),
         "watertight": watertight,
-        "winding_consistent": bool(mesh.is_winding_consistent),
-        "edge_manifold": is_edge_manifold(mesh),
+        "winding_consistent": winding,
+        "edge_manifold": bool(counts.max(initial=0) <= 2),
         "components": n_comp,
         "euler_characteristic": euler,
         "genus": genus,

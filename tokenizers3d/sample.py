@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import trimesh
 
 from .io import PointCloud
+
+if TYPE_CHECKING:
+    import trimesh
 
 SAMPLING_METHODS = ("uniform", "poisson")
 

@@ -30,15 +30,19 @@ import json
 import logging
 import zipfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import trimesh
 
 from .base import DecodeReport, Encoding, MeshTokenizer, get_tokenizer
 from .errors import ConfigError, MeshInputError, TokenizationError
 from .io import atomic_path
-from .mesh import Normalization, QuantizedMesh
+from .mesh import ArrayMesh, Normalization, QuantizedMesh
+
+if TYPE_CHECKING:  # decoding to arrays needs no trimesh (meshgen detokenize); DecodedTokens.mesh imports it
+    import trimesh
 
 FORMAT_NAME = "meshgen-tokens"
 FORMAT_VERSION = 1
@@ -96,9 +100,8 @@ class TokenFile:
         if (self.n_faces is not None and report.error is None and self.tokenizer.lossless
                 and qm.n_faces != self.n_faces):  # a lossy tokenizer may decode faces that collapse
             raise MeshInputError(self.path, f"decodes to {qm.n_faces} faces, but {self.n_faces} were written")
-        unit = qm.to_trimesh()
-        mesh = trimesh.Trimesh(self.normalization.invert(unit.vertices), unit.faces, process=False)
-        return DecodedTokens(mesh, qm, report)
+        unit = qm.to_arrays()
+        return DecodedTokens(ArrayMesh(self.normalization.invert(unit.vertices), unit.faces), qm, report)
 
 
 @dataclass(frozen=True)
@@ -107,16 +110,21 @@ class DecodedTokens:
 
     Attributes
     ----------
-    mesh : trimesh.Trimesh
-        Cell centres mapped back to the input's frame.
+    arrays : ArrayMesh
+        Cell centres mapped back to the input's frame, as arrays (what ``meshgen detokenize`` writes).
     quantized : QuantizedMesh
         The canonical quantized mesh.
     report : DecodeReport
     """
 
-    mesh: trimesh.Trimesh
+    arrays: ArrayMesh
     quantized: QuantizedMesh
     report: DecodeReport
+
+    @cached_property
+    def mesh(self) -> trimesh.Trimesh:
+        """:attr:`arrays` as a ``trimesh.Trimesh`` (made on first use)."""
+        return self.arrays.to_trimesh()
 
 
 def checksum(ids: np.ndarray, tokenizer_json: str, normalization_json: str, meta: dict) -> str:

@@ -34,9 +34,9 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import trimesh
 
 from .base import (
     DecodeReport,
@@ -50,6 +50,9 @@ from .base import (
 from .coords import _first_invalid, _unique_points
 from .errors import ConfigError, MeshInputError, TokenizationError
 from .mesh import QuantizedMesh, prepare
+
+if TYPE_CHECKING:
+    import trimesh
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "checkpoints" / "face-vqvae"
 TRAIN_HINT = ("train one with `python scripts/train_face_vqvae.py --config configs/face_vqvae_cpu.yaml` "
