@@ -32,10 +32,10 @@ def info(mesh: Path = typer.Argument(..., help="Mesh file (OBJ, PLY, STL, OFF, G
          as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
          max_faces: int = typer.Option(None, "--max-faces", help="Refuse meshes with more faces (default 1,000,000).")):
     """Counts, bounds, watertightness, manifoldness and genus of a mesh."""
-    from tokenizers3d.io import load_mesh
+    from tokenizers3d.io import load_mesh_arrays
     from tokenizers3d.metrics import mesh_info
 
-    data = mesh_info(load_mesh(mesh, max_faces=max_faces))
+    data = mesh_info(load_mesh_arrays(mesh, max_faces=max_faces))  # numpy only for OBJ/OFF/STL/PLY: a quick start
     if as_json:
         print(json.dumps(data, indent=2))
         return
@@ -96,12 +96,12 @@ def tokenize(mesh: Path = typer.Argument(..., help="Mesh file."),
              max_faces: int = typer.Option(None, help="Refuse meshes with more faces.")):
     """Tokenize a mesh; the .npz holds ids, tokenizer config, the normalization transform and a checksum."""
     from tokenizers3d.base import get_tokenizer
-    from tokenizers3d.io import load_mesh, refuse_overwrite
+    from tokenizers3d.io import load_mesh_arrays, refuse_overwrite
     from tokenizers3d.tokenfile import save_tokens
 
     refuse_overwrite(out, mesh)
     tok = get_tokenizer(tokenizer, **_tokenizer_options(tokenizer, bits, checkpoint))
-    clean = load_mesh(mesh, max_faces=max_faces)
+    clean = load_mesh_arrays(mesh, max_faces=max_faces)  # no trimesh for OBJ/OFF/STL/PLY
     enc = tok.encode(clean, source=mesh)
     save_tokens(out, enc, tok, source_faces=len(clean.faces), source=mesh)  # warns on quantization loss > 5%
     print(json.dumps({
@@ -135,7 +135,7 @@ def detokenize(tokens: Path = typer.Argument(..., help=".npz written by `meshgen
 
     refuse_overwrite(out, tokens)
     decoded = load_tokens(tokens).decode(strict=not lenient)  # every problem: one MeshInputError naming the file
-    save_mesh(out, decoded.mesh)
+    save_mesh(out, decoded.arrays)  # OBJ and PLY are written without trimesh
     print(json.dumps({"faces": decoded.quantized.n_faces, "dropped_tokens": decoded.report.dropped_tokens,
                       "out": str(out)}))
 
@@ -175,7 +175,10 @@ def segment(mesh: Path = typer.Argument(..., help="Mesh file."),
             components: bool = typer.Option(None, "--components/--no-components",
                                             help="Split masks along the mesh's connected pieces (default on; views "
                                                  "method). Off: image cues only, for parts made of several pieces."),
-            sam_checkpoint: Path = typer.Option(None, help="Segment-Anything checkpoint (default: geometric masks)."),
+            generator: str = typer.Option(None, help="Mask generator of the views method: learned (the trained "
+                                                     "part-mask model, default when its checkpoint is installed) "
+                                                     "or geometric (concave creases and depth jumps)."),
+            sam_checkpoint: Path = typer.Option(None, help="Segment-Anything checkpoint (replaces --generator)."),
             sam_model_type: str = typer.Option("vit_b", help="vit_b, vit_l or vit_h."),
             seed: int = typer.Option(0),
             max_faces: int = typer.Option(None, "--max-faces", help="Refuse meshes with more faces (default 1,000,000).")):
@@ -191,10 +194,10 @@ def segment(mesh: Path = typer.Argument(..., help="Mesh file."),
     from renderers.segment import check_segment_options, segment_mesh_file
 
     check_segment_options(method=method, views=views, image_size=image_size, sam_checkpoint=sam_checkpoint,
-                          components=components)
+                          components=components, generator=generator)
     res = segment_mesh_file(mesh, out, views=views, sam_checkpoint=sam_checkpoint, sam_model_type=sam_model_type,
                             seed=seed, max_faces=max_faces, method=method, image_size=image_size,
-                            components=components is not False)
+                            components=components is not False, generator=generator)
     print(json.dumps({"segments": int(res.n_segments), "faces": int(len(res.labels)), "method": res.method,
                       "masks": int(res.n_masks), "out": str(out)}))
     if res.no_masks:

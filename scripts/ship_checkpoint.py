@@ -39,6 +39,18 @@ def _verdict(summary: dict) -> str:
     return "; ".join(parts) + "."
 
 
+def _family_verdict(res: dict) -> str:
+    """On how many groups of each split the model beats both the bounding box and the hull."""
+    parts = []
+    for split, r in res["splits"].items():
+        fam = r.get("families") or {}
+        wins = sorted(name for name, f in fam.items() if f.get("model_beats_baselines"))
+        if fam:
+            parts.append(f"{split}: the model beats the box and the hull on {len(wins)} of {len(fam)} groups"
+                         f"{' (' + ', '.join(wins) + ')' if wins else ''}")
+    return "; ".join(parts) + "." if parts else ""
+
+
 def _eval_command(res: dict, checkpoint: str) -> str:
     gen = res.get("generation") or {}
     flags = []
@@ -71,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prev-eval", type=Path, default=None,
                    help="the same evaluation of the previously shipped checkpoint (a comparison table)")
     p.add_argument("--ablation", type=Path, default=None, help="markdown ablation table (scripts/ablation_table.py)")
+    p.add_argument("--prev-note", default="same decoding, same inputs",
+                   help="how the previous checkpoint was evaluated (for the comparison's caption)")
+    p.add_argument("--decoding", type=Path, default=None, help="markdown table of a decoding ablation")
+    p.add_argument("--decoding-note", default="Decoding, same weights, same inputs:",
+                   help="caption of the --decoding table")
     p.add_argument("--prior-minutes", type=float, default=0.0,
                    help="training minutes of the warm-start checkpoint (from its own model card)")
     p.add_argument("--name", default="hourglass-small")
@@ -105,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
 
 A small Meshtron-style hourglass transformer that turns an oriented point cloud into a low-poly triangle mesh,
 trained on the 2-core CPU of the development machine on fresh procedural artist meshes. It is the default checkpoint
-of `meshgen generate` and `make demo`, where it decodes with point-cloud guidance (`meshgen/guidance.py`).
+of `meshgen generate` and `make demo`, where it decodes with point-cloud guidance (`meshgen/guidance.py`), best of 4
+samples and vertex refinement (`meshgen/refine.py`).
 
 ## Model
 - Class `{meta['class']}`, {n_params:,} parameters, {size_mb:.1f} MB (safetensors, fp32).
@@ -114,7 +132,7 @@ of `meshgen generate` and `make demo`, where it decodes with point-cloud guidanc
 
 ## Data
 - Fresh procedural meshes made on the fly (`meshgen.data.ProceduralStream`, stream seed {dc.get('stream_seed')}; 15
-  families, none repeated), at most {dc['max_faces']} faces, face-count curriculum {dc.get('curriculum')}, augmentation
+  families, none repeated), at most {dc['max_faces']} faces, face-count curriculum {dc.get('curriculum') or 'none (the full budget from the first step)'}, augmentation
   {dc.get('augment')} (defaults of `AugmentConfig`: anisotropic scale, rotations about the up axis, axis
   permutations, point noise and holes), {dc['n_points']} points per mesh, windows of {dc['window']} tokens,
   {int(100 * dc.get('drop_face_count', 0))}% of examples with the face count hidden and {int(100 * dc.get('drop_points', 0))}%
@@ -134,7 +152,9 @@ of `meshgen generate` and `make demo`, where it decodes with point-cloud guidanc
         f"""## Evaluation
 `{_eval_command(res, 'assets/checkpoints/' + args.name)}`
 (seed {res['seed']}, {res['n_points']} points per input, the first {res['n']} test meshes of at most {res['max_faces']} faces of
-each split; the requested face count is the reference's). Baselines from the same points at the same face budget:
+each split; the requested face count is the reference's), at the default decoding of `meshgen generate` (point
+guidance, CFG 2, best of 4 samples by fit to the input points, vertex refinement). Baselines from the same points at
+the same face budget:
 Open3D screened Poisson (depth 7) + quadric decimation, the points' bounding box (12 faces), and their convex hull
 decimated to the budget. Metrics as defined in `tokenizers3d/metrics.py` (distances in units of the reference's
 longest side).
@@ -144,14 +164,18 @@ longest side).
     if args.prev_eval is not None:
         prev = json.loads(args.prev_eval.read_text())
         sections.append("## Against the previous checkpoint\n\nThe same evaluation of the previously bundled "
-                        "checkpoint (guided decoding, one sample; each model at its default CFG scale: the previous one has no null context):\n\n" + _compare(res, prev) + "\n")
+                        f"checkpoint ({args.prev_note}):\n\n" + _compare(res, prev) + "\n")
+    if args.decoding is not None:
+        sections.append(f"## Decoding\n\n{args.decoding_note}\n\n" + args.decoding.read_text().strip() + "\n")
     if args.ablation is not None:
         sections.append("## Ablation (equal training budget)\n\n" + args.ablation.read_text().strip() + "\n\n"
                         "Recipe arms and their commands: `docs/model.md` (section Training recipe).\n")
     sections.append(f"""## Limitations
 - {_verdict(summary)}
+- {_family_verdict(res)}
 - Trained on procedural shapes only; the real rows measure transfer to human-made meshes it never saw.
-- 7-bit coordinates: vertices snap to a 128^3 grid of the input's bounding cube.
+- 7-bit coordinates: decoded vertices snap to a 128^3 grid of the input's bounding cube (refinement then moves them
+  by at most 0.04 of the longest side).
 """)
     atomic_write_text(tmp / "README.md", "\n".join(sections))
     shutil.rmtree(dest, ignore_errors=True)
