@@ -224,7 +224,8 @@ def tokenize_job(inp: str | Path, folder: Path, *, tokenizer: str = "coords", bi
 
 def segment_job(inp: str | Path, folder: Path, *, views: int = 12, image_size: int = 256,
                 sam_checkpoint: str | Path | None = None, sam_model_type: str = "vit_b", seed: int = 0,
-                device: str = "cpu", progress: Callable[[int, int], None] | None = None) -> SegmentResult:
+                device: str = "cpu", progress: Callable[[int, int], None] | None = None,
+                generator: str | None = None) -> SegmentResult:
     """Segment a mesh file as ``meshgen segment`` does (PLY with labels, ``.npy`` labels, preview PNG)."""
     from renderers.segment import segment_mesh_file
     from tokenizers3d.io import label_colors
@@ -233,7 +234,7 @@ def segment_job(inp: str | Path, folder: Path, *, views: int = 12, image_size: i
     out = folder / f"{_stem(inp)}-segmented.ply"
     res = segment_mesh_file(inp, out, views=int(views), image_size=int(image_size),
                             sam_checkpoint=sam_checkpoint or None, sam_model_type=sam_model_type, seed=int(seed),
-                            device=device, progress=progress)
+                            device=device, progress=progress, generator=None if sam_checkpoint else generator)
     mesh = trimesh.load(out, file_type="ply", process=False)  # the cleaned mesh the labels refer to
     view = _write(folder / "view-segmented.glb", viewer_glb(mesh, face_colors=label_colors(res.labels, seed=int(seed))))
     masks = []
@@ -466,6 +467,7 @@ def build_app(model, sessions: SessionFolders, *, device: str = "cpu"):
     generator, shared by every session (Gradio runs one job of each kind at a time)."""
     gr = import_gradio()
     from meshgen.pipeline import DEMO_INPUT
+    from renderers.segment import GENERATORS, default_generator
     from tokenizers3d.base import list_tokenizers
     from tokenizers3d.io import MESH_SUFFIXES, POINT_SUFFIXES
 
@@ -534,7 +536,8 @@ def build_app(model, sessions: SessionFolders, *, device: str = "cpu"):
         progress(0, desc=f"rendering {int(views)} views")
         callback = progress_reporter(lambda f, text: progress(f, desc=f"masks: {text}"), cancel, unit="views")
         res = run(lambda: segment_job(path, folder, views=views, image_size=image_size, sam_checkpoint=sam,
-                                      sam_model_type=sam_model_type, device=device, progress=callback), folder, path)
+                                      sam_model_type=sam_model_type, device=device, progress=callback,
+                                      generator=None if sam else generator), folder, path)
         return (str(res.mesh_view), [(str(p), c) for p, c in res.masks], [str(p) for p in res.downloads],
                 _markdown_table(res.summary))
 
@@ -602,7 +605,7 @@ def build_app(model, sessions: SessionFolders, *, device: str = "cpu"):
                     s_views = gr.Slider(1, 24, value=12, step=1, label="Views", elem_id="seg-views")
                     s_size = gr.Dropdown([96, 128, 192, 256, 384], value=256, label="Image size (pixels a view)",
                                          elem_id="seg-size")
-                    s_gen = gr.Radio(["geometric", "SAM"], value="geometric", label="Mask generator")
+                    s_gen = gr.Radio([*GENERATORS, "SAM"], value=default_generator(), label="Mask generator")
                     s_sam = gr.Textbox(label="SAM checkpoint (a file on this machine; only for SAM)",
                                        placeholder="/path/to/sam_vit_b_01ec64.pth")
                     s_sam_type = gr.Dropdown(["vit_b", "vit_l", "vit_h"], value="vit_b", label="SAM model type")

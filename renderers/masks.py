@@ -272,7 +272,14 @@ def regions_to_masks(labels: np.ndarray, *, min_pixels: int = 12, full_score_pix
 
 # --------------------------------------------------------------------------------------------- registry
 
-_GENERATORS: dict = {"geometric": GeometricMaskGenerator}
+def _learned(**kwargs) -> MaskGenerator:
+    """The trained part-mask model (:mod:`renderers.mask_model`); ``checkpoint=DIR`` picks other weights."""
+    from .mask_model import LearnedMaskGenerator
+
+    return LearnedMaskGenerator.from_pretrained(kwargs.pop("checkpoint", None), **kwargs)
+
+
+_GENERATORS: dict = {"geometric": GeometricMaskGenerator, "learned": _learned}
 
 
 def register_mask_generator(name: str, factory) -> None:

@@ -800,8 +800,20 @@ METHODS = ("views", "mesh")
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 2048
 
 
+GENERATORS = ("learned", "geometric")
+
+
+def default_generator() -> str:
+    """``"learned"`` when the trained part-mask checkpoint is present (:mod:`renderers.mask_model`), else
+    ``"geometric"``."""
+    from .mask_model import learned_available
+
+    return "learned" if learned_available() else "geometric"
+
+
 def check_segment_options(*, method: str = "views", views: int = 12, image_size: int = 256,
-                          sam_checkpoint: str | Path | None = None, components: bool | None = None) -> None:
+                          sam_checkpoint: str | Path | None = None, components: bool | None = None,
+                          generator: str | None = None) -> None:
     """Raise :class:`~tokenizers3d.errors.ConfigError` (one line) for settings ``meshgen segment`` refuses.
 
     ``components=None`` means "not given"; ``--method mesh`` takes neither SAM nor a components choice (it
@@ -817,13 +829,20 @@ def check_segment_options(*, method: str = "views", views: int = 12, image_size:
         raise ConfigError("--sam-checkpoint needs --method views (--method mesh renders nothing)")
     if method == "mesh" and components is False:
         raise ConfigError("--no-components needs --method views (--method mesh always separates pieces)")
+    if generator is not None:
+        if generator not in GENERATORS:
+            raise ConfigError(f"unknown --generator {generator!r}; expected {' or '.join(GENERATORS)}")
+        if method == "mesh":
+            raise ConfigError("--generator needs --method views (--method mesh renders nothing)")
+        if sam_checkpoint is not None:
+            raise ConfigError("--generator and --sam-checkpoint exclude each other (SAM is the generator then)")
 
 
 def segment_mesh_file(mesh_path: str | Path, out_path: str | Path, *, views: int = 12,
                       sam_checkpoint: str | Path | None = None, sam_model_type: str = "vit_b", image_size: int = 256,
                       seed: int = 0, device: str = "cpu", preview: bool = True,
                       max_faces: int | None = None, progress=None, method: str = "views",
-                      components: bool = True) -> SegmentationResult:
+                      components: bool = True, generator: str | None = None) -> SegmentationResult:
     """Segment a mesh file; write the labelled mesh, the labels and a preview, atomically and together.
 
     Parameters
@@ -837,7 +856,7 @@ def segment_mesh_file(mesh_path: str | Path, out_path: str | Path, *, views: int
     views : int
         Rendered views (Fibonacci sphere).
     sam_checkpoint : str or Path, optional
-        SAM weights (``.pth`` or ``.safetensors``); without it the geometric generator is used.
+        SAM weights (``.pth`` or ``.safetensors``); without it ``generator`` makes the masks.
     sam_model_type : str
         ``vit_b``, ``vit_l`` or ``vit_h``.
     image_size : int
@@ -857,6 +876,9 @@ def segment_mesh_file(mesh_path: str | Path, out_path: str | Path, *, views: int
         ``image_size`` and SAM do not apply).
     components : bool
         ``views``: split masks along the mesh's connected pieces (:attr:`RevoteSettings.split_components`).
+    generator : str, optional
+        ``views`` without SAM: ``"learned"`` (the trained part-mask model) or ``"geometric"``; default
+        :func:`default_generator`.
 
     The files are written even when no view produced a mask (``result.no_masks``: one segment); the
     ``meshgen segment`` command then warns and exits with code 3.
@@ -876,7 +898,7 @@ def segment_mesh_file(mesh_path: str | Path, out_path: str | Path, *, views: int
     from .preview import preview_image, write_png
 
     check_segment_options(method=method, views=views, image_size=image_size, sam_checkpoint=sam_checkpoint,
-                          components=None if components else False)
+                          components=None if components else False, generator=generator)
     out_path = Path(out_path)
     check_output_path(out_path)  # a directory is named as such, not as a wrong suffix
     if out_path.suffix.lower() not in (".ply", ".obj", ".glb", ".off", ".stl"):
@@ -893,13 +915,17 @@ def segment_mesh_file(mesh_path: str | Path, out_path: str | Path, *, views: int
         if sam_checkpoint is not None:
             from .sam import SamMaskGenerator
 
-            generator: MaskGenerator = SamMaskGenerator.from_checkpoint(sam_checkpoint, model_type=sam_model_type,
-                                                                        device=device)
+            mask_generator: MaskGenerator = SamMaskGenerator.from_checkpoint(sam_checkpoint,
+                                                                             model_type=sam_model_type, device=device)
+        elif (generator or default_generator()) == "learned":
+            from .mask_model import LearnedMaskGenerator
+
+            mask_generator = LearnedMaskGenerator.from_pretrained(device=device, seed=seed)
         else:
-            generator = GeometricMaskGenerator()
+            mask_generator = GeometricMaskGenerator()
         settings = SegmentSettings(render=RenderSettings(n_views=views, image_size=image_size),
                                    revote=RevoteSettings(split_components=components))
-        result = MeshSegmenter(generator, settings, device=device).segment(mesh, progress=progress)
+        result = MeshSegmenter(mask_generator, settings, device=device).segment(mesh, progress=progress)
     colors = label_colors(result.labels, seed=seed)
     data = mesh_bytes(mesh, out_path.suffix, face_labels=result.labels, face_colors=colors, path=out_path)
     image = preview_image(mesh, face_colors=colors, device=device) if preview else None

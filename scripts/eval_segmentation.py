@@ -67,7 +67,7 @@ def load_sets(set_names, families, seeds, *, resolution: int = 96, max_faces: in
 
 
 def evaluate(shapes, view_counts, image_size: int, device: str = "cpu", *, components: bool = True,
-             generators=("geometric",), keep_labels=()) -> dict:
+             generators=("geometric",), keep_labels=(), mask_checkpoint: str | Path | None = None) -> dict:
     """Scores of every row on one set's shapes.
 
     Returns ``{"rows": {row: {views: {"miou", "seconds"}}}, "objects": {name: {row: {views: {...}}}},
@@ -95,7 +95,8 @@ def evaluate(shapes, view_counts, image_size: int, device: str = "cpu", *, compo
             elevations = (30.0,) if n == 1 else None
             settings = SegmentSettings(render=RenderSettings(n_views=n, image_size=image_size, elevations=elevations),
                                        revote=RevoteSettings(split_components=components))
-            segmenter = MeshSegmenter(get_mask_generator(gen_name), settings=settings, device=device)
+            kwargs = {"checkpoint": mask_checkpoint} if gen_name == "learned" and mask_checkpoint else {}
+            segmenter = MeshSegmenter(get_mask_generator(gen_name, **kwargs), settings=settings, device=device)
             scores, seconds = [], 0.0
             for shape in shapes:
                 t0 = time.perf_counter()
@@ -159,12 +160,16 @@ def main(argv=None) -> int:
     ap.add_argument("--generator", action="append", default=None,
                     help="mask generator by name (renderers.masks.get_mask_generator); repeat for several rows "
                          "(default: geometric)")
+    ap.add_argument("--mask-checkpoint", type=Path, default=None,
+                    help="weights of the 'learned' generator (default: the shipped assets/checkpoints/part-masks)")
     ap.add_argument("--resolution", type=int, default=96, help="remeshed set: marching-cubes cells per longest side")
     ap.add_argument("--max-faces", type=int, default=10_000,
                     help="remeshed set: decimate to at most this many faces (0: keep every marching-cubes face)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-components", action="store_true",
                     help="do not split masks along connected pieces of the mesh (image cues only)")
+    ap.add_argument("--json-out", type=Path, default=None, help="also write the JSON here (atomically)")
+    ap.add_argument("--markdown-out", type=Path, default=None, help="also write the markdown tables here")
     ap.add_argument("--grid", type=Path, default=None,
                     help="also write a PNG of the first shape of every set: truth beside each row's labels")
     args = ap.parse_args(argv)
@@ -179,22 +184,31 @@ def main(argv=None) -> int:
                      max_faces=args.max_faces or None)
     out: dict = {"settings": {"sets": list(sets), "families": args.families, "seeds": args.seeds,
                               "views": args.views, "image_size": args.image_size, "generators": generators,
+                              "mask_checkpoint": str(args.mask_checkpoint) if args.mask_checkpoint else None,
                               "split_components": not args.no_components, "resolution": args.resolution,
                               "max_faces": args.max_faces,
-                              "metric": "mean over true parts of area-weighted IoU after Hungarian matching"},
+                              "metric": "mean over true parts of area-weighted IoU after Hungarian matching",
+                              "command": "python scripts/eval_segmentation.py " + " ".join(
+                                  sys.argv[1:] if argv is None else argv)},
                  "sets": {}}
     keep = {shapes[0].name for shapes in sets.values()} if args.grid else set()
     for name, shapes in sets.items():
         res = evaluate(shapes, args.views, args.image_size, args.device, components=not args.no_components,
-                       generators=generators, keep_labels=keep)
+                       generators=generators, keep_labels=keep, mask_checkpoint=args.mask_checkpoint)
         out["sets"][name] = res
     labels = {name: r.pop("labels") for name, r in out["sets"].items()}
     print(json.dumps(out, indent=1))
     print()
+    tables = "\n\n".join(markdown(name, res, args.views, len(sets[name])) for name, res in out["sets"].items())
     print("cells: mean matched IoU over shapes")
-    for name, res in out["sets"].items():
-        print()
-        print(markdown(name, res, args.views, len(sets[name])))
+    print()
+    print(tables)
+    from tokenizers3d.io import atomic_write_text
+
+    if args.json_out:
+        atomic_write_text(args.json_out, json.dumps(out, indent=1) + "\n")
+    if args.markdown_out:
+        atomic_write_text(args.markdown_out, tables + "\n")
     if args.grid:
         for name in labels:
             out["sets"][name]["labels"] = labels[name]

@@ -14,15 +14,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import yaml
 from eval_face_vqvae import TARGETS, USAGE_TARGET, markdown  # scripts/ is on sys.path when this script runs
 
-from tokenizers3d.checkpoint import CONFIG_NAME, WEIGHTS_NAME
-from tokenizers3d.io import atomic_write_text
+from tokenizers3d.checkpoint import WEIGHTS_NAME, install_model_dir, shippable_weights
+from tokenizers3d.errors import MeshInputError
 from tokenizers3d.vqvae import DEFAULT_CHECKPOINT, checkpoint_digest
 
 MAX_BYTES = 30 * 1024 * 1024
@@ -98,29 +97,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dest", default=str(DEFAULT_CHECKPOINT), help="where to ship (default: the bundled checkpoint)")
     args = p.parse_args(argv)
     run, src, dest = Path(args.run), Path(args.run) / args.which, Path(args.dest)
-    if not (src / CONFIG_NAME).is_file() or not (src / WEIGHTS_NAME).is_file():
-        _fail(f"{src}: not a model directory (config.json + {WEIGHTS_NAME})")
-    size = (src / WEIGHTS_NAME).stat().st_size
-    if size >= MAX_BYTES:
-        _fail(f"{src / WEIGHTS_NAME}: {size / 2**20:.1f} MB, the bundled checkpoint must stay under 30 MB")
+    try:
+        size = shippable_weights(src, MAX_BYTES)
+    except MeshInputError as exc:
+        _fail(str(exc))
     ev = json.loads(Path(args.eval).read_text())
     digest = checkpoint_digest(src)
     if ev.get("tokenizer", {}).get("checkpoint_sha256") != digest:
         _fail(f"{args.eval} evaluates weights {ev.get('tokenizer', {}).get('checkpoint_sha256')}, not {src} ({digest}); "
               f"run scripts/eval_face_vqvae.py --checkpoint {src} first")
     text = card(run, args.which, ev, digest, size)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        shutil.copy2(src / name, tmp / name)
-    atomic_write_text(tmp / "README.md", text)
-    old = dest.with_name(f".{dest.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if dest.exists():
-        dest.rename(old)
-    tmp.rename(dest)
-    shutil.rmtree(old, ignore_errors=True)
+    install_model_dir(src, dest, text)
     print(json.dumps({"shipped": str(dest), "digest": digest, "megabytes": round(size / 2**20, 2)}))
 
 

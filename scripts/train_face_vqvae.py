@@ -23,11 +23,9 @@ perplexity, dead-code restarts, speed, and the validation numbers; ``OUT/session
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -42,7 +40,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from meshgen.data import AugmentConfig
 from meshgen.train import lr_at
-from tokenizers3d.checkpoint import config_from_dict
+from tokenizers3d.checkpoint import RunFolder, config_from_dict
 from tokenizers3d.errors import MeshgenError, MeshInputError
 from tokenizers3d.face_vqvae import FaceBatch, FaceVQVAE, FaceVQVAEConfig
 from tokenizers3d.io import atomic_write_text
@@ -194,74 +192,27 @@ class FaceVQVAETrainer:
             torch.set_num_threads(tc.threads)
         torch.manual_seed(tc.seed)
         self.out = Path(tc.out_dir)
+        self.run = RunFolder(self.out)
         self.step, self.best = 0, -1.0
-        last = self.out / "last"
-        self._recover(last)
-        if (last / "config.json").exists():
-            self.model = FaceVQVAE.from_pretrained(last)
-            if self.model.config != cfg.model:
-                raise MeshInputError(last, "holds a run with another model config; use another --out-dir "
-                                           f"(saved {asdict(self.model.config)})")
-        else:
-            self.model = FaceVQVAE(cfg.model)
+        self.model = self.run.model(FaceVQVAE, cfg.model)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tc.betas,
                                      weight_decay=tc.weight_decay)
-        if (last / "trainer_state.pt").exists():
-            state = torch.load(last / "trainer_state.pt", map_location="cpu", weights_only=True)
+        state = self.run.trainer_state()
+        if state is not None:
             self.opt.load_state_dict(state["optimizer"])
             self.step, self.best = int(state["step"]), float(state["best"])
             torch.set_rng_state(state["rng_cpu"])
-        self._trim_log()
+        self.run.trim_log(self.step)
         self._val = None
 
     # ---- state ------------------------------------------------------------------------------------------
-    def _recover(self, last: Path) -> None:
-        """A kill between the two renames of :meth:`save` leaves ``.last.old``: put it back."""
-        old = self.out / ".last.old"
-        if not (last / "config.json").exists() and (old / "config.json").exists():
-            shutil.rmtree(last, ignore_errors=True)
-            old.rename(last)
-
     def save(self, name: str) -> None:
-        """Weights via save_pretrained (+ trainer state for ``last``), in a temporary folder swapped in."""
-        tmp, final, old = self.out / f".{name}.tmp", self.out / name, self.out / f".{name}.old"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save_pretrained(tmp)
+        """Weights via save_pretrained (+ trainer state for ``last``), swapped in whole (:class:`RunFolder`)."""
+        state = None
         if name == "last":
-            torch.save({"optimizer": self.opt.state_dict(), "step": self.step, "best": self.best,
-                        "rng_cpu": torch.get_rng_state()}, tmp / "trainer_state.pt")
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-
-    def _trim_log(self) -> None:
-        """Drop log rows past the resumed step (written after the last checkpoint by a killed run)."""
-        path = self.out / "log.csv"
-        if not path.exists():
-            return
-        lines = path.read_text().splitlines(keepends=True)
-        keep = lines[:1] + [ln for ln in lines[1:] if ln.strip() and int(ln.split(",", 1)[0]) <= self.step]
-        if len(keep) != len(lines):
-            atomic_write_text(path, "".join(keep))
-
-    def _elapsed_before(self) -> float:
-        path = self.out / "log.csv"
-        rows = list(csv.DictReader(path.open(newline=""))) if path.exists() else []
-        try:
-            return float(rows[-1]["elapsed_s"]) if rows else 0.0
-        except (KeyError, ValueError):
-            return 0.0
-
-    def _write_log(self, row: dict) -> None:
-        path = self.out / "log.csv"
-        new = not path.exists()
-        with open(path, "a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+            state = {"optimizer": self.opt.state_dict(), "step": self.step, "best": self.best,
+                     "rng_cpu": torch.get_rng_state()}
+        self.run.save(self.model, name, state)
 
     # ---- validation -----------------------------------------------------------------------------------
     def val_batches(self) -> list[FaceBatch]:
@@ -317,7 +268,7 @@ class FaceVQVAETrainer:
         it = iter(loader)
         self.model.train()
         rvq = self.cfg.model.rvq
-        elapsed0, t0, t_log = self._elapsed_before(), time.time(), time.time()
+        elapsed0, t0, t_log = self.run.elapsed_before(), time.time(), time.time()
         start_step, faces_seen, rows = self.step, 0, []
         val = {"within_one": float("nan"), "exact": float("nan"), "usage": float("nan"), "perplexity": float("nan")}
         while self.step < tc.steps:
@@ -351,7 +302,7 @@ class FaceVQVAETrainer:
                        "steps_per_s": f"{len(rows) / (now - t_log):.3f}",
                        **{f"val_{k}": f"{v:.4f}" for k, v in val.items()},
                        "elapsed_s": f"{elapsed0 + now - t0:.1f}"}
-                self._write_log(row)
+                self.run.write_log(row, LOG_FIELDS)
                 self.log(json.dumps(row))
                 rows, t_log = [], now
             if self.step % tc.ckpt_every == 0 or self.step == tc.steps:

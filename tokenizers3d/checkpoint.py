@@ -279,3 +279,132 @@ class PretrainedMixin:
         model = target(config)
         model.load_state_dict(state, strict=True)
         return model.to(map_location)
+
+
+# ---- training run folders ---------------------------------------------------------------------------
+class RunFolder:
+    """The resumable state of one training run in ``out``: model directories ``best/`` and ``last/`` (``last``
+    also holds ``trainer_state.pt``: optimizer, step, best score, torch RNG) and ``log.csv``, one row per log step.
+
+    A model directory is written into ``.NAME.tmp`` and swapped in by two renames; :meth:`recover` puts back
+    ``.last.old`` when a kill fell between them. A resumed run first drops log rows past its step
+    (:meth:`trim_log`), so a killed run's rows after its last checkpoint are not repeated.
+    """
+
+    def __init__(self, out: str | Path):
+        self.out = Path(out)
+
+    @property
+    def last(self) -> Path:
+        return self.out / "last"
+
+    def recover(self) -> None:
+        """A kill between the two renames of :meth:`save` leaves ``.last.old``: put it back."""
+        old = self.out / ".last.old"
+        if not (self.last / CONFIG_NAME).exists() and (old / CONFIG_NAME).exists():
+            import shutil
+
+            shutil.rmtree(self.last, ignore_errors=True)
+            old.rename(self.last)
+
+    def save(self, model, name: str, trainer_state: dict | None = None) -> None:
+        """``model.save_pretrained`` (+ ``trainer_state.pt`` when given) into ``out/name``, swapped in whole."""
+        import shutil
+
+        import torch
+
+        tmp, final, old = self.out / f".{name}.tmp", self.out / name, self.out / f".{name}.old"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / "trainer_state.pt")
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def model(self, cls, config):
+        """The model to train: ``cls.from_pretrained(last)`` when the run has a checkpoint (its config must equal
+        ``config``: a run folder holds one model), else a fresh ``cls(config)``."""
+        self.recover()
+        if (self.last / CONFIG_NAME).exists():
+            model = cls.from_pretrained(self.last)
+            if model.config != config:
+                raise MeshInputError(self.last, "holds a run with another model config; use another run folder "
+                                                f"(saved {config_to_dict(model.config)})")
+            return model
+        return cls(config)
+
+    def trainer_state(self) -> dict | None:
+        """``last/trainer_state.pt`` (tensors and plain values only), or None before the first checkpoint."""
+        import torch
+
+        path = self.last / "trainer_state.pt"
+        return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+
+    def trim_log(self, step: int) -> None:
+        """Drop ``log.csv`` rows past ``step`` (written after the last checkpoint by a killed run)."""
+        path = self.out / "log.csv"
+        if not path.exists():
+            return
+        lines = path.read_text().splitlines(keepends=True)
+        keep = lines[:1] + [ln for ln in lines[1:] if ln.strip() and int(ln.split(",", 1)[0]) <= step]
+        if len(keep) != len(lines):
+            atomic_write_text(path, "".join(keep))
+
+    def elapsed_before(self) -> float:
+        """Wall seconds of the earlier sessions (the last row's ``elapsed_s``; 0 for a new run)."""
+        import csv
+
+        path = self.out / "log.csv"
+        rows = list(csv.DictReader(path.open(newline=""))) if path.exists() else []
+        try:
+            return float(rows[-1]["elapsed_s"]) if rows else 0.0
+        except (KeyError, ValueError):
+            return 0.0
+
+    def write_log(self, row: dict, fields: list[str]) -> None:
+        """Append one row to ``log.csv`` (header first when new; keys outside ``fields`` ignored)."""
+        import csv
+
+        path = self.out / "log.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+def shippable_weights(src: str | Path, max_bytes: int) -> int:
+    """Size in bytes of the weights of model directory ``src``; ``MeshInputError`` when it is not one or its
+    weights reach ``max_bytes`` (bundled checkpoints stay small)."""
+    src = Path(src)
+    if not (src / CONFIG_NAME).is_file() or not (src / WEIGHTS_NAME).is_file():
+        raise MeshInputError(src, f"not a model directory ({CONFIG_NAME} + {WEIGHTS_NAME})")
+    size = (src / WEIGHTS_NAME).stat().st_size
+    if size >= max_bytes:
+        raise MeshInputError(src / WEIGHTS_NAME, f"{size / 2**20:.1f} MB; a bundled checkpoint must stay under "
+                                                 f"{max_bytes / 2**20:.0f} MB")
+    return size
+
+
+def install_model_dir(src: str | Path, dest: str | Path, readme: str) -> None:
+    """Copy the model directory ``src`` (config + weights) to ``dest`` with ``readme`` as its ``README.md`` (the
+    model card), replacing whatever was there by renames: ``dest`` is never half-written."""
+    import shutil
+
+    src, dest = Path(src), Path(dest)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        shutil.copy2(src / name, tmp / name)
+    atomic_write_text(tmp / "README.md", readme)
+    old = dest.with_name(f".{dest.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,184 @@
+"""The learned part-mask generator: network, loss, clustering, generator, checkpoints, training script."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from renderers.mask_model import (
+    LearnedMaskGenerator,
+    PartMaskConfig,
+    PartMaskNet,
+    cluster_embeddings,
+    discriminative_loss,
+    view_features,
+)
+from renderers.masks import get_mask_generator
+from renderers.render import MeshRenderer, RenderSettings
+from tokenizers3d.errors import MeshInputError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = PartMaskConfig(widths=(8, 16), embed_dim=4, groups=4, image_size=32)
+
+
+def _partition_equal(a: np.ndarray, b: np.ndarray) -> bool:
+    """Same partition of the pixels labelled >= 0 in both, up to renaming."""
+    pairs = {(int(x), int(y)) for x, y in zip(a.reshape(-1), b.reshape(-1), strict=True) if x >= 0 or y >= 0}
+    left = {x for x, _ in pairs}
+    right = {y for _, y in pairs}
+    return len(pairs) == len(left) == len(right) and -1 not in left and -1 not in right
+
+
+def test_forward_shape_and_roundtrip(tmp_path):
+    torch.manual_seed(0)
+    net = PartMaskNet(TINY)
+    x = torch.randn(2, 5, 32, 32)
+    assert net(x).shape == (2, 4, 32, 32)
+    net.save_pretrained(tmp_path / "m")
+    again = PartMaskNet.from_pretrained(tmp_path / "m")
+    assert again.config == TINY
+    assert torch.equal(net(x), again(x))
+
+
+def test_widths_must_divide_groups():
+    with pytest.raises(ValueError, match="divisible"):
+        PartMaskNet(PartMaskConfig(widths=(6, 12), groups=4))
+
+
+def test_features_zero_off_object():
+    normals = np.zeros((8, 8, 3), np.float32)
+    normals[2:6, 2:6] = (0, 0, 1)
+    depth = -np.ones((8, 8), np.float32)
+    depth[2:6, 2:6] = 3.0
+    depth[2:6, 4:6] = 3.5
+    f = view_features(normals, depth)
+    assert f.shape == (5, 8, 8)
+    assert torch.all(f[:, 0, 0] == 0)
+    assert f[4].sum() == 16  # foreground channel
+    assert abs(float(f[3][f[4] > 0].mean())) < 1e-6  # depth is centred on the foreground mean
+    assert float(f[3, 2, 5] - f[3, 2, 2]) == pytest.approx(1.0)  # 0.5 depth units -> 1.0
+
+
+def test_discriminative_loss_zero_for_separated_tight_clusters():
+    parts = torch.full((1, 6, 6), -1, dtype=torch.long)
+    parts[0, :3] = 0
+    parts[0, 3:] = 7
+    emb = torch.zeros(1, 2, 6, 6)
+    emb[0, 0, :3] = 2.0
+    emb[0, 0, 3:] = -2.0  # means 4 apart > 2 delta_d = 3
+    loss, terms = discriminative_loss(emb, parts, delta_v=0.5, delta_d=1.5, reg=0.0)
+    assert float(loss) == 0.0 and terms["var"] == 0.0 and terms["dist"] == 0.0
+    # the same parts on one embedding: pushed apart
+    loss_same, terms_same = discriminative_loss(torch.zeros(1, 2, 6, 6), parts, reg=0.0)
+    assert terms_same["dist"] == pytest.approx(9.0)  # (2 * 1.5 - 0)^2
+    # parts of different images are not pushed apart
+    two = torch.stack([parts[0].clamp_max(0).masked_fill(parts[0] < 0, -1)] * 2)
+    loss_two, terms_two = discriminative_loss(torch.zeros(2, 2, 6, 6), two, reg=0.0)
+    assert terms_two["dist"] == 0.0 and float(loss_two) == 0.0
+
+
+def test_loss_gradient_pulls_pixels_to_their_mean():
+    torch.manual_seed(0)
+    parts = torch.zeros(1, 4, 4, dtype=torch.long)
+    emb = (torch.randn(1, 3, 4, 4) * 3).requires_grad_()
+    loss, _ = discriminative_loss(emb, parts, reg=0.0)
+    loss.backward()
+    spread0 = float(emb.detach().flatten(2).std(-1).mean())
+    spread1 = float((emb - 0.1 * emb.grad).detach().flatten(2).std(-1).mean())
+    assert spread1 < spread0
+
+
+def test_clustering_recovers_planted_parts():
+    rng = np.random.default_rng(0)
+    truth = np.full((20, 20), -1)
+    truth[2:10, 2:18] = 0
+    truth[10:18, 2:9] = 1
+    truth[10:18, 9:18] = 2
+    centres = np.array([[3.0, 0, 0], [0, 3.0, 0], [0, 0, 3.0]])
+    emb = np.zeros((3, 20, 20))
+    fg = truth >= 0
+    emb[:, fg] = (centres[truth[fg]] + rng.normal(scale=0.1, size=(fg.sum(), 3))).T
+    labels = cluster_embeddings(emb, fg, radius=1.0, min_pixels=5)
+    assert _partition_equal(labels, truth)
+    assert np.all(labels[~fg] == -1)
+    # deterministic for a seed
+    assert np.array_equal(labels, cluster_embeddings(emb, fg, radius=1.0, min_pixels=5))
+
+
+def test_clustering_drops_small_clusters():
+    truth = np.full((10, 10), -1)
+    truth[:, :8] = 0
+    truth[0, 9] = 1
+    fg = truth >= 0
+    emb = np.zeros((2, 10, 10))
+    emb[0][truth == 1] = 5.0
+    labels = cluster_embeddings(emb, fg, radius=1.0, min_pixels=3)
+    assert labels[0, 9] == -1 and np.all(labels[:, :8] == 0)
+
+
+class _NormalNet(PartMaskNet):
+    """Embeds every pixel at 3x its normal: faces of a box fall into separate clusters."""
+
+    def forward(self, x):
+        return torch.cat([x[:, :3] * 3.0, torch.zeros_like(x[:, :1])], dim=1)
+
+
+def test_generator_end_to_end_on_a_render():
+    box = trimesh.creation.box(extents=(1.0, 0.8, 0.6))
+    out = MeshRenderer(RenderSettings(n_views=2, image_size=64)).render(box)
+    gen = LearnedMaskGenerator(_NormalNet(TINY))
+    for v in range(out.n_views):
+        masks = gen.generate(out.image(v), normals=out.normals[v], depth=out.depth[v])
+        fg = out.depth[v] > 0
+        assert 2 <= len(masks) <= 3  # the visible faces of the box
+        union = np.zeros_like(fg)
+        for m in masks:
+            assert m.mask.shape == fg.shape and 0 < m.score <= 1
+            assert not (union & m.mask).any()  # a partition
+            union |= m.mask
+        assert not (union & ~fg).any()
+        assert union.sum() > 0.9 * fg.sum()
+    with pytest.raises(ValueError, match="normal and depth"):
+        gen.generate(out.image(0))
+    empty = gen.generate(out.image(0), normals=np.zeros_like(out.normals[0]), depth=-np.ones_like(out.depth[0]))
+    assert empty == []
+
+
+def test_registry_loads_a_checkpoint_and_refuses_a_bad_one(tmp_path):
+    PartMaskNet(TINY).save_pretrained(tmp_path / "ok")
+    gen = get_mask_generator("learned", checkpoint=tmp_path / "ok")
+    assert isinstance(gen, LearnedMaskGenerator) and gen.model.config == TINY
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text("{not json")
+    with pytest.raises(MeshInputError, match="bad"):
+        get_mask_generator("learned", checkpoint=tmp_path / "bad")
+
+
+def test_training_script_runs_and_resumes(tmp_path):
+    from renderers.part_views import DatasetConfig, write_part_views
+
+    cfg = DatasetConfig(sets=("separate",), families=("table", "mug"), shapes={"train": 2, "val": 1},
+                        views=2, image_size=32)
+    write_part_views(tmp_path / "data", cfg)
+    model = json.dumps({"widths": [8, 16], "embed_dim": 4, "groups": 4, "image_size": 32})
+    cmd = [sys.executable, str(ROOT / "scripts" / "train_part_masks.py"), "--data", str(tmp_path / "data"),
+           "--out", str(tmp_path / "run"), "--batch", "2", "--val-every", "2", "--ckpt-every", "2",
+           "--model", model]
+    first = subprocess.run([*cmd, "--steps", "2"], capture_output=True, text=True, cwd=ROOT)
+    assert first.returncode == 0, first.stderr
+    assert (tmp_path / "run" / "best" / "config.json").exists()
+    assert json.loads(first.stdout.strip().splitlines()[-1])["step"] == 2
+    second = subprocess.run([*cmd, "--steps", "4"], capture_output=True, text=True, cwd=ROOT)
+    assert second.returncode == 0, second.stderr
+    rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["2", "4"]  # resumed at step 2, no row repeated
+    bad = subprocess.run([*cmd[:3], str(tmp_path / "nowhere"), *cmd[4:], "--steps", "1"], capture_output=True,
+                         text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "index.json" in bad.stderr and "Traceback" not in bad.stderr
