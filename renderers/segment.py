@@ -25,6 +25,9 @@ Pipeline (:class:`MeshSegmenter`)
    * *Smooth*: a few rounds of majority filtering over face adjacency for low-confidence faces.
    * *Merge convex*: neighbouring segments whose shared boundary runs mostly along sharp convex mesh
      edges are one part seen from two sides (the top and underside of a thin board) and are united.
+   * *Convex pieces*: a closed connected piece of the mesh that is nearly convex (its volume at least
+     ``convex_piece_ratio`` of its convex hull's) has no concavity for a part boundary to run along (the
+     minima rule), so it becomes one segment (a shelf board that a mask generator split in two).
    * *Clean*: segments below ``min_segment_area`` of the surface merge into the neighbour they share most
      edges with; labels are renumbered 0..K-1 by decreasing area.
 
@@ -88,6 +91,9 @@ class RevoteSettings:
         creases merge (1.0 turns it off); needs outward-consistent winding (see ``orient``).
     convex_angle : float
         Dihedral (degrees between normals) above which a mesh edge counts as a sharp crease.
+    convex_piece_ratio : float
+        A closed connected piece whose volume is at least this fraction of its convex hull's becomes one
+        segment (above 1 turns it off).
     orient : bool
         Make the winding consistent and outward first (:func:`tokenizers3d.orient.orient_outward`), so that
         an inside-out mesh, or one whose pieces disagree, gets the same convexity tests as an outward one.
@@ -107,6 +113,7 @@ class RevoteSettings:
     split_components: bool = True
     merge_convex_fraction: float = 0.6
     convex_angle: float = 30.0
+    convex_piece_ratio: float = 0.95
     orient: bool = True
 
 
@@ -472,6 +479,10 @@ def revote(mesh: trimesh.Trimesh, pix_to_face: np.ndarray, view_masks: Sequence[
             component = _components_of(n_faces, adjacency)
         labels = _merge_convex(labels, adjacency, length, convex, s.merge_convex_fraction,
                                _dominant(labels, component, area_w))
+    if s.convex_piece_ratio <= 1.0:
+        if component is None:
+            component = _components_of(n_faces, adjacency)
+        labels = _merge_convex_pieces(labels, vertices, faces, component, area_w, s.convex_piece_ratio)
     labels = _merge_small(labels, adjacency, area_w, s.min_segment_area)
     labels = _relabel_by_area(labels, area_w)
 
@@ -676,6 +687,38 @@ def _merge_convex(labels, adjacency, length, convex, min_fraction: float, domina
         if dominant[i] == dominant[j]:
             uf.union(i, j)
     return uf.roots()[labels]
+
+
+def _merge_convex_pieces(labels, vertices, faces, component, area_w, min_ratio: float) -> np.ndarray:
+    """Give every closed, nearly convex connected piece one label: the one covering most of its area.
+
+    A piece is closed when each of its edges (as vertex pairs) belongs to exactly two of its faces; it is
+    nearly convex when the absolute signed volume of its (consistently wound) faces is at least ``min_ratio``
+    of its convex hull's volume. Pieces holding a single label are left alone.
+    """
+    from scipy.spatial import ConvexHull, QhullError
+
+    labels = labels.copy()
+    order = np.argsort(component, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, np.diff(component[order]) != 0, True])
+    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+        idx = order[start:stop]
+        if len(idx) < 4 or len(np.unique(labels[idx])) < 2:
+            continue
+        f = faces[idx]
+        edges = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
+        _, counts = np.unique(edges, axis=0, return_counts=True)
+        if not np.all(counts == 2):
+            continue
+        tri = vertices[f]
+        volume = abs(float(np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum()) / 6.0)
+        try:
+            hull = ConvexHull(vertices[np.unique(f)]).volume
+        except (QhullError, ValueError):  # flat or degenerate piece
+            continue
+        if hull > 0 and volume >= min_ratio * hull:
+            labels[idx] = int(np.argmax(np.bincount(labels[idx], weights=area_w[idx])))
+    return labels
 
 
 def _merge_small(labels, adjacency, area_w, min_area: float) -> np.ndarray:

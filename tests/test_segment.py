@@ -332,3 +332,40 @@ def test_segment_mesh_file_reports_bad_inputs(tmp_path):
         segment_mesh_file(src, tmp_path / "out.ply", sam_checkpoint=tmp_path / "nope.pth")
     with pytest.raises(MeshInputError, match="mesh file"):
         segment_mesh_file(src, tmp_path / "out.txt")
+
+
+def _pieces(*meshes):
+    """Concatenated meshes, the connected piece of every face, and face areas (normalized)."""
+    mesh = trimesh.util.concatenate(meshes)
+    component = np.concatenate([np.full(len(m.faces), i) for i, m in enumerate(meshes)])
+    areas = mesh.area_faces / mesh.area
+    return np.asarray(mesh.vertices), np.asarray(mesh.faces), component, areas
+
+
+def test_convex_pieces_become_one_segment_and_others_stay_split():
+    from renderers.segment import _merge_convex_pieces
+
+    board = trimesh.creation.box(extents=(2.0, 0.2, 0.05))  # closed and convex: one part by the minima rule
+    open_box = trimesh.creation.box(extents=(1, 1, 1))
+    open_box = trimesh.Trimesh(open_box.vertices, open_box.faces[2:])  # two faces removed: not closed
+    vertices, faces, component, areas = _pieces(board, open_box)
+    # split the board along its length, the open box in two
+    centre_x = vertices[faces].mean(1)[:, 0]
+    labels = np.where(component == 0, (centre_x > 0.3).astype(int), 2 + (np.arange(len(faces)) % 2))
+    out = _merge_convex_pieces(labels, vertices, faces, component, areas, 0.95)
+    assert len(np.unique(out[component == 0])) == 1  # the board is one segment again
+    assert np.array_equal(out[component == 1], labels[component == 1])  # open piece untouched
+    assert np.array_equal(_merge_convex_pieces(labels, vertices, faces, component, areas, 1.01), labels)  # off
+
+
+def test_non_convex_piece_keeps_its_segments():
+    from renderers.segment import _merge_convex_pieces
+
+    parts = [trimesh.creation.box(extents=(1, 0.2, 0.2)),
+             trimesh.creation.box(extents=(0.2, 1, 0.2)).apply_translation((0.4, 0.6, 0))]
+    ell = trimesh.boolean.union(parts, engine="manifold")  # one closed L-shaped piece: volume / hull well below 0.95
+    vertices, faces = np.asarray(ell.vertices), np.asarray(ell.faces)
+    labels = (vertices[faces].mean(1)[:, 1] > 0.1).astype(int)
+    component = np.zeros(len(faces), dtype=int)
+    out = _merge_convex_pieces(labels, vertices, faces, component, ell.area_faces / ell.area, 0.95)
+    assert np.array_equal(out, labels)
