@@ -132,7 +132,8 @@ def fuse_parts(parts: Sequence[trimesh.Trimesh]) -> trimesh.Trimesh:
     return trimesh.Trimesh(np.asarray(fused.vertices), np.asarray(fused.faces), process=False)
 
 
-def _scene(mesh: trimesh.Trimesh):
+def raycasting_scene(mesh: trimesh.Trimesh):
+    """An Open3D ``RaycastingScene`` of the mesh's triangles (distances, signed distances, occupancy)."""
     import open3d as o3d
 
     scene = o3d.t.geometry.RaycastingScene()
@@ -150,7 +151,7 @@ def label_by_nearest_part(mesh: trimesh.Trimesh, parts: Sequence[trimesh.Trimesh
 
     tri = np.asarray(mesh.vertices, dtype=np.float64)[np.asarray(mesh.faces)]
     query = o3d.core.Tensor(tri.mean(axis=1).astype(np.float32))
-    dist = np.stack([_scene(p).compute_distance(query).numpy() for p in parts], axis=1)  # (F, P)
+    dist = np.stack([raycasting_scene(p).compute_distance(query).numpy() for p in parts], axis=1)  # (F, P)
     return np.argmin(dist, axis=1).astype(np.int64)
 
 
@@ -182,7 +183,7 @@ def remesh_marching_cubes(mesh: trimesh.Trimesh, *, resolution: int = 96, max_fa
     pitch = float((hi - lo).max()) / int(resolution)
     axes = [np.arange(lo[i] - 2 * pitch, hi[i] + 2.5 * pitch, pitch) for i in range(3)]
     grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).astype(np.float32)  # (X, Y, Z, 3)
-    sdf = _scene(mesh).compute_signed_distance(o3d.core.Tensor(grid)).numpy()  # (X, Y, Z), < 0 inside
+    sdf = raycasting_scene(mesh).compute_signed_distance(o3d.core.Tensor(grid)).numpy()  # (X, Y, Z), < 0 inside
     vertices, faces, _, _ = marching_cubes(sdf, 0.0, spacing=(pitch, pitch, pitch))
     vertices = vertices + np.array([a[0] for a in axes])
     if max_faces is not None and len(faces) > max_faces:

@@ -164,7 +164,7 @@ class ResidualVQ(nn.Module):
             norms.append(residual.detach().norm(dim=-1).mean() if len(x) else x.new_zeros(()))
         codes_t = torch.stack(codes, dim=-1) if len(x) else x.new_zeros(0, cfg.depth, dtype=torch.long)
         if self.training and len(x):
-            self._update(residuals, codes_t)
+            self._update(residuals, [codes_t[:, level] for level in range(cfg.depth)])
         commit = commit / cfg.depth
         loss = cfg.commitment * commit + book_loss / cfg.depth
         quantized = x + (total - x).detach()  # straight-through
@@ -186,16 +186,20 @@ class ResidualVQ(nn.Module):
         self.initialized.fill_(True)
 
     @torch.no_grad()
-    def _update(self, residuals: list[torch.Tensor], codes: torch.Tensor) -> None:
-        """EMA statistics (and, with ``ema``, the codebook) from this batch; then dead-code restarts."""
+    def _update(self, residuals: list[torch.Tensor], codes: list[torch.Tensor]) -> None:
+        """EMA statistics (and, with ``ema``, the codebook) from this batch; then dead-code restarts.
+
+        ``residuals[l] (N_l, C)`` were quantized at level ``l`` to ``codes[l] (N_l,)`` (levels may hold different
+        numbers of rows: :class:`~tokenizers3d.msrq.MultiScaleRQ` quantizes fewer vectors at coarse scales).
+        """
         cfg = self.config
         k = cfg.codebook_size
         counts = torch.zeros_like(self.ema_count)  # (Q, K)
         sums = torch.zeros_like(self.ema_sum)  # (Q, K, C)
-        for level, r in enumerate(residuals):
+        for level, (r, c) in enumerate(zip(residuals, codes, strict=True)):
             b = self.book_of(level)
-            counts[b] += torch.bincount(codes[:, level], minlength=k).to(counts.dtype)
-            sums[b].index_add_(0, codes[:, level], r.to(sums.dtype))
+            counts[b] += torch.bincount(c, minlength=k).to(counts.dtype)
+            sums[b].index_add_(0, c, r.to(sums.dtype))
         self.ema_count.mul_(cfg.decay).add_(counts, alpha=1.0 - cfg.decay)
         self.ema_sum.mul_(cfg.decay).add_(sums, alpha=1.0 - cfg.decay)
         if cfg.ema:

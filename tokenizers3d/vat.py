@@ -1,0 +1,254 @@
+"""VAT: a variational shape tokenizer -- a whole shape as a few hundred coarse-to-fine tokens (the model).
+
+After "3D representation in 512-Byte: Variational tokenizer is the key for autoregressive 3D generation":
+
+* **Encoder** (in-context): ``n_points`` surface points with normals, Fourier-embedded, and ``L`` learned query
+  tokens go through one transformer together (queries and points in the same self-attention); the queries'
+  outputs are the ``L`` latents.
+* **Variational bottleneck**: each latent becomes a Gaussian (mean, log-variance; KL to N(0, I)); the sample
+  (the mean at inference) is quantized by **multi-scale residual quantization**
+  (:class:`~tokenizers3d.msrq.MultiScaleRQ`, scales e.g. 1, 4, 16, 64, 256 tokens of one shared codebook).
+* **Decoder**: the quantized line -> transformer -> a **triplane** (three ``C x R x R`` feature planes: learned
+  plane queries read the latents by cross-attention at ``R0 x R0``, then transposed convolutions double the
+  resolution up to ``R``) -> a small MLP maps the sum of the three bilinear plane features at a query point to
+  an occupancy logit -> marching cubes at any resolution -> a watertight mesh.
+* **Coarse to fine**: any prefix of the scales decodes to a complete, coarser shape (:meth:`VATModel.decode_ids`
+  with ``scales=K``), so one token file serves every byte budget.
+
+Coordinates are in the normalized frame of :class:`~tokenizers3d.mesh.Normalization` (bounding box centred,
+longest side 1), so occupancy is learned in ``[-0.5, 0.5]^3`` (queries reach ``+-0.55``).
+:func:`occupancy_targets` makes the training targets (uniform and near-surface points, inside or not, from
+Open3D's ray-parity occupancy of a closed mesh). The model saves and loads through
+:class:`~tokenizers3d.checkpoint.PretrainedMixin`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import PretrainedMixin
+from .msrq import MSRQConfig, MultiScaleRQ
+
+BOX = 0.55  # half side of the cube the occupancy field covers (the normalized mesh spans +-0.5)
+
+
+@dataclass(frozen=True)
+class VATConfig:
+    """Shape of :class:`VATModel` and its loss weights.
+
+    Attributes
+    ----------
+    dim, heads : int
+        Transformer width and heads (encoder and decoder).
+    enc_layers, dec_layers : int
+    n_freqs : int
+        Fourier frequencies per coordinate of the point embedding.
+    quantizer : MSRQConfig
+        Latent width, scales (the last is the number of latents ``L``) and codebook.
+    plane_base : int
+        Resolution ``R0`` at which plane queries read the latents.
+    plane_res : int
+        Final triplane resolution ``R`` (``R0`` times a power of two).
+    plane_channels : int
+    mlp_hidden : int
+    kl_weight, commit_weight : float
+    """
+
+    dim: int = 192
+    heads: int = 4
+    enc_layers: int = 3
+    dec_layers: int = 3
+    n_freqs: int = 8
+    quantizer: MSRQConfig = field(default_factory=MSRQConfig)
+    plane_base: int = 8
+    plane_res: int = 64
+    plane_channels: int = 32
+    mlp_hidden: int = 64
+    kl_weight: float = 1e-4
+    commit_weight: float = 1.0
+
+    def __post_init__(self):
+        ratio = self.plane_res / self.plane_base
+        if ratio < 1 or ratio != 2 ** round(math.log2(ratio)):
+            raise ValueError(f"plane_res {self.plane_res} must be plane_base {self.plane_base} times a power of two")
+
+    @property
+    def bits_per_token(self) -> int:
+        return max(1, math.ceil(math.log2(self.quantizer.codebook_size)))
+
+    def bytes_for(self, scales: int) -> int:
+        """Packed size of the ids of the first ``scales`` scales."""
+        return math.ceil(sum(self.quantizer.scales[:scales]) * self.bits_per_token / 8)
+
+
+def fourier(x: torch.Tensor, n_freqs: int) -> torch.Tensor:
+    """``(..., 3)`` -> ``(..., 3 + 6 n_freqs)``: the coordinates and their sines and cosines at octaves of pi."""
+    freqs = (2.0 ** torch.arange(n_freqs, device=x.device, dtype=x.dtype)) * math.pi
+    ang = x[..., None] * freqs  # (..., 3, F)
+    return torch.cat([x, ang.sin().flatten(-2), ang.cos().flatten(-2)], dim=-1)
+
+
+def _encoder(dim: int, heads: int, layers: int) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, batch_first=True, norm_first=True)
+    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+
+@dataclass
+class VATOutput:
+    """What :meth:`VATModel.forward` returns (losses are scalars)."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor
+    occupancy_loss: torch.Tensor
+    kl: torch.Tensor
+    commit: torch.Tensor
+    codes: list
+    accuracy: torch.Tensor
+
+
+class VATModel(nn.Module, PretrainedMixin):
+    """The VAT tokenizer network (see the module docstring)."""
+
+    config_class = VATConfig
+
+    def __init__(self, config: VATConfig | None = None):
+        super().__init__()
+        self.config = cfg = config or VATConfig()
+        q = cfg.quantizer
+        d = cfg.dim
+        self.point_in = nn.Linear(2 * (3 + 6 * cfg.n_freqs), d)  # position and normal, each embedded
+        self.queries = nn.Parameter(torch.randn(q.length, d) * 0.02)
+        self.encoder = _encoder(d, cfg.heads, cfg.enc_layers)
+        self.to_gauss = nn.Linear(d, 2 * q.dim)
+        self.quantizer = MultiScaleRQ(q)
+        self.from_latent = nn.Linear(q.dim, d)
+        self.latent_pos = nn.Parameter(torch.randn(q.length, d) * 0.02)
+        self.decoder = _encoder(d, cfg.heads, cfg.dec_layers)
+        self.plane_queries = nn.Parameter(torch.randn(3 * cfg.plane_base ** 2, d) * 0.02)
+        self.plane_attn = nn.MultiheadAttention(d, cfg.heads, batch_first=True)
+        self.plane_norm = nn.LayerNorm(d)
+        ups, ch = [], d
+        for _ in range(int(round(math.log2(cfg.plane_res / cfg.plane_base)))):
+            ups += [nn.ConvTranspose2d(ch, cfg.plane_channels, 4, stride=2, padding=1), nn.SiLU()]
+            ch = cfg.plane_channels
+        ups.append(nn.Conv2d(ch, cfg.plane_channels, 3, padding=1))
+        self.plane_up = nn.Sequential(*ups)
+        self.mlp = nn.Sequential(nn.Linear(cfg.plane_channels, cfg.mlp_hidden), nn.SiLU(),
+                                 nn.Linear(cfg.mlp_hidden, cfg.mlp_hidden), nn.SiLU(), nn.Linear(cfg.mlp_hidden, 1))
+
+    # ---- encoder ----------------------------------------------------------------------------------------
+    def encode_gaussian(self, points: torch.Tensor, normals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance ``(B, L, c)`` of the latents of point clouds ``(B, N, 3)`` with normals."""
+        cfg = self.config
+        tokens = self.point_in(torch.cat([fourier(points, cfg.n_freqs), fourier(normals, cfg.n_freqs)], -1))
+        b = points.shape[0]
+        x = torch.cat([self.queries.expand(b, -1, -1), tokens], dim=1)
+        x = self.encoder(x)[:, : cfg.quantizer.length]
+        mean, logvar = self.to_gauss(x).chunk(2, dim=-1)
+        return mean, logvar.clamp(-10.0, 5.0)
+
+    @torch.no_grad()
+    def encode(self, points: torch.Tensor, normals: torch.Tensor) -> list[torch.Tensor]:
+        """Per-scale token ids (coarse to fine) of point clouds ``(B, N, 3)`` in the normalized frame."""
+        mean, _ = self.encode_gaussian(points, normals)
+        was = self.quantizer.training
+        self.quantizer.eval()
+        codes = self.quantizer(mean).codes
+        self.quantizer.train(was)
+        return codes
+
+    # ---- decoder ----------------------------------------------------------------------------------------
+    def triplanes(self, latent: torch.Tensor) -> torch.Tensor:
+        """Quantized latent line ``(B, L, c)`` -> triplane features ``(B, 3, C, R, R)``."""
+        cfg = self.config
+        b = latent.shape[0]
+        x = self.decoder(self.from_latent(latent) + self.latent_pos)
+        q = self.plane_queries.expand(b, -1, -1)
+        planes = self.plane_norm(q + self.plane_attn(q, x, x, need_weights=False)[0])  # (B, 3 R0^2, D)
+        r0 = cfg.plane_base
+        planes = planes.reshape(b * 3, r0, r0, cfg.dim).permute(0, 3, 1, 2)
+        planes = self.plane_up(planes)
+        return planes.reshape(b, 3, cfg.plane_channels, cfg.plane_res, cfg.plane_res)
+
+    def occupancy_logits(self, planes: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """Occupancy logits ``(B, M)`` at points ``(B, M, 3)`` (normalized frame) from triplanes ``(B, 3, C, R, R)``."""
+        b, m, _ = queries.shape
+        uv = (queries / BOX).clamp(-1.0, 1.0)
+        coords = torch.stack([uv[..., [0, 1]], uv[..., [0, 2]], uv[..., [1, 2]]], dim=1)  # (B, 3, M, 2)
+        feats = F.grid_sample(planes.flatten(0, 1), coords.reshape(b * 3, m, 1, 2), mode="bilinear",
+                              align_corners=False)  # (B*3, C, M, 1)
+        feats = feats.reshape(b, 3, -1, m).sum(1).transpose(1, 2)  # (B, M, C)
+        return self.mlp(feats).squeeze(-1)
+
+    def decode_ids(self, codes: list[torch.Tensor], *, scales: int | None = None) -> torch.Tensor:
+        """Triplanes from per-scale ids; ``scales=K`` decodes only the first ``K`` (a coarser shape)."""
+        return self.triplanes(self.quantizer.decode(codes, scales=scales))
+
+    # ---- training ---------------------------------------------------------------------------------------
+    def forward(self, points: torch.Tensor, normals: torch.Tensor, queries: torch.Tensor,
+                occupancy: torch.Tensor) -> VATOutput:
+        """Losses of a batch: surface points ``(B, N, 3)`` + normals, query points ``(B, M, 3)`` and their
+        occupancy ``(B, M)`` in {0, 1}."""
+        cfg = self.config
+        mean, logvar = self.encode_gaussian(points, normals)
+        z = mean + torch.randn_like(mean) * (0.5 * logvar).exp() if self.training else mean
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1).mean()
+        q = self.quantizer(z)
+        logits = self.occupancy_logits(self.triplanes(q.quantized), queries)
+        occ = F.binary_cross_entropy_with_logits(logits, occupancy.float())
+        loss = occ + cfg.kl_weight * kl + cfg.commit_weight * q.loss
+        acc = ((logits > 0) == (occupancy > 0.5)).float().mean()
+        return VATOutput(logits, loss, occ, kl, q.commit, q.codes, acc)
+
+    # ---- meshes -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def occupancy_grid(self, planes: torch.Tensor, resolution: int, *, chunk: int = 65536) -> np.ndarray:
+        """Occupancy probabilities on a ``resolution^3`` grid over ``[-BOX, BOX]^3`` (one shape: ``planes[0]``)."""
+        axis = torch.linspace(-BOX, BOX, resolution, device=planes.device)
+        grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(1, -1, 3)
+        out = [torch.sigmoid(self.occupancy_logits(planes[:1], part)) for part in grid.split(chunk, dim=1)]
+        return torch.cat(out, dim=1).reshape(resolution, resolution, resolution).cpu().numpy()
+
+
+def grid_to_mesh(occupancy: np.ndarray, *, level: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Marching cubes of an occupancy grid over ``[-BOX, BOX]^3`` -> ``(vertices (V, 3), faces (F, 3))``, outward
+    wound; empty arrays when the level is not crossed (no shape)."""
+    from skimage.measure import marching_cubes
+
+    occ = np.pad(np.asarray(occupancy, dtype=np.float32), 1, constant_values=0.0)  # closed at the box
+    if occ.max() <= level or occ.min() >= level:
+        return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64)
+    res = occupancy.shape[0]
+    step = 2 * BOX / (res - 1)
+    vertices, faces, _, _ = marching_cubes(occ, level, spacing=(step, step, step))
+    vertices = vertices - step - BOX  # the pad's extra cell
+    return vertices, faces[:, ::-1].astype(np.int64)  # skimage winds inward for "inside = high"
+
+
+def occupancy_targets(vertices: np.ndarray, faces: np.ndarray, rng: np.random.Generator, *, n_uniform: int = 2048,
+                      n_near: int = 2048, sigma: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
+    """Query points ``(M, 3)`` float32 and their occupancy ``(M,)`` float32 for a closed mesh in the normalized
+    frame: ``n_uniform`` uniform in ``[-BOX, BOX]^3`` and ``n_near`` surface samples moved by ``N(0, sigma)``.
+    Inside-ness is Open3D's ray-parity occupancy."""
+    import open3d as o3d
+
+    v = np.asarray(vertices, dtype=np.float32)
+    f = np.asarray(faces, dtype=np.int64)
+    tri = v[f]
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    pick = rng.choice(len(f), n_near, p=area / area.sum())
+    r1, r2 = np.sqrt(rng.random(n_near)), rng.random(n_near)
+    w = np.stack([1 - r1, r1 * (1 - r2), r1 * r2], axis=1)
+    near = (tri[pick] * w[:, :, None]).sum(1) + rng.normal(scale=sigma, size=(n_near, 3))
+    uniform = rng.uniform(-BOX, BOX, size=(n_uniform, 3))
+    queries = np.concatenate([uniform, near]).astype(np.float32)
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.core.Tensor(v), o3d.core.Tensor(f.astype(np.uint32)))
+    occ = scene.compute_occupancy(o3d.core.Tensor(queries)).numpy().astype(np.float32)
+    return queries, occ
