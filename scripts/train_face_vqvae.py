@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Iterator
@@ -40,8 +38,8 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from meshgen.data import AugmentConfig
 from meshgen.train import lr_at
-from tokenizers3d.checkpoint import RunFolder, config_from_dict
-from tokenizers3d.errors import MeshgenError, MeshInputError
+from tokenizers3d.checkpoint import RunFolder, load_sections
+from tokenizers3d.errors import MeshgenError
 from tokenizers3d.face_vqvae import FaceBatch, FaceVQVAE, FaceVQVAEConfig
 from tokenizers3d.io import atomic_write_text
 from tokenizers3d.mesh import QuantizedMesh, canonicalize, normalize, quantize
@@ -98,22 +96,8 @@ class RunConfig:
 def load_run_config(path: str | Path | None, **overrides) -> RunConfig:
     """YAML sections ``model`` (FaceVQVAEConfig, ``rvq`` nested), ``data``, ``train``; ``overrides`` like
     ``steps=10`` replace ``train`` fields."""
-    raw = {}
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise MeshInputError(path, "config file does not exist")
-        raw = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(raw, dict) or set(raw) - {"model", "data", "train"}:
-            raise MeshInputError(path, "config must be a mapping with sections model, data, train")
-    train = dict(raw.get("train") or {})
-    train.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return RunConfig(model=config_from_dict(FaceVQVAEConfig, dict(raw.get("model") or {})),
-                         data=config_from_dict(DataSection, dict(raw.get("data") or {})),
-                         train=config_from_dict(TrainSection, train))
-    except (TypeError, ValueError) as exc:
-        raise MeshInputError(path, f"bad config ({exc})") from exc
+    return RunConfig(**load_sections(path, {"model": FaceVQVAEConfig, "data": DataSection, "train": TrainSection},
+                                     {"train": overrides}))
 
 
 # ---- data -------------------------------------------------------------------------------------------------
@@ -188,31 +172,18 @@ class FaceVQVAETrainer:
     def __init__(self, cfg: RunConfig, *, log=print):
         self.cfg, self.log = cfg, log
         tc = cfg.train
-        if tc.threads:
-            torch.set_num_threads(tc.threads)
-        torch.manual_seed(tc.seed)
         self.out = Path(tc.out_dir)
         self.run = RunFolder(self.out)
-        self.step, self.best = 0, -1.0
-        self.model = self.run.model(FaceVQVAE, cfg.model)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tc.betas,
-                                     weight_decay=tc.weight_decay)
-        state = self.run.trainer_state()
-        if state is not None:
-            self.opt.load_state_dict(state["optimizer"])
-            self.step, self.best = int(state["step"]), float(state["best"])
-            torch.set_rng_state(state["rng_cpu"])
-        self.run.trim_log(self.step)
+        self.model, self.opt, self.step, self.best = self.run.start(
+            FaceVQVAE, cfg.model,
+            lambda p: torch.optim.AdamW(p, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay),
+            threads=tc.threads, seed=tc.seed)
         self._val = None
 
     # ---- state ------------------------------------------------------------------------------------------
     def save(self, name: str) -> None:
         """Weights via save_pretrained (+ trainer state for ``last``), swapped in whole (:class:`RunFolder`)."""
-        state = None
-        if name == "last":
-            state = {"optimizer": self.opt.state_dict(), "step": self.step, "best": self.best,
-                     "rng_cpu": torch.get_rng_state()}
-        self.run.save(self.model, name, state)
+        self.run.checkpoint(self.model, name, optimizer=self.opt, step=self.step, best=self.best)
 
     # ---- validation -----------------------------------------------------------------------------------
     def val_batches(self) -> list[FaceBatch]:
@@ -257,11 +228,7 @@ class FaceVQVAETrainer:
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out / "config.yaml", yaml.safe_dump(json.loads(json.dumps(self.cfg.to_dict())),
                                                                    sort_keys=False))
-        with open(self.out / "sessions.jsonl", "a") as fh:  # the hardware each (re)start ran on, for the model card
-            fh.write(json.dumps({"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "from_step": self.step,
-                                 "platform": platform.platform(), "processor": platform.processor() or None,
-                                 "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                                 "threads": torch.get_num_threads()}) + "\n")
+        self.run.record_session(from_step=self.step)  # the hardware each (re)start ran on, for the model card
         data = MeshBatches(self.cfg.model, d, start=self.step)
         loader = DataLoader(data, batch_size=None, num_workers=d.num_workers, collate_fn=_identity,
                             prefetch_factor=2 if d.num_workers else None)
@@ -295,14 +262,12 @@ class FaceVQVAETrainer:
                     self.save("best")
             if self.step % tc.log_every == 0 or self.step == tc.steps:
                 now = time.time()
-                mean = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
-                row = {"step": self.step, "lr": f"{lr:.3e}", **{k: f"{v:.4f}" for k, v in mean.items()},
-                       "restarts": int(self.model.quantizer.restarts),
-                       "faces_per_s": f"{faces_seen / (now - t0):.1f}",
-                       "steps_per_s": f"{len(rows) / (now - t_log):.3f}",
-                       **{f"val_{k}": f"{v:.4f}" for k, v in val.items()},
-                       "elapsed_s": f"{elapsed0 + now - t0:.1f}"}
-                self.run.write_log(row, LOG_FIELDS)
+                row = self.run.log_means(rows, list(LOG_FIELDS), step=self.step, lr=f"{lr:.3e}",
+                                         restarts=int(self.model.quantizer.restarts),
+                                         faces_per_s=f"{faces_seen / (now - t0):.1f}",
+                                         steps_per_s=f"{len(rows) / (now - t_log):.3f}",
+                                         **{f"val_{k}": f"{v:.4f}" for k, v in val.items()},
+                                         elapsed_s=f"{elapsed0 + now - t0:.1f}")
                 self.log(json.dumps(row))
                 rows, t_log = [], now
             if self.step % tc.ckpt_every == 0 or self.step == tc.steps:

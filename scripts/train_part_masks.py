@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -133,32 +131,18 @@ def view_miou(labels: np.ndarray, parts: np.ndarray) -> float:
 class Trainer:
     def __init__(self, cfg: TrainConfig, *, log=print):
         self.cfg, self.log = cfg, log
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        torch.manual_seed(cfg.seed)
         self.out = Path(cfg.out)
         self.run = RunFolder(self.out)
-        self.step, self.best = 0, -1.0
-        self.model = self.run.model(PartMaskNet, cfg.model)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.rng = np.random.default_rng([cfg.seed, 0])
-        state = self.run.trainer_state()
-        if state is not None:
-            self.opt.load_state_dict(state["optimizer"])
-            self.step, self.best = int(state["step"]), float(state["best"])
-            torch.set_rng_state(state["rng_cpu"])
-            self.rng = np.random.default_rng([cfg.seed, self.step])
-        self.run.trim_log(self.step)
+        self.model, self.opt, self.step, self.best = self.run.start(
+            PartMaskNet, cfg.model, lambda p: torch.optim.AdamW(p, lr=cfg.lr, weight_decay=cfg.weight_decay),
+            threads=cfg.threads, seed=cfg.seed)
+        self.rng = np.random.default_rng([cfg.seed, self.step])
         roots = [Path(p) for p in cfg.data]
         self.train = Views(roots, "train")
         self.val = Views(roots, "val", views_per_shape=cfg.val_views_per_shape)
 
     def save(self, name: str) -> None:
-        state = None
-        if name == "last":
-            state = {"optimizer": self.opt.state_dict(), "step": self.step, "best": self.best,
-                     "rng_cpu": torch.get_rng_state()}
-        self.run.save(self.model, name, state)
+        self.run.checkpoint(self.model, name, optimizer=self.opt, step=self.step, best=self.best)
 
     def batch(self, views: Views, idx: np.ndarray, *, train: bool):
         normals = torch.from_numpy(views.normals[idx].astype(np.float32))
@@ -194,11 +178,7 @@ class Trainer:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out / "train_config.json", json.dumps(asdict(cfg), indent=1) + "\n")
-        with open(self.out / "sessions.jsonl", "a") as fh:
-            fh.write(json.dumps({"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "from_step": self.step,
-                                 "platform": platform.platform(), "cpu_count": os.cpu_count(),
-                                 "torch": torch.__version__, "threads": torch.get_num_threads(),
-                                 "train_views": len(self.train), "val_views": len(self.val)}) + "\n")
+        self.run.record_session(from_step=self.step, train_views=len(self.train), val_views=len(self.val))
         elapsed0, t0, t_log = self.run.elapsed_before(), time.time(), time.time()
         rows, val = [], {"loss": float("nan"), "miou": float("nan")}
         self.model.train()
@@ -226,12 +206,10 @@ class Trainer:
                                       json.dumps({"step": self.step, **val}, indent=1) + "\n")
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 now = time.time()
-                mean = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
-                row = {"step": self.step, "lr": f"{lr:.3e}", **{k: f"{v:.4f}" for k, v in mean.items()},
-                       "views_per_s": f"{len(rows) * cfg.batch / (now - t_log):.2f}",
-                       "val_loss": f"{val['loss']:.4f}", "val_miou": f"{val['miou']:.4f}",
-                       "elapsed_s": f"{elapsed0 + now - t0:.1f}"}
-                self.run.write_log(row, LOG_FIELDS)
+                row = self.run.log_means(rows, LOG_FIELDS, step=self.step, lr=f"{lr:.3e}",
+                                         views_per_s=f"{len(rows) * cfg.batch / (now - t_log):.2f}",
+                                         val_loss=f"{val['loss']:.4f}", val_miou=f"{val['miou']:.4f}",
+                                         elapsed_s=f"{elapsed0 + now - t0:.1f}")
                 self.log(json.dumps(row))
                 rows, t_log = [], now
             if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -142,3 +144,42 @@ def test_tiny_model_overfits_two_shapes(one_thread):
         mesh = trimesh.Trimesh(v, f)
         assert mesh.is_watertight
         assert evaluate_mesh(mesh, ref).fscore_005 >= 0.95
+
+
+def test_occupancy_of_overlapping_pieces_is_their_union():
+    a = trimesh.creation.box(extents=(0.6, 0.2, 0.2))
+    b = trimesh.creation.box(extents=(0.2, 0.6, 0.2))  # crosses a at the origin: ray parity of both would cancel
+    both = trimesh.util.concatenate([a, b])
+    queries, occ = occupancy_targets(both.vertices, both.faces, np.random.default_rng(0), n_uniform=2000, n_near=0)
+    inside = np.all(np.abs(queries) < [0.3, 0.1, 0.1], axis=1) | np.all(np.abs(queries) < [0.1, 0.3, 0.1], axis=1)
+    assert inside[np.all(np.abs(queries) < 0.1, axis=1)].any()  # some points in the overlap were drawn
+    assert np.array_equal(occ.astype(bool), inside)
+
+
+def test_training_script_runs_resumes_and_refuses_bad_configs(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("""
+model: {dim: 32, heads: 2, enc_layers: 1, dec_layers: 1, n_freqs: 4, plane_base: 4, plane_res: 8, plane_channels: 8,
+        mlp_hidden: 16, quantizer: {dim: 4, scales: [1, 2, 4], codebook_size: 16}}
+data: {max_faces: 300, n_points: 128, n_uniform: 128, n_near: 128, val_shapes: 2}
+train: {batch: 2, val_every: 2, ckpt_every: 1, log_every: 1, threads: 1}
+""")
+    cmd = [sys.executable, str(root / "scripts" / "train_vat.py"), "--config", str(cfg), "--out-dir", str(tmp_path / "run")]
+    first = subprocess.run([*cmd, "--steps", "2"], capture_output=True, text=True, cwd=root)
+    assert first.returncode == 0, first.stderr
+    result = json.loads(first.stdout.strip().splitlines()[-1])
+    assert result["step"] == 2 and len(result["val"]["iou_by_scales"]) == 3
+    assert (tmp_path / "run" / "best" / "config.json").exists()
+    second = subprocess.run([*cmd, "--steps", "3"], capture_output=True, text=True, cwd=root)
+    assert second.returncode == 0, second.stderr
+    rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+    assert VATModel.from_pretrained(tmp_path / "run" / "last").config.plane_res == 8
+    cfg.write_text("model: {plane_base: 8, plane_res: 24}\n")
+    bad = subprocess.run([*cmd, "--steps", "1"], capture_output=True, text=True, cwd=root)
+    assert bad.returncode == 2 and "power of two" in bad.stderr and "Traceback" not in bad.stderr

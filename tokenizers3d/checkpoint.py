@@ -56,6 +56,38 @@ def config_from_dict(cls, d: dict):
     return cls(**kw)
 
 
+def load_sections(path, classes: dict, overrides: dict | None = None) -> dict:
+    """A YAML run config of named sections, each parsed into its dataclass.
+
+    ``classes`` maps section name -> frozen config dataclass (a missing section takes the class's defaults);
+    ``overrides`` maps section name -> ``{field: value}`` applied over the file (``None`` values ignored).
+    ``path=None`` gives every default. Every problem (missing or non-mapping file, unknown section or field,
+    bad value) is one :class:`MeshInputError` naming the file.
+    """
+    import yaml
+
+    raw = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise MeshInputError(path, "config file does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise MeshInputError(path, f"not valid YAML ({str(exc).splitlines()[0]})") from exc
+        if not isinstance(raw, dict) or set(raw) - set(classes):
+            raise MeshInputError(path, f"config must be a mapping with sections {', '.join(classes)}")
+    out = {}
+    try:
+        for name, cls in classes.items():
+            section = dict(raw.get(name) or {})
+            section.update({k: v for k, v in (overrides or {}).get(name, {}).items() if v is not None})
+            out[name] = config_from_dict(cls, section)
+    except (TypeError, ValueError) as exc:
+        raise MeshInputError(path, f"bad config ({exc})") from exc
+    return out
+
+
 def _package_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -335,6 +367,66 @@ class RunFolder:
                                                 f"(saved {config_to_dict(model.config)})")
             return model
         return cls(config)
+
+    def start(self, model_cls, config, make_optimizer, *, threads: int = 0, seed: int = 0):
+        """Begin or resume the run: torch threads and seed, the model (:meth:`model`), its optimizer
+        (``make_optimizer(parameters)``) with ``last``'s state, and the log trimmed to the resumed step.
+        Returns ``(model, optimizer, step, best)``."""
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        torch.manual_seed(seed)
+        model = self.model(model_cls, config)
+        optimizer = make_optimizer(model.parameters())
+        step, best = self.restore(optimizer)
+        self.trim_log(step)
+        return model, optimizer, step, best
+
+    def log_means(self, rows: list[dict], fields: list[str], **extra) -> dict:
+        """Average the per-step ``rows`` (same keys, numbers), format them with 4 decimals, add ``extra`` (already
+        formatted), append the row to ``log.csv`` and return it."""
+        mean = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]} if rows else {}
+        row = {**{k: f"{v:.4f}" for k, v in mean.items()}, **extra}
+        self.write_log(row, fields)
+        return row
+
+    def restore(self, optimizer) -> tuple[int, float]:
+        """Load ``last``'s optimizer state and torch RNG into this process; ``(step, best)``, or ``(0, -1.0)``
+        for a new run."""
+        import torch
+
+        state = self.trainer_state()
+        if state is None:
+            return 0, -1.0
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_cpu"])
+        return int(state["step"]), float(state["best"])
+
+    def checkpoint(self, model, name: str, *, optimizer=None, step: int = 0, best: float = -1.0) -> None:
+        """:meth:`save` ``model`` as ``name``; ``last`` also keeps the optimizer, step, best score and torch RNG."""
+        import torch
+
+        state = None
+        if name == "last":
+            state = {"optimizer": optimizer.state_dict(), "step": int(step), "best": float(best),
+                     "rng_cpu": torch.get_rng_state()}
+        self.save(model, name, state)
+
+    def record_session(self, **extra) -> None:
+        """Append the machine this (re)start runs on to ``sessions.jsonl`` (model cards list them)."""
+        import os
+        import platform
+        import time
+
+        import torch
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        row = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "platform": platform.platform(),
+               "processor": platform.processor() or None, "cpu_count": os.cpu_count(), "torch": torch.__version__,
+               "threads": torch.get_num_threads(), **extra}
+        with open(self.out / "sessions.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
 
     def trainer_state(self) -> dict | None:
         """``last/trainer_state.pt`` (tensors and plain values only), or None before the first checkpoint."""

@@ -233,10 +233,12 @@ def grid_to_mesh(occupancy: np.ndarray, *, level: float = 0.5) -> tuple[np.ndarr
 
 def occupancy_targets(vertices: np.ndarray, faces: np.ndarray, rng: np.random.Generator, *, n_uniform: int = 2048,
                       n_near: int = 2048, sigma: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
-    """Query points ``(M, 3)`` float32 and their occupancy ``(M,)`` float32 for a closed mesh in the normalized
-    frame: ``n_uniform`` uniform in ``[-BOX, BOX]^3`` and ``n_near`` surface samples moved by ``N(0, sigma)``.
-    Inside-ness is Open3D's ray-parity occupancy."""
+    """Query points ``(M, 3)`` float32 and their occupancy ``(M,)`` float32 for a mesh of closed pieces in the
+    normalized frame: ``n_uniform`` uniform in ``[-BOX, BOX]^3`` and ``n_near`` surface samples moved by
+    ``N(0, sigma)``. A point is inside when it is inside any connected piece (Open3D's ray parity per piece, so
+    overlapping parts -- a chair's legs through its seat -- count as their union)."""
     import open3d as o3d
+    import trimesh
 
     v = np.asarray(vertices, dtype=np.float32)
     f = np.asarray(faces, dtype=np.int64)
@@ -248,7 +250,12 @@ def occupancy_targets(vertices: np.ndarray, faces: np.ndarray, rng: np.random.Ge
     near = (tri[pick] * w[:, :, None]).sum(1) + rng.normal(scale=sigma, size=(n_near, 3))
     uniform = rng.uniform(-BOX, BOX, size=(n_uniform, 3))
     queries = np.concatenate([uniform, near]).astype(np.float32)
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(o3d.core.Tensor(v), o3d.core.Tensor(f.astype(np.uint32)))
-    occ = scene.compute_occupancy(o3d.core.Tensor(queries)).numpy().astype(np.float32)
-    return queries, occ
+    mesh = trimesh.Trimesh(v, f, process=False)
+    pieces = trimesh.graph.connected_components(mesh.face_adjacency, nodes=np.arange(len(f)), min_len=1)
+    occ = np.zeros(len(queries), dtype=bool)
+    q = o3d.core.Tensor(queries)
+    for piece in pieces:
+        scene = o3d.t.geometry.RaycastingScene()
+        scene.add_triangles(o3d.core.Tensor(v), o3d.core.Tensor(f[np.asarray(piece)].astype(np.uint32)))
+        occ |= scene.compute_occupancy(q).numpy().astype(bool)
+    return queries, occ.astype(np.float32)

@@ -1,0 +1,214 @@
+#!/usr/bin/env python
+"""Train the VAT shape tokenizer (:mod:`tokenizers3d.vat`) on procedural shapes made on the fly. Resumable.
+
+Every step draws ``batch`` fresh procedural objects (:func:`tokenizers3d.procedural.build_object` of stream
+``stream_seed``; object ``i`` of step ``s`` depends only on ``(stream_seed, s, i)``), augments them (the
+generator's :class:`~meshgen.data.AugmentConfig`: anisotropic scale, rotation about the up axis, axis
+permutations), normalizes them into the unit cube, samples ``n_points`` surface points with normals and
+``n_uniform + n_near`` occupancy queries (:func:`tokenizers3d.vat.occupancy_targets`), and takes one AdamW step
+on occupancy BCE + KL + commitment. Every ``val_every`` steps ``val_shapes`` fixed shapes of ``val_seed`` are
+encoded (means, no sampling), quantized and decoded: occupancy IoU over their queries at all scales and at each
+prefix of the scales; the best full-scale IoU is kept in ``OUT/best``; the resumable state is in ``OUT/last``
+(every ``ckpt_every`` steps), the log in ``OUT/log.csv``.
+
+Usage::
+
+    python scripts/train_vat.py --config configs/vat_cpu.yaml            # run again to resume
+    python scripts/train_vat.py --config configs/vat_cpu.yaml --steps 50 --out-dir runs/vat_smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from meshgen.data import AugmentConfig
+from meshgen.train import lr_at
+from tokenizers3d.checkpoint import RunFolder, load_sections
+from tokenizers3d.errors import MeshgenError
+from tokenizers3d.io import atomic_write_text
+from tokenizers3d.mesh import Normalization
+from tokenizers3d.procedural import DatasetConfig, build_object
+from tokenizers3d.sample import sample_surface
+from tokenizers3d.vat import VATConfig, VATModel, occupancy_targets
+
+
+@dataclass(frozen=True)
+class DataSection:
+    max_faces: int = 2000
+    families: list | None = None
+    n_points: int = 2048
+    n_uniform: int = 2048
+    n_near: int = 2048
+    near_sigma: float = 0.02
+    stream_seed: int = 21  # apart from `meshgen dataset` (0), the generator's streams (1-3), the face VQ-VAE (11, 12)
+    val_seed: int = 22
+    val_shapes: int = 32
+    augment: dict | None = field(default_factory=dict)  # AugmentConfig fields; null: no augmentation
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    out_dir: str = "runs/vat"
+    steps: int = 4000
+    batch: int = 8
+    lr: float = 5e-4
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    log_every: int = 25
+    val_every: int = 250
+    ckpt_every: int = 100
+    seed: int = 0
+    threads: int = 2
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: VATConfig = field(default_factory=VATConfig)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+
+def load_run_config(path, **overrides) -> RunConfig:
+    return RunConfig(**load_sections(path, {"model": VATConfig, "data": DataSection, "train": TrainSection},
+                                     {"train": overrides}))
+
+
+LOG_FIELDS = ["step", "lr", "loss", "occupancy_loss", "kl", "commit", "accuracy", "shapes_per_s", "val_iou",
+              "val_iou_by_scales", "elapsed_s"]
+
+
+def draw_shape(seed: int, index: int, data: DataSection, augment: AugmentConfig | None) -> dict[str, np.ndarray]:
+    """One training example: surface points + normals and occupancy queries of object ``index`` of ``seed``."""
+    rng = np.random.default_rng([seed, index])
+    pm, _ = build_object(index, DatasetConfig(seed=seed, families=tuple(data.families) if data.families else None,
+                                              max_faces=data.max_faces))
+    v, f = np.asarray(pm.mesh.vertices, dtype=np.float64), np.asarray(pm.mesh.faces)
+    if augment is not None:
+        m = augment.mesh_matrix(rng)
+        v = v @ m.T
+        if np.linalg.det(m) < 0:
+            f = f[:, ::-1]
+    v = Normalization.fit(v).apply(v)
+    import trimesh
+
+    cloud = sample_surface(trimesh.Trimesh(v, f, process=False), data.n_points, seed=int(rng.integers(2**31)))
+    queries, occ = occupancy_targets(v, f, rng, n_uniform=data.n_uniform, n_near=data.n_near, sigma=data.near_sigma)
+    return {"points": cloud.points.astype(np.float32), "normals": cloud.normals.astype(np.float32),
+            "queries": queries, "occupancy": occ}
+
+
+def collate(shapes: list[dict]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.stack([s[k] for s in shapes])) for k in shapes[0]}
+
+
+class VATTrainer:
+    def __init__(self, cfg: RunConfig, *, log=print):
+        self.cfg, self.log = cfg, log
+        tc = cfg.train
+        self.out = Path(tc.out_dir)
+        self.run = RunFolder(self.out)
+        self.model, self.opt, self.step, self.best = self.run.start(
+            VATModel, cfg.model, lambda p: torch.optim.AdamW(p, lr=tc.lr, weight_decay=tc.weight_decay),
+            threads=tc.threads, seed=tc.seed)
+        d = cfg.data
+        self.augment = AugmentConfig(**d.augment) if d.augment is not None else None
+        self._val = None
+
+    def save(self, name: str) -> None:
+        self.run.checkpoint(self.model, name, optimizer=self.opt, step=self.step, best=self.best)
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        d, b = self.cfg.data, self.cfg.train.batch
+        return collate([draw_shape(d.stream_seed, step * b + i, d, self.augment) for i in range(b)])
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Occupancy IoU of the validation shapes from their tokens: all scales, and each prefix of them."""
+        d = self.cfg.data
+        if self._val is None:
+            self._val = [collate([draw_shape(d.val_seed, i, d, None) for i in range(j, min(j + 8, d.val_shapes))])
+                         for j in range(0, d.val_shapes, 8)]
+        self.model.eval()
+        n_scales = len(self.cfg.model.quantizer.scales)
+        inter, union = np.zeros(n_scales), np.zeros(n_scales)
+        for batch in self._val:
+            codes = self.model.encode(batch["points"], batch["normals"])
+            truth = batch["occupancy"] > 0.5
+            for k in range(1, n_scales + 1):
+                pred = self.model.occupancy_logits(self.model.decode_ids(codes, scales=k), batch["queries"]) > 0
+                inter[k - 1] += float((pred & truth).sum())
+                union[k - 1] += float((pred | truth).sum())
+        self.model.train()
+        iou = inter / np.maximum(union, 1)
+        return {"iou": float(iou[-1]), "iou_by_scales": [round(float(x), 4) for x in iou]}
+
+    def fit(self) -> dict:
+        cfg, tc = self.cfg, self.cfg.train
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.out / "config.yaml", yaml.safe_dump(json.loads(json.dumps(asdict(cfg))), sort_keys=False))
+        self.run.record_session(from_step=self.step)
+        elapsed0, t0, t_log = self.run.elapsed_before(), time.time(), time.time()
+        rows, val = [], {"iou": float("nan"), "iou_by_scales": []}
+        self.model.train()
+        while self.step < tc.steps:
+            lr = lr_at(self.step, base=tc.lr, warmup=tc.warmup_steps, total=tc.steps, min_ratio=tc.min_lr_ratio)
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            b = self.batch(self.step)
+            out = self.model(b["points"], b["normals"], b["queries"], b["occupancy"])
+            self.opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            self.opt.step()
+            self.step += 1
+            rows.append({"loss": out.loss.item(), "occupancy_loss": out.occupancy_loss.item(), "kl": out.kl.item(),
+                         "commit": out.commit.item(), "accuracy": out.accuracy.item()})
+            if self.step % tc.val_every == 0 or self.step == tc.steps:
+                val = self.validate()
+                if val["iou"] > self.best:
+                    self.best = val["iou"]
+                    self.save("best")
+            if self.step % tc.log_every == 0 or self.step == tc.steps:
+                now = time.time()
+                row = self.run.log_means(rows, LOG_FIELDS, step=self.step, lr=f"{lr:.3e}",
+                                         shapes_per_s=f"{len(rows) * tc.batch / (now - t_log):.2f}",
+                                         val_iou=f"{val['iou']:.4f}",
+                                         val_iou_by_scales=" ".join(map(str, val["iou_by_scales"])),
+                                         elapsed_s=f"{elapsed0 + now - t0:.1f}")
+                self.log(json.dumps(row))
+                rows, t_log = [], now
+            if self.step % tc.ckpt_every == 0 or self.step == tc.steps:
+                self.save("last")
+        return {"step": self.step, "best_val_iou": self.best, "val": val, "out_dir": str(self.out)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default=None, help="YAML with model / data / train (default: the defaults)")
+    ap.add_argument("--steps", type=int, default=None, help="train until this step (overrides train.steps)")
+    ap.add_argument("--out-dir", default=None, help="run folder (overrides train.out_dir)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (overrides train.threads)")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_run_config(args.config, steps=args.steps, out_dir=args.out_dir, threads=args.threads)
+        result = VATTrainer(cfg, log=lambda s: print(s, flush=True)).fit()
+    except MeshgenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
