@@ -140,6 +140,36 @@ def detokenize(tokens: Path = typer.Argument(..., help=".npz written by `meshgen
                       "out": str(out)}))
 
 
+@app.command()
+def compress(mesh: Path = typer.Argument(..., help="Mesh file (closed surfaces work best)."),
+             out: Path = typer.Option(..., "-o", "--out", help="The .vat file to write."),
+             scales: int = typer.Option(None, help="Keep only the first K scales (fewer bytes, coarser shape; "
+                                                   "default: all)."),
+             checkpoint: Path = typer.Option(None, help="VAT model directory (default: the bundled one, when "
+                                                        "installed)."),
+             seed: int = typer.Option(0, help="Seeds the surface sampling."),
+             max_faces: int = typer.Option(None, "--max-faces", help="Refuse meshes with more faces "
+                                                                     "(default 1,000,000).")):
+    """Compress a shape into VAT tokens (lossy: a closed surface near the input; docs/tokenizers.md)."""
+    from tokenizers3d.compress import compress_file
+
+    res = compress_file(mesh, out, checkpoint=checkpoint, scales=scales, seed=seed, max_faces=max_faces)
+    print(json.dumps({"out": str(res.out), "bytes": res.file_bytes, "payload_bytes": res.payload_bytes,
+                      "tokens": res.tokens, "scales": res.scales}))
+
+
+@app.command()
+def decompress(vat: Path = typer.Argument(..., help=".vat file written by `meshgen compress`."),
+               out: Path = typer.Option(..., "-o", "--out", help="Mesh to write (.obj, .ply, .glb)."),
+               resolution: int = typer.Option(128, help="Marching-cubes grid cells per side (16-512)."),
+               checkpoint: Path = typer.Option(None, help="The VAT model directory that made the file.")):
+    """Decode a .vat file into a closed mesh at the original place and size."""
+    from tokenizers3d.compress import decompress_file
+
+    mesh = decompress_file(vat, out, checkpoint=checkpoint, resolution=resolution)
+    print(json.dumps({"out": str(out), "faces": int(len(mesh.faces)), "vertices": int(len(mesh.vertices))}))
+
+
 @batch_app.command("tokenize")
 def batch_tokenize_cmd(input_dir: Path = typer.Argument(..., help="Directory tree of meshes."),
                        out: Path = typer.Option(..., "-o", "--out", help="Shard directory."),

@@ -88,6 +88,18 @@ def load_sections(path, classes: dict, overrides: dict | None = None) -> dict:
     return out
 
 
+def model_digest(directory: str | Path) -> str:
+    """First 16 hex digits of the SHA-256 over a model directory's weights file and its model config (class and
+    config, not the package version): token files record it, so ids are never decoded by other weights."""
+    import hashlib
+
+    directory = Path(directory)
+    h = hashlib.sha256((directory / WEIGHTS_NAME).read_bytes())
+    meta = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))
+    h.update(b"\0" + json.dumps({"class": meta.get("class"), "config": meta.get("config")}, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
 def _package_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 

@@ -30,8 +30,6 @@ so token files never decode with other weights than they were made with.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -63,13 +61,11 @@ _CACHE: dict[tuple, tuple] = {}  # (path, device, mtimes, sizes) -> (model, dige
 
 
 def checkpoint_digest(directory: Path) -> str:
-    """First 16 hex digits of the SHA-256 over a model directory's weights file and its model config."""
-    from .checkpoint import CONFIG_NAME, WEIGHTS_NAME
+    """First 16 hex digits of the SHA-256 over a model directory's weights file and its model config
+    (:func:`tokenizers3d.checkpoint.model_digest`)."""
+    from .checkpoint import model_digest
 
-    h = hashlib.sha256((directory / WEIGHTS_NAME).read_bytes())
-    meta = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))
-    h.update(b"\0" + json.dumps({"class": meta.get("class"), "config": meta.get("config")}, sort_keys=True).encode())
-    return h.hexdigest()[:16]
+    return model_digest(directory)
 
 
 def load_face_vqvae(checkpoint: str | Path | None = None, *, device: str = "cpu"):

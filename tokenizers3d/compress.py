@@ -1,0 +1,114 @@
+"""The compress job: a mesh to a ``.vat`` file of VAT tokens and back (``meshgen compress`` / ``decompress``).
+
+:func:`compress_file` reads a mesh, moves it into the unit cube, samples ``n_points`` surface points with
+normals, encodes them with the VAT model (:mod:`tokenizers3d.vat`), keeps the first ``scales`` scales and writes
+the ids (:mod:`tokenizers3d.vatfile`). :func:`decompress_file` decodes the ids into an occupancy field,
+extracts the surface by marching cubes at ``resolution`` and writes the mesh back in the input's frame. Lossy:
+the output is a closed surface near the input, not the input's triangles.
+
+Weights: ``checkpoint`` (a ``scripts/train_vat.py`` run folder's ``best``), default :data:`DEFAULT_CHECKPOINT`
+(``assets/checkpoints/vat``, not shipped yet: without it both commands say so and exit 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError, MeshInputError
+from .vatfile import VatFile, read_vat, write_vat
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "checkpoints" / "vat"
+DEFAULT_POINTS = 2048
+
+
+def load_vat_model(checkpoint: str | Path | None = None, *, device: str = "cpu"):
+    """``(model, digest)`` of a VAT model directory in evaluation mode; a missing or foreign one raises
+    :class:`MeshInputError` naming it."""
+    from .checkpoint import model_digest
+    from .vat import VATModel
+
+    directory = Path(DEFAULT_CHECKPOINT if checkpoint is None else checkpoint)
+    if checkpoint is None and not directory.exists():
+        raise MeshInputError(directory, "no VAT weights are installed yet; train them with "
+                                        "'python scripts/train_vat.py --config configs/vat_cpu.yaml' and pass "
+                                        "--checkpoint runs/vat/best")
+    model = VATModel.from_pretrained(directory, map_location=device).eval()
+    return model, model_digest(directory)
+
+
+@dataclass
+class CompressResult:
+    out: Path
+    file_bytes: int
+    payload_bytes: int
+    tokens: int
+    scales: int
+
+
+def compress_file(mesh_path: str | Path, out_path: str | Path, *, checkpoint: str | Path | None = None,
+                  scales: int | None = None, n_points: int = DEFAULT_POINTS, seed: int = 0, max_faces: int | None = None,
+                  device: str = "cpu") -> CompressResult:
+    """Write the VAT ids of ``mesh_path`` (its first ``scales`` scales, default all) to ``out_path``."""
+    import torch
+
+    from .io import check_output_path, load_mesh, refuse_overwrite
+    from .mesh import Normalization
+    from .sample import sample_surface
+
+    out_path = Path(out_path)
+    refuse_overwrite(out_path, mesh_path, checkpoint)
+    check_output_path(out_path)
+    model, digest = load_vat_model(checkpoint, device=device)
+    q = model.config.quantizer
+    kept = len(q.scales) if scales is None else int(scales)
+    if not 1 <= kept <= len(q.scales):
+        raise ConfigError(f"--scales must be between 1 and {len(q.scales)}, got {scales}")
+    mesh = load_mesh(mesh_path, max_faces=max_faces)
+    norm = Normalization.fit(np.asarray(mesh.vertices))
+    import trimesh
+
+    unit = trimesh.Trimesh(norm.apply(np.asarray(mesh.vertices)), np.asarray(mesh.faces), process=False)
+    cloud = sample_surface(unit, n_points, seed=seed)
+    t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)[None]  # noqa: E731
+    codes = model.encode(t(cloud.points), t(cloud.normals))
+    ids = torch.cat(codes[:kept], dim=-1)[0].cpu().numpy()
+    f = VatFile(ids, model.config.bits_per_token, len(q.scales), kept, digest, norm)
+    size = write_vat(out_path, f)
+    return CompressResult(out_path, size, f.payload_bytes, len(ids), kept)
+
+
+def decompress_file(vat_path: str | Path, out_path: str | Path, *, checkpoint: str | Path | None = None,
+                    resolution: int = 128, device: str = "cpu"):
+    """Decode a ``.vat`` file into a mesh at ``out_path`` (OBJ, PLY, ...; the input's frame); returns it."""
+    import torch
+
+    from .io import check_output_path, refuse_overwrite, save_mesh
+    from .vat import grid_to_mesh
+
+    out_path = Path(out_path)
+    refuse_overwrite(out_path, vat_path, checkpoint)
+    check_output_path(out_path)
+    if not 16 <= int(resolution) <= 512:
+        raise ConfigError(f"--resolution must be between 16 and 512, got {resolution}")
+    model, digest = load_vat_model(checkpoint, device=device)
+    q = model.config.quantizer
+    f = read_vat(vat_path, scales=tuple(q.scales))
+    if f.digest != digest[: len(f.digest)]:
+        raise MeshInputError(vat_path, f"was made by VAT weights {f.digest}, not by these ({digest[:16]}); pass the "
+                                       "--checkpoint that made it")
+    if f.bits != model.config.bits_per_token or (len(f.ids) and f.ids.max() >= q.codebook_size):
+        raise MeshInputError(vat_path, "holds ids outside this model's codebook")
+    ids = torch.as_tensor(f.ids, device=device)[None]
+    with torch.no_grad():
+        planes = model.decode_ids(model.quantizer.split(ids), scales=f.scales_kept)
+        vertices, faces = grid_to_mesh(model.occupancy_grid(planes, int(resolution)))
+    if len(faces) == 0:
+        raise MeshInputError(vat_path, "decodes to an empty shape (no surface in the occupancy field)")
+    import trimesh
+
+    mesh = trimesh.Trimesh(f.normalization.invert(vertices), faces, process=False)
+    save_mesh(out_path, mesh)
+    return mesh

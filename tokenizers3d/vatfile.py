@@ -1,0 +1,129 @@
+"""The ``.vat`` file: the token ids of one shape compressed by the VAT tokenizer (:mod:`tokenizers3d.vat`).
+
+Layout (little-endian), 38 bytes of header, the packed ids, a 4-byte CRC-32::
+
+    offset  size  field
+    0       4     magic b"VATK"
+    4       1     format version (1)
+    5       1     bits per id (ceil(log2(codebook size)))
+    6       1     scales in the model
+    7       1     scales kept in this file (a prefix: 1 .. scales in the model)
+    8       8     the first 8 bytes of the model digest (tokenizers3d.checkpoint.model_digest): ids are decoded
+                  only by the weights that made them
+    16      12    centre of the shape's bounding box (3 x float32, the user's frame)
+    28      4     longest side of the bounding box (float32); the decoded mesh is put back with them
+    32      4     number of ids (uint32) = tokens of the kept scales
+    36      2     reserved (0)
+    38      n     the ids in next-scale order, ``bits`` bits each, least significant bit first, zero-padded to a byte
+    38 + n  4     CRC-32 of everything before it
+
+The payload ``n = ceil(ids x bits / 8)`` bytes is the compressed size of the shape (512 bytes for 341 ids of 12
+bits); the header and CRC add 42 bytes per file. Every problem reading a file -- too short, another magic or
+version, a CRC mismatch, a payload of the wrong length, ids that are not a whole number of scales -- is one
+:class:`~tokenizers3d.errors.MeshInputError` naming the file.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MeshInputError
+from .io import atomic_path
+from .mesh import Normalization
+
+MAGIC = b"VATK"
+VERSION = 1
+_HEADER = struct.Struct("<4sBBBB8s3ffIH")
+HEADER_BYTES = _HEADER.size  # 38
+CRC_BYTES = 4
+
+
+def pack_ids(ids: np.ndarray, bits: int) -> bytes:
+    """Ids (N,) in ``0 .. 2^bits - 1`` -> ``ceil(N bits / 8)`` bytes, least significant bit first."""
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    if len(ids) and (ids.min() < 0 or ids.max() >= 1 << bits):
+        raise ValueError(f"ids must be in 0..{(1 << bits) - 1}")
+    flat = ((ids[:, None] >> np.arange(bits)) & 1).astype(np.uint8).reshape(-1)
+    return np.packbits(flat, bitorder="little").tobytes()
+
+
+def unpack_ids(data: bytes, bits: int, n: int) -> np.ndarray:
+    """Inverse of :func:`pack_ids`: the first ``n`` ids (int64)."""
+    flat = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")[: n * bits]
+    return (flat.reshape(n, bits).astype(np.int64) << np.arange(bits)).sum(1)
+
+
+@dataclass(frozen=True)
+class VatFile:
+    """The contents of a ``.vat`` file."""
+
+    ids: np.ndarray  # (T,) int64, next-scale order
+    bits: int
+    model_scales: int
+    scales_kept: int
+    digest: str  # 16 hex digits
+    normalization: Normalization
+
+    @property
+    def payload_bytes(self) -> int:
+        return -(-len(self.ids) * self.bits // 8)
+
+
+def encode_vat(f: VatFile) -> bytes:
+    """The bytes of a ``.vat`` file."""
+    c = f.normalization.center
+    header = _HEADER.pack(MAGIC, VERSION, f.bits, f.model_scales, f.scales_kept, bytes.fromhex(f.digest)[:8],
+                          float(c[0]), float(c[1]), float(c[2]), float(f.normalization.scale), len(f.ids), 0)
+    body = header + pack_ids(f.ids, f.bits)
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def write_vat(path: str | Path, f: VatFile) -> int:
+    """Write atomically; returns the file's size in bytes."""
+    data = encode_vat(f)
+    with atomic_path(path, suffix=".vat") as tmp:
+        Path(tmp).write_bytes(data)
+    return len(data)
+
+
+def read_vat(path: str | Path, *, scales: tuple[int, ...] | None = None) -> VatFile:
+    """Read and check a ``.vat`` file; with the model's ``scales`` (tokens per scale) also check that the ids fill
+    exactly the kept scales."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise MeshInputError(path, "does not exist") from None
+    except IsADirectoryError:
+        raise MeshInputError(path, "is a directory, expected a .vat file") from None
+    except OSError as exc:
+        raise MeshInputError(path, f"cannot read ({exc.strerror or exc})") from exc
+    if len(data) < HEADER_BYTES + CRC_BYTES:
+        raise MeshInputError(path, f"is not a .vat file ({len(data)} bytes, shorter than a header)")
+    magic, version, bits, model_scales, kept, digest, cx, cy, cz, scale, n, _ = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise MeshInputError(path, "is not a .vat file (wrong magic bytes)")
+    if version != VERSION:
+        raise MeshInputError(path, f"is a .vat file of format version {version}; this reader knows {VERSION}")
+    (crc,) = struct.unpack_from("<I", data, len(data) - CRC_BYTES)
+    if zlib.crc32(data[:-CRC_BYTES]) != crc:
+        raise MeshInputError(path, "is damaged (CRC mismatch: cut short or changed)")
+    payload = data[HEADER_BYTES:-CRC_BYTES]
+    if bits < 1 or len(payload) != -(-n * bits // 8):
+        raise MeshInputError(path, f"holds {len(payload)} payload bytes for {n} ids of {bits} bits")
+    if not 1 <= kept <= model_scales:
+        raise MeshInputError(path, f"keeps {kept} of {model_scales} scales")
+    if not (np.isfinite([cx, cy, cz, scale]).all() and scale > 0):
+        raise MeshInputError(path, "has a non-finite or non-positive placement (centre / scale)")
+    if scales is not None:
+        if len(scales) != model_scales:
+            raise MeshInputError(path, f"was made by a model of {model_scales} scales, this one has {len(scales)}")
+        if n != sum(scales[:kept]):
+            raise MeshInputError(path, f"holds {n} ids, the first {kept} scales have {sum(scales[:kept])}")
+    return VatFile(unpack_ids(payload, bits, n), int(bits), int(model_scales), int(kept), digest.hex(),
+                   Normalization(center=(float(cx), float(cy), float(cz)), scale=float(scale)))
