@@ -271,3 +271,16 @@ def test_compress_and_decompress_commands(tmp_path, tiny_vat):
     assert junk.returncode == 2 and len(junk.stderr.strip().splitlines()) == 1 and "junk.vat" in junk.stderr
     for proc in (wrong, foreign, missing, bad_scales, junk):
         assert "Traceback" not in proc.stderr
+
+
+def test_perceiver_encoder_option():
+    import dataclasses
+
+    torch.manual_seed(0)
+    model = VATModel(dataclasses.replace(TINY, encoder="perceiver"))
+    out = model(*_box_batch(np.random.default_rng(0)))
+    assert out.logits.shape == (1, 512) and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert model.read_points.in_proj_weight.grad is not None
+    with pytest.raises(ValueError, match="in_context or perceiver"):
+        dataclasses.replace(TINY, encoder="flat")

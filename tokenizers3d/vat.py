@@ -2,8 +2,10 @@
 
 After "3D representation in 512-Byte: Variational tokenizer is the key for autoregressive 3D generation":
 
-* **Encoder** (in-context): ``n_points`` surface points with normals, Fourier-embedded, and ``L`` learned query
-  tokens go through one transformer together (queries and points in the same self-attention); the queries'
+* **Encoder**: ``n_points`` surface points with normals, Fourier-embedded, and ``L`` learned query tokens.
+  ``encoder="in_context"`` (the paper's): queries and points go through one transformer together (the same
+  self-attention); ``encoder="perceiver"``: the queries read the points by one cross-attention, then
+  self-attend among themselves (attention cost ``L x N + L^2`` instead of ``(L + N)^2`` per layer). The queries'
   outputs are the ``L`` latents.
 * **Variational bottleneck**: each latent becomes a Gaussian (mean, log-variance; KL to N(0, I)); the sample
   (the mean at inference) is quantized by **multi-scale residual quantization**
@@ -47,6 +49,8 @@ class VATConfig:
     dim, heads : int
         Transformer width and heads (encoder and decoder).
     enc_layers, dec_layers : int
+    encoder : str
+        ``"in_context"`` or ``"perceiver"`` (see the module docstring).
     n_freqs : int
         Fourier frequencies per coordinate of the point embedding.
     quantizer : MSRQConfig
@@ -65,6 +69,7 @@ class VATConfig:
     enc_layers: int = 3
     dec_layers: int = 3
     n_freqs: int = 8
+    encoder: str = "in_context"
     quantizer: MSRQConfig = field(default_factory=MSRQConfig)
     plane_base: int = 8
     plane_res: int = 64
@@ -74,6 +79,8 @@ class VATConfig:
     commit_weight: float = 1.0
 
     def __post_init__(self):
+        if self.encoder not in ("in_context", "perceiver"):
+            raise ValueError(f"encoder must be in_context or perceiver, got {self.encoder!r}")
         ratio = self.plane_res / self.plane_base
         if ratio < 1 or ratio != 2 ** round(math.log2(ratio)):
             raise ValueError(f"plane_res {self.plane_res} must be plane_base {self.plane_base} times a power of two")
@@ -125,6 +132,9 @@ class VATModel(nn.Module, PretrainedMixin):
         self.point_in = nn.Linear(2 * (3 + 6 * cfg.n_freqs), d)  # position and normal, each embedded
         self.queries = nn.Parameter(torch.randn(q.length, d) * 0.02)
         self.encoder = _encoder(d, cfg.heads, cfg.enc_layers)
+        if cfg.encoder == "perceiver":
+            self.read_points = nn.MultiheadAttention(d, cfg.heads, batch_first=True)
+            self.read_norm = nn.LayerNorm(d)
         self.to_gauss = nn.Linear(d, 2 * q.dim)
         self.quantizer = MultiScaleRQ(q)
         self.from_latent = nn.Linear(q.dim, d)
@@ -148,8 +158,11 @@ class VATModel(nn.Module, PretrainedMixin):
         cfg = self.config
         tokens = self.point_in(torch.cat([fourier(points, cfg.n_freqs), fourier(normals, cfg.n_freqs)], -1))
         b = points.shape[0]
-        x = torch.cat([self.queries.expand(b, -1, -1), tokens], dim=1)
-        x = self.encoder(x)[:, : cfg.quantizer.length]
+        q = self.queries.expand(b, -1, -1)
+        if cfg.encoder == "perceiver":
+            x = self.encoder(self.read_norm(q + self.read_points(q, tokens, tokens, need_weights=False)[0]))
+        else:
+            x = self.encoder(torch.cat([q, tokens], dim=1))[:, : cfg.quantizer.length]
         mean, logvar = self.to_gauss(x).chunk(2, dim=-1)
         return mean, logvar.clamp(-10.0, 5.0)
 
