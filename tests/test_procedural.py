@@ -323,3 +323,12 @@ def test_archive_names(tmp_path):
     assert R.find_archive("gymnasium-robotics", tmp_path) is None
     with pytest.raises(Exception, match="no real-mesh catalog"):
         R.load_catalog(tmp_path)
+
+
+def test_lathe_floor_on_a_ring_is_clean():
+    """A hollow lathe whose floor height equals a ring height up to round-off (seed 3667296502: 21 rings, floor at
+    0.3 x height) once made a duplicate vertex and stopped a training run."""
+    from tokenizers3d.procedural import generate
+
+    pm = generate("lathe", 3667296502)  # raised RuntimeError (duplicate or degenerate elements) before the fix
+    assert pm.n_faces > 0 and pm.mesh.is_watertight

@@ -596,7 +596,7 @@ def _smooth_profile(z: np.ndarray, knots_z: np.ndarray, knots_r: np.ndarray) -> 
 def _hollow_profile(z: np.ndarray, r: np.ndarray, thickness: float, floor: float) -> np.ndarray:
     """Closed vessel profile: outer wall up, rim, inner wall (offset inwards) down to a floor at ``floor``."""
     outer = [(0.0, 0.0)] + list(zip(r.tolist(), z.tolist(), strict=True))
-    inner_z = z[z > floor][::-1]
+    inner_z = z[z > floor * (1.0 + 1e-9) + 1e-12][::-1]  # a ring at the floor height (up to round-off) is the floor
     inner_r = np.interp(inner_z, z, r) - thickness
     floor_r = float(np.interp(floor, z, r)) - thickness
     inner = list(zip(inner_r.tolist(), inner_z.tolist(), strict=True)) + [(floor_r, floor), (0.0, floor)]
