@@ -18,6 +18,7 @@ face boundary, is cut from the sequence (:func:`meshgen.generate.sample_training
 from __future__ import annotations
 
 import functools
+import warnings
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -321,7 +322,11 @@ class ProceduralStream(IterableDataset):
         for attempt in range(16 * len(names)):
             if attempt % 16 == 0:
                 family = names[int(rng.integers(len(names)))]
-            pm = generate(family, object_seed(self.seed, index, attempt))
+            try:
+                pm = generate(family, object_seed(self.seed, index, attempt))
+            except RuntimeError as exc:  # a generator bug on one seed must not stop a training run
+                warnings.warn(f"object {index}: {exc}; drawing another", RuntimeWarning, stacklevel=2)
+                continue
             if pm.n_faces <= budget:
                 return family, pm.mesh
         raise RuntimeError(f"no procedural mesh within {budget} faces for object {index}")

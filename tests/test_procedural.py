@@ -332,3 +332,21 @@ def test_lathe_floor_on_a_ring_is_clean():
 
     pm = generate("lathe", 3667296502)  # raised RuntimeError (duplicate or degenerate elements) before the fix
     assert pm.n_faces > 0 and pm.mesh.is_watertight
+
+
+def test_build_object_redraws_when_a_generator_fails(monkeypatch):
+    import tokenizers3d.procedural as proc
+
+    real = proc.generate
+    calls = []
+
+    def flaky(family, seed, **kw):
+        calls.append(seed)
+        if len(calls) == 1:
+            raise RuntimeError("generator bug")
+        return real(family, seed, **kw)
+
+    monkeypatch.setattr(proc, "generate", flaky)
+    with pytest.warns(RuntimeWarning, match="object 3: generator bug"):
+        pm, attempt = proc.build_object(3, proc.DatasetConfig(seed=0, max_faces=None))
+    assert attempt == 1 and pm.n_faces > 0 and len(calls) == 2

@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import multiprocessing
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import product
@@ -1065,7 +1066,8 @@ def build_object(index: int, config: DatasetConfig) -> tuple[ProceduralMesh, int
     """Object ``index`` of a dataset and the attempt that met ``config.max_faces``.
 
     Attempt 0 is ``generate(sample_family(object_seed(seed, index)), object_seed(seed, index))``.
-    Too large a mesh is re-drawn with seed ``object_seed(seed, index, attempt)``; after every
+    Too large a mesh -- or a generator failure on one seed (a ``RuntimeWarning`` says which) -- is re-drawn
+    with seed ``object_seed(seed, index, attempt)``; after every
     :data:`ATTEMPTS_PER_FAMILY` failures the family is re-drawn too, so with ``max_faces`` the
     families that rarely fit are somewhat under-represented.
     """
@@ -1074,7 +1076,12 @@ def build_object(index: int, config: DatasetConfig) -> tuple[ProceduralMesh, int
     for attempt in range(MAX_ATTEMPTS):
         if attempt and attempt % ATTEMPTS_PER_FAMILY == 0:
             family = sample_family(object_seed(config.seed, index, -attempt), names)
-        pm = generate(family, object_seed(config.seed, index, attempt), rotate=config.rotate)
+        seed = object_seed(config.seed, index, attempt)
+        try:
+            pm = generate(family, seed, rotate=config.rotate)
+        except RuntimeError as exc:  # a generator bug on one seed must not stop a dataset or a training stream
+            warnings.warn(f"object {index}: {exc}; drawing another", RuntimeWarning, stacklevel=2)
+            continue
         if config.max_faces is None or pm.n_faces <= config.max_faces:
             return pm, attempt
     raise RuntimeError(f"no mesh with at most {config.max_faces} faces for object {index} in {MAX_ATTEMPTS} attempts "
