@@ -118,8 +118,8 @@ class PartMaskNet(nn.Module, PretrainedMixin):
 def view_features(normals: np.ndarray | torch.Tensor, depth: np.ndarray | torch.Tensor) -> torch.Tensor:
     """(..., 5, H, W) float32 network input from normals (..., H, W, 3) and depth (..., H, W) (<= 0 off the
     object); see the module docstring."""
-    n = torch.as_tensor(np.asarray(normals) if not torch.is_tensor(normals) else normals).float()
-    d = torch.as_tensor(np.asarray(depth) if not torch.is_tensor(depth) else depth).float()
+    n = torch.as_tensor(normals).float()
+    d = torch.as_tensor(depth).float()
     fg = (d > 0).float()
     count = fg.sum(dim=(-2, -1), keepdim=True).clamp_min(1.0)
     mean = (d * fg).sum(dim=(-2, -1), keepdim=True) / count

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import trimesh
 import yaml
 
 from meshgen.data import AugmentConfig
@@ -100,8 +101,6 @@ def draw_shape(seed: int, index: int, data: DataSection, augment: AugmentConfig 
         if np.linalg.det(m) < 0:
             f = f[:, ::-1]
     v = Normalization.fit(v).apply(v)
-    import trimesh
-
     cloud = sample_surface(trimesh.Trimesh(v, f, process=False), data.n_points, seed=int(rng.integers(2**31)))
     queries, occ = occupancy_targets(v, f, rng, n_uniform=data.n_uniform, n_near=data.n_near, sigma=data.near_sigma)
     return {"points": cloud.points.astype(np.float32), "normals": cloud.normals.astype(np.float32),

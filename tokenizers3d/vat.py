@@ -253,6 +253,9 @@ def occupancy_targets(vertices: np.ndarray, faces: np.ndarray, rng: np.random.Ge
     import open3d as o3d
     import trimesh
 
+    from .mesh import ArrayMesh
+    from .part_sets import raycasting_scene
+
     v = np.asarray(vertices, dtype=np.float32)
     f = np.asarray(faces, dtype=np.int64)
     tri = v[f]
@@ -268,7 +271,5 @@ def occupancy_targets(vertices: np.ndarray, faces: np.ndarray, rng: np.random.Ge
     occ = np.zeros(len(queries), dtype=bool)
     q = o3d.core.Tensor(queries)
     for piece in pieces:
-        scene = o3d.t.geometry.RaycastingScene()
-        scene.add_triangles(o3d.core.Tensor(v), o3d.core.Tensor(f[np.asarray(piece)].astype(np.uint32)))
-        occ |= scene.compute_occupancy(q).numpy().astype(bool)
+        occ |= raycasting_scene(ArrayMesh(v, f[np.asarray(piece)])).compute_occupancy(q).numpy().astype(bool)
     return queries, occ.astype(np.float32)
