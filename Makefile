@@ -11,7 +11,7 @@ env:
 	scripts/setup_env.sh
 
 env-test:
-	scripts/setup_env.sh dev,ray,sam,gpu,app
+	scripts/setup_env.sh dev,ray,sam,gpu,app,human
 
 demo: env
 	$(VENV)/bin/meshgen demo --out out/demo

@@ -237,6 +237,35 @@ def segment(mesh: Path = typer.Argument(..., help="Mesh file."),
 
 
 @app.command()
+def body(inp: Path = typer.Argument(..., metavar="INPUT", help="Image of one person (PNG, JPEG...), or a folder "
+                                                                "of images."),
+         out: Path = typer.Option(..., "-o", "--out", help="Mesh to write (.obj, .ply, .glb); a folder for a "
+                                                            "folder of images."),
+         checkpoint: Path = typer.Option(None, help="Body model directory (default: the bundled one)."),
+         preview: bool = typer.Option(True, "--preview/--no-preview", help="Write <stem>.png: the mesh and "
+                                                                              "keypoints over the image."),
+         suffix: str = typer.Option(".obj", help="Mesh format of a folder run (.obj, .ply, .glb).")):
+    """Recover the 3D body (Anny mesh) of the person in an image (PostoMETRO-style, pose tokens).
+
+    Beside the mesh: <stem>.json (3D joints, 2D keypoints, camera, pose tokens) and <stem>.png. A folder run
+    skips images already done, records unreadable ones in OUT/failures.jsonl and goes on.
+    """
+    if inp.is_dir():
+        from meshgen.body import recover_folder
+        from tokenizers3d.io import refuse_output_inside
+
+        refuse_output_inside(out, inp)
+        print(json.dumps(recover_folder(inp, out, checkpoint=checkpoint, suffix=suffix, preview=preview,
+                                        progress=sys.stderr.isatty())))
+        return
+    from meshgen.body import recover_body_file
+
+    res = recover_body_file(inp, out, checkpoint=checkpoint, preview=preview)
+    print(json.dumps({"out": str(out), "vertices": int(len(res.vertices)), "faces": int(len(res.faces)),
+                      "pose_tokens": res.pose_ids}))
+
+
+@app.command()
 def generate(inp: Path = typer.Argument(..., metavar="INPUT", help="Point cloud (.ply .pcd .xyz .npy) or mesh."),
              out: Path = typer.Option(..., "-o", "--out", help="Mesh to write (.obj, .ply, .glb)."),
              faces: int = typer.Option(None, help="Requested face count (default: the model's choice)."),

@@ -341,6 +341,14 @@ def _rasterize_pytorch3d(verts: torch.Tensor, faces: torch.Tensor, face_ndc: tor
     return pix, frags.zbuf, frags.bary_coords
 
 
+def rasterize_ndc(face_ndc: torch.Tensor, image_size: int) -> np.ndarray:
+    """Face index (H, W) int64 (-1 empty) of the nearest face at each pixel, for faces already projected:
+    ``face_ndc`` (F, 3, 3) in PyTorch3D NDC (``x`` left, ``y`` up, in [-1, 1]) with a positive depth as ``z``
+    (e.g. an orthographic or weak-perspective projection)."""
+    pix, _, _ = _rasterize_torch(face_ndc[None], RenderSettings(image_size=image_size, n_views=1))
+    return pix[0, ..., 0].reshape(image_size, image_size).cpu().numpy()
+
+
 def rasterize(verts: torch.Tensor, faces: torch.Tensor, rig: ViewRig, settings: RenderSettings):
     """Rasterize one mesh in every view of ``rig``.
 

@@ -318,7 +318,7 @@ class TokenizerModel(nn.Module, PretrainedMixin):
 
     @classmethod
     def _import_models(cls) -> None:
-        from . import face_vqvae  # noqa: F401  (every learned tokenizer model registers when imported)
+        from . import face_vqvae, pose_tokens  # noqa: F401  (every learned tokenizer model registers when imported)
 
 
 class FaceVQVAE(TokenizerModel):

@@ -301,7 +301,7 @@ def anny_body(seed: int) -> LabelledMesh:
         axis = rng.normal(size=3)
         axis /= np.linalg.norm(axis)
         transform = np.eye(4)
-        transform[:3, :3] = _axis_angle(axis, np.radians(rng.uniform(0.0, limit)))
+        transform[:3, :3] = axis_angle(axis, np.radians(rng.uniform(0.0, limit)))
         pose[bone] = torch.as_tensor(transform, dtype=dtype)[None]  # (1, 4, 4)
     phenotypes = {k: float(rng.uniform(0.1, 0.9)) for k in model.phenotype_labels}
     with torch.no_grad():
@@ -321,7 +321,7 @@ def anny_body(seed: int) -> LabelledMesh:
                         {"phenotypes": phenotypes})
 
 
-def _axis_angle(axis: np.ndarray, angle: float) -> np.ndarray:
+def axis_angle(axis: np.ndarray, angle: float) -> np.ndarray:
     """Rotation matrix (3, 3) about unit ``axis`` by ``angle`` radians (Rodrigues)."""
     k = np.array([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
     return np.eye(3) + np.sin(angle) * k + (1.0 - np.cos(angle)) * (k @ k)
@@ -330,5 +330,5 @@ def _axis_angle(axis: np.ndarray, angle: float) -> np.ndarray:
 __all__ = [
     "SET_NAMES", "COMPOSITE_FAMILIES", "SPLIT_SEEDS", "ANNY_PARTS", "LabelledMesh", "split_of_seed", "split_seeds",
     "composite_parts", "fuse_parts", "label_by_nearest_part", "remesh_marching_cubes", "make_shape", "make_set",
-    "anny_available", "anny_body", "anny_part_of_bone",
+    "anny_available", "anny_body", "anny_part_of_bone", "axis_angle",
 ]

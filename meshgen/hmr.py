@@ -1,0 +1,222 @@
+"""Human mesh recovery from one image with pose tokens (PostoMETRO), on the open Anny body model.
+
+:class:`HMRModel` (frozen :class:`HMRConfig`; ``save_pretrained`` / ``from_pretrained`` through
+``tokenizers3d.checkpoint``):
+
+1. **Image encoder**: a small CNN trained from scratch (four stride-2 stages, 128 px -> 8 x 8) -> 64 image
+   tokens with learned positions.
+2. **2D keypoint head**: 17 heatmaps at 1/4 resolution from the two finest stages, soft-argmax -> keypoints
+   in the crop frame ``[-1, 1]``, and a visibility logit per joint.
+3. **Pose tokens**: the predicted keypoints (detached) and their visibility go through the frozen 2D pose
+   tokenizer (:class:`tokenizers3d.pose_tokens.PoseTokenizer`, its weights saved inside this model) -> ``M``
+   discrete tokens -> their codebook vectors, projected to the model width. Off (``pose_tokens=False``) for
+   the ablation: everything else is the same.
+4. **Transformer** over ``[image tokens | pose tokens | camera query | 17 joint queries | Q vertex queries]``
+   (METRO's learned queries); linear heads read 3D joints and vertices (pelvis-relative, OpenCV camera axes,
+   metres) and a weak-perspective camera ``(s, tx, ty)``.
+5. **Upsampling**: the ``Q`` coarse vertices (the first ``Q`` farthest-point samples of Anny's rest body,
+   ``renderers.body_data.CoarseTopology``) -> the full 13,718-vertex Anny mesh by a fixed sparse linear
+   map fitted on posed bodies (``up_index``, ``up_weight``; with Anny's faces ``full_faces``: buffers saved
+   with the weights, so inference needs no ``anny``).
+
+Losses (:func:`hmr_losses`): vertex and joint L1, 2D reprojection of the 3D joints through the predicted
+camera, the keypoint head's L1 and visibility BCE, and edge-length and face-normal terms on the coarse mesh.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from tokenizers3d.checkpoint import PretrainedMixin
+from tokenizers3d.pose_tokens import PoseTokenizer, PoseTokenizerConfig
+
+
+@dataclass(frozen=True)
+class HMRConfig:
+    """Settings of :class:`HMRModel`."""
+
+    image_size: int = 128
+    channels: tuple[int, ...] = (32, 64, 96, 128)
+    width: int = 128
+    layers: int = 4
+    heads: int = 4
+    n_joints: int = 17
+    n_vertices: int = 256
+    n_full_vertices: int = 13718
+    n_full_faces: int = 27420
+    n_coarse_faces: int = 0
+    up_k: int = 4
+    pose_tokens: bool = True
+    pose_tokenizer: PoseTokenizerConfig = field(default_factory=PoseTokenizerConfig)
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if self.image_size % 16:
+            raise ValueError(f"image_size must be a multiple of 16, got {self.image_size}")
+        if len(self.channels) != 4:
+            raise ValueError(f"channels must list 4 stages, got {self.channels}")
+
+
+def _stage(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+    )
+
+
+def soft_argmax(heatmaps: torch.Tensor) -> torch.Tensor:
+    """(B, J, H, W) logits -> (B, J, 2) expected ``x, y`` in ``[-1, 1]`` (pixel centres)."""
+    b, j, h, w = heatmaps.shape
+    p = heatmaps.flatten(2).softmax(-1).view(b, j, h, w)
+    xs = (torch.arange(w, dtype=p.dtype, device=p.device) + 0.5) * (2.0 / w) - 1.0
+    ys = (torch.arange(h, dtype=p.dtype, device=p.device) + 0.5) * (2.0 / h) - 1.0
+    return torch.stack([(p.sum(2) * xs).sum(-1), (p.sum(3) * ys).sum(-1)], dim=-1)
+
+
+@dataclass
+class HMROutput:
+    joints: torch.Tensor  # (B, J, 3) pelvis-relative, camera axes
+    vertices: torch.Tensor  # (B, Q, 3) coarse
+    camera: torch.Tensor  # (B, 3) weak perspective s, tx, ty
+    keypoints: torch.Tensor  # (B, J, 2) keypoint head, crop frame
+    visibility: torch.Tensor  # (B, J) logits
+    pose_ids: torch.Tensor | None  # (B, M)
+
+    def project(self, points: torch.Tensor) -> torch.Tensor:
+        """Weak-perspective projection of pelvis-relative points (B, N, 3) into the crop frame (B, N, 2)."""
+        s, t = self.camera[:, None, :1], self.camera[:, None, 1:]
+        return s * points[..., :2] + t
+
+
+class HMRModel(nn.Module, PretrainedMixin):
+    """Image -> 3D joints, coarse and full Anny vertices (module docstring)."""
+
+    config_class = HMRConfig
+
+    def __init__(self, config: HMRConfig):
+        super().__init__()
+        self.config = c = config
+        ch = c.channels
+        self.stages = nn.ModuleList([_stage(3, ch[0]), _stage(ch[0], ch[1]), _stage(ch[1], ch[2]),
+                                     _stage(ch[2], ch[3])])
+        self.kp_head = nn.Sequential(nn.Conv2d(ch[1] + ch[2], 64, 3, padding=1), nn.ReLU(inplace=True),
+                                     nn.Conv2d(64, c.n_joints, 1))
+        self.vis_head = nn.Linear(ch[3], c.n_joints)
+        n_img = (c.image_size // 16) ** 2
+        self.img_proj = nn.Linear(ch[3], c.width)
+        self.img_pos = nn.Parameter(torch.randn(n_img, c.width) * 0.02)
+        self.tokenizer = PoseTokenizer(c.pose_tokenizer)
+        self.tokenizer.requires_grad_(False)
+        m = c.pose_tokenizer.n_tokens
+        self.pose_proj = nn.Linear(c.pose_tokenizer.code_dim, c.width)
+        self.pose_pos = nn.Parameter(torch.randn(m, c.width) * 0.02)
+        self.queries = nn.Parameter(torch.randn(1 + c.n_joints + c.n_vertices, c.width) * 0.02)
+        layer = nn.TransformerEncoderLayer(c.width, c.heads, 2 * c.width, dropout=c.dropout, batch_first=True,
+                                           norm_first=True, activation="gelu")
+        self.transformer = nn.TransformerEncoder(layer, c.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(c.width)
+        self.cam_head = nn.Linear(c.width, 3)
+        self.joint_head = nn.Linear(c.width, 3)
+        self.vert_head = nn.Linear(c.width, 3)
+        self.register_buffer("up_index", torch.zeros(c.n_full_vertices, c.up_k, dtype=torch.long))
+        self.register_buffer("up_weight", torch.zeros(c.n_full_vertices, c.up_k))
+        self.register_buffer("coarse_faces", torch.zeros(c.n_coarse_faces, 3, dtype=torch.long))
+        self.register_buffer("full_faces", torch.zeros(c.n_full_faces, 3, dtype=torch.long))
+        self.register_buffer("pixel_mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.tokenizer.eval()  # frozen: no EMA codebook updates, no dead-code restarts
+        return self
+
+    def forward(self, images: torch.Tensor) -> HMROutput:
+        """``images`` (B, 3, S, S) float in [0, 1]."""
+        c = self.config
+        x = images - self.pixel_mean
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        f4, f8, f16 = feats[1], feats[2], feats[3]
+        up = F.interpolate(f8, size=f4.shape[-2:], mode="bilinear", align_corners=False)
+        heat = self.kp_head(torch.cat([f4, up], dim=1))  # (B, J, S/4, S/4)
+        keypoints = soft_argmax(heat)
+        visibility = self.vis_head(f16.mean(dim=(2, 3)))
+        tokens = [self.img_proj(f16.flatten(2).transpose(1, 2)) + self.img_pos]
+        pose_ids = None
+        if c.pose_tokens:
+            with torch.no_grad():
+                z = self.tokenizer.features(keypoints.detach(), visibility.detach().sigmoid())
+                b, m = z.shape[:2]
+                pose_ids = self.tokenizer.quantizer.nearest(z.reshape(b * m, -1), 0).reshape(b, m)
+                vectors = self.tokenizer.embed(pose_ids)
+            tokens.append(self.pose_proj(vectors) + self.pose_pos)
+        n_ctx = sum(t.shape[1] for t in tokens)
+        tokens.append(self.queries.expand(images.shape[0], -1, -1))
+        h = self.norm(self.transformer(torch.cat(tokens, dim=1)))[:, n_ctx:]
+        cam = self.cam_head(h[:, 0])
+        camera = torch.cat([F.softplus(cam[:, :1] + 0.5), cam[:, 1:]], dim=-1)
+        joints = self.joint_head(h[:, 1:1 + c.n_joints])
+        vertices = self.vert_head(h[:, 1 + c.n_joints:])
+        return HMROutput(joints, vertices, camera, keypoints, visibility, pose_ids)
+
+    def full_vertices(self, coarse: torch.Tensor) -> torch.Tensor:
+        """Coarse vertices (B, Q, 3) -> full Anny vertices (B, V, 3) by the fixed upsampling map."""
+        return (coarse[:, self.up_index] * self.up_weight[None, :, :, None]).sum(dim=2)
+
+    def set_topology(self, up_index, up_weight, coarse_faces, full_faces) -> None:
+        """Install the upsampling map, the coarse and the full faces (training start; saved with the weights)."""
+        self.full_faces.copy_(torch.as_tensor(full_faces, dtype=torch.long))
+        self.up_index.copy_(torch.as_tensor(up_index, dtype=torch.long))
+        self.up_weight.copy_(torch.as_tensor(up_weight, dtype=torch.float32))
+        self.coarse_faces.copy_(torch.as_tensor(coarse_faces, dtype=torch.long))
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    vertices: float = 1.0
+    joints: float = 1.0
+    reprojection: float = 1.0
+    keypoints: float = 1.0
+    visibility: float = 0.05
+    edges: float = 1.0
+    normals: float = 0.1
+
+
+def _face_normals(v: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    a, b, c = v[:, faces[:, 0]], v[:, faces[:, 1]], v[:, faces[:, 2]]
+    return F.normalize(torch.cross(b - a, c - a, dim=-1), dim=-1)
+
+
+def hmr_losses(out: HMROutput, batch: dict, model: HMRModel, weights: LossWeights = LossWeights()) -> dict:
+    """Every loss term (and the weighted ``loss``) for a batch of tensors: ``joints`` (B, J, 3) and
+    ``vertices`` (B, Q, 3) pelvis-relative; ``keypoints`` (B, J, 2) crop frame; ``inside`` (B, J) bool (in the
+    image) and ``visible`` (B, J) bool."""
+    tv, tj = batch["vertices"], batch["joints"]
+    terms = {
+        "vertices": (out.vertices - tv).abs().sum(-1).mean(),
+        "joints": (out.joints - tj).abs().sum(-1).mean(),
+    }
+    inside = batch["inside"].float()
+    denom = inside.sum().clamp_min(1.0)
+    terms["reprojection"] = ((out.project(out.joints) - batch["keypoints"]).abs().sum(-1) * inside).sum() / denom
+    terms["keypoints"] = ((out.keypoints - batch["keypoints"]).abs().sum(-1) * inside).sum() / denom
+    terms["visibility"] = F.binary_cross_entropy_with_logits(out.visibility, batch["visible"].float())
+    faces = model.coarse_faces
+    if len(faces):
+        edges = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+        pl = (out.vertices[:, edges[:, 0]] - out.vertices[:, edges[:, 1]]).norm(dim=-1)
+        tl = (tv[:, edges[:, 0]] - tv[:, edges[:, 1]]).norm(dim=-1)
+        terms["edges"] = (pl - tl).abs().mean()
+        terms["normals"] = (1.0 - (_face_normals(out.vertices, faces) * _face_normals(tv, faces)).sum(-1)).mean()
+    else:
+        terms["edges"] = terms["normals"] = tv.new_zeros(())
+    terms["loss"] = sum(getattr(weights, k) * v for k, v in terms.items())
+    return terms
+
+
+__all__ = ["HMRConfig", "HMRModel", "HMROutput", "LossWeights", "hmr_losses", "soft_argmax"]

@@ -1,0 +1,189 @@
+#!/usr/bin/env python
+"""Install the body-recovery weights (pose tokenizer + HMR model) under assets/checkpoints with model cards.
+
+    python scripts/eval_body.py --checkpoint pose=runs/hmr_pose/best nopose=runs/hmr_nopose/best \\
+        --out runs/eval_body.json --markdown-out runs/eval_body.md --grid docs/img/body_grid.png
+    python scripts/ship_body.py --tokenizer-run runs/pose_tokenizer --hmr-run runs/hmr_pose \\
+        --ablation-run runs/hmr_nopose --eval runs/eval_body.json
+
+Each card states the data, the steps, wall time and machine (``log.csv``, ``sessions.jsonl``), the validation
+figures of the shipped weights (``best/val.json``), the held-out table (``scripts/eval_body.py``'s JSON, which must
+have evaluated these weights) and the commands that reproduce them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+from meshgen.body import DEFAULT_CHECKPOINT as HMR_DEST
+from tokenizers3d.checkpoint import install_model_dir, model_digest, shippable_weights
+from tokenizers3d.errors import MeshInputError
+
+TOKENIZER_DEST = HMR_DEST.parent / "pose-tokenizer"
+MAX_BYTES = 20 * 1024 * 1024
+
+
+def _fail(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _data_sizes(root: str) -> dict:
+    """{split: n} of a body dataset's index."""
+    index = json.loads((Path(root) / "index.json").read_text())
+    return {k: v["n"] for k, v in index["splits"].items()}
+
+
+def _run_facts(run: Path) -> dict:
+    rows = list(csv.DictReader((run / "log.csv").open(newline="")))
+    sessions = [json.loads(x) for x in (run / "sessions.jsonl").read_text().splitlines() if x.strip()]
+    machines = sorted({f"{s['platform']}, {s['cpu_count']} CPUs, {s['threads']} torch threads, torch {s['torch']}"
+                       for s in sessions})
+    val = json.loads((run / "best" / "val.json").read_text())
+    cfg = json.loads((run / "train_config.json").read_text())
+    return {"steps": rows[-1]["step"], "hours": float(rows[-1]["elapsed_s"]) / 3600, "machines": "; ".join(machines),
+            "val": val, "cfg": cfg, "sessions": sessions}
+
+
+def tokenizer_card(run: Path, size: int) -> str:
+    f = _run_facts(run)
+    v, cfg = f["val"], f["cfg"]
+    n = _data_sizes(cfg["data"])
+    from tokenizers3d.pose_tokens import PoseTokenizerConfig
+
+    tc = PoseTokenizerConfig(**json.loads((run / "best" / "config.json").read_text())["config"])
+    return f"""# pose-tokenizer: COCO-17 keypoints <-> {tc.n_tokens} pose tokens
+
+The 2D pose tokenizer of `meshgen body` (`tokenizers3d/pose_tokens.py`, PCT-style compositional tokens;
+{size / 2**20:.2f} MB): 17 keypoints in the crop frame with a confidence each -> MLP-Mixer encoder -> {tc.n_tokens} tokens
+of one shared {tc.codebook_size}-entry codebook (EMA, dead-code restarts) -> decoder -> 17 keypoints. Trained here on the CPU.
+
+* Data: the COCO-17 keypoints of the train split of `{cfg['data']}` (`scripts/make_body_dataset.py`: {n['train']:,} images,
+  train seeds 10000+; validation: the {n['val']} val-split poses, seeds 1000+), randomly mirrored; the encoder sees
+  the joints the renderer marked visible (plus half of the hidden ones) with a random share up to 40 % hidden on
+  top, and must return all 17.
+* Training (`scripts/train_pose_tokenizer.py`): {f['steps']} steps of {cfg['batch']} poses, AdamW lr {cfg['lr']};
+  {f['hours'] * 60:.1f} min on {f['machines']}.
+* Shipped: best validation, step {v['step']}: mean keypoint error of decode(encode(pose)) {v['px']:.2f} px at
+  128 px (all 17 joints, no joint hidden); {v['masked_px']:.2f} px with 30 % of the joints hidden from the
+  encoder (error over all 17); codebook usage on the validation poses {v['usage'] * 100:.0f} %.
+
+## Reproduce
+
+```bash
+python scripts/make_body_dataset.py -o {cfg['data']} --train {n['train']} --val {n['val']} --test {n['test']}
+python scripts/train_pose_tokenizer.py --data data/body --out {run} --steps {cfg['steps']} --threads 2
+```
+"""
+
+
+def hmr_card(run: Path, ablation: Path | None, ev: dict, size: int, md_table: str) -> str:
+    f = _run_facts(run)
+    v, cfg = f["val"], f["cfg"]
+    n = _data_sizes(cfg["data"])
+    models = ev["models"]
+    pose = next(n for n, m in models.items() if Path(m["checkpoint"]).resolve() == (run / "best").resolve())
+    nopose = next((n for n, m in models.items() if ablation is not None
+                   and Path(m["checkpoint"]).resolve() == (ablation / "best").resolve()), None)
+    lines = []
+    if nopose:
+        a, b = models[pose], models[nopose]
+        for key, label in (("test", "clean"), ("test_occluded", "occluded")):
+            change = (a[key]["pve"] - b[key]["pve"]) / b[key]["pve"] * 100
+            lines.append(f"* {label} test images: PVE {a[key]['pve']:.1f} mm with pose tokens, {b[key]['pve']:.1f} "
+                         f"without ({change:+.1f} %); MPJPE {a[key]['mpjpe']:.1f} vs {b[key]['mpjpe']:.1f}")
+    abl = ""
+    if ablation is not None:
+        fa = _run_facts(ablation)
+        abl = (f"* Ablation without pose tokens (`--no-pose-tokens`, {ablation}): same data, steps ({fa['steps']}) "
+               f"and threads; {fa['hours'] * 60:.1f} min.")
+    return f"""# body-hmr: human mesh recovery from one image with pose tokens (PostoMETRO on Anny)
+
+`meshgen body IMAGE -o body.obj` (`meshgen/hmr.py`, {size / 2**20:.2f} MB with the frozen pose tokenizer, the
+coarse -> full upsampling map and Anny's faces). A CNN trained from scratch turns a 128 px crop into 64 image
+tokens; a keypoint head predicts the 17 COCO keypoints, which the pose tokenizer turns into 16 pose tokens; a
+transformer over image and pose tokens with learned camera, joint and vertex queries predicts 17 3D joints and
+256 coarse vertices (pelvis-relative, metres), upsampled to Anny's 13,718 vertices by a fixed linear map.
+No downloaded weights: everything was trained here on the CPU.
+
+* Data (`scripts/make_body_dataset.py`, `{cfg['data']}`): {n['train']:,} rendered train images (seeds 10000+),
+  half with occluders hiding 10-50 % of the body; validation {n['val']} (seeds 1000+); test {n['test']} clean + the
+  same {n['test']} with occluders (seeds 0+), never trained on. Anny bodies with random phenotypes and pose, random camera, lighting,
+  colours and background.
+* Training (`scripts/train_hmr.py`): {f['steps']} steps of {cfg['batch']} images, AdamW lr {cfg['lr']} (warmup
+  100, cosine), colour jitter; {f['hours'] * 60:.1f} min on {f['machines']}.
+{abl}
+* Shipped: best validation, step {v['step']}: coarse-vertex error {v['pve']:.1f} mm ({v['pve_clean']:.1f} clean,
+  {v['pve_occluded']:.1f} occluded), MPJPE {v['mpjpe']:.1f} mm.
+
+## Held-out test (`scripts/eval_body.py`, mm on Anny's metre scale, pelvis-relative)
+
+{md_table}
+{chr(10).join(lines)}
+
+![test images: input, with pose tokens, without, truth](../../../docs/img/body_grid.png)
+
+## Reproduce
+
+```bash
+python scripts/make_body_dataset.py -o {cfg['data']} --train {n['train']} --val {n['val']} --test {n['test']}
+python scripts/train_pose_tokenizer.py --data data/body --out runs/pose_tokenizer --steps 3000 --threads 2
+python scripts/train_hmr.py --data data/body --tokenizer runs/pose_tokenizer/best --out {run} --steps {cfg['steps']} \\
+    --val-every {cfg['val_every']} --threads {cfg['threads']}
+python scripts/train_hmr.py --data data/body --tokenizer runs/pose_tokenizer/best --out runs/hmr_nopose \\
+    --steps {cfg['steps']} --val-every {cfg['val_every']} --threads {cfg['threads']} --no-pose-tokens
+python scripts/eval_body.py --checkpoint {pose}={run}/best {nopose}=runs/hmr_nopose/best --out runs/eval_body.json \\
+    --markdown-out runs/eval_body.md --grid docs/img/body_grid.png
+```
+"""
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tokenizer-run", default="runs/pose_tokenizer")
+    ap.add_argument("--hmr-run", default="runs/hmr_pose")
+    ap.add_argument("--ablation-run", default=None)
+    ap.add_argument("--eval", required=True, help="JSON of scripts/eval_body.py --out")
+    ap.add_argument("--markdown", default=None, help="its --markdown-out (default: beside the JSON)")
+    args = ap.parse_args(argv)
+    tok_run, hmr_run = Path(args.tokenizer_run), Path(args.hmr_run)
+    try:
+        tok_size = shippable_weights(tok_run / "best", MAX_BYTES)
+        hmr_size = shippable_weights(hmr_run / "best", MAX_BYTES)
+    except MeshInputError as exc:
+        _fail(str(exc))
+    ev = json.loads(Path(args.eval).read_text())
+    if not any(Path(m["checkpoint"]).resolve() == (hmr_run / "best").resolve() for m in ev["models"].values()):
+        _fail(f"{args.eval} did not evaluate {hmr_run / 'best'}")
+    if not ev["models"][next(n for n, m in ev["models"].items()
+                             if Path(m["checkpoint"]).resolve() == (hmr_run / "best").resolve())]["pose_tokens"]:
+        _fail(f"{hmr_run / 'best'} has no pose tokens; ship the pose-token model")
+    import torch
+    from safetensors.torch import load_file
+
+    inside = load_file(str(hmr_run / "best" / "model.safetensors"))
+    tok = load_file(str(tok_run / "best" / "model.safetensors"))
+    if any(not torch.equal(inside[f"tokenizer.{k}"], v) for k, v in tok.items()):
+        _fail(f"the pose tokenizer inside {hmr_run / 'best'} is not {tok_run / 'best'}")
+    if args.ablation_run:
+        a = json.loads((hmr_run / "train_config.json").read_text())
+        b = json.loads((Path(args.ablation_run) / "train_config.json").read_text())
+        differ = [k for k in ("data", "tokenizer", "steps", "batch", "lr", "seed", "threads", "model", "val_every")
+                  if a.get(k) != b.get(k)]
+        if differ or a.get("no_pose_tokens") or not b.get("no_pose_tokens"):
+            _fail(f"the ablation run differs in {differ or 'its pose tokens'}; train it with the same settings")
+    md = Path(args.markdown or Path(args.eval).with_suffix(".md")).read_text()
+    install_model_dir(tok_run / "best", TOKENIZER_DEST, tokenizer_card(tok_run, tok_size))
+    install_model_dir(hmr_run / "best", HMR_DEST,
+                      hmr_card(hmr_run, Path(args.ablation_run) if args.ablation_run else None, ev, hmr_size, md))
+    print(json.dumps({"pose_tokenizer": str(TOKENIZER_DEST), "body_hmr": str(HMR_DEST),
+                      "digest": model_digest(HMR_DEST)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
