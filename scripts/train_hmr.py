@@ -15,6 +15,7 @@ Usage::
     python scripts/train_hmr.py --data data/body --tokenizer runs/pose_tokenizer/best --out runs/hmr
     python scripts/train_hmr.py --data data/body --tokenizer runs/pose_tokenizer/best --out runs/hmr_nopose \\
         --no-pose-tokens
+    python scripts/train_hmr.py ... --out runs/hmr_pose2 --init-from runs/hmr_pose/best   # a second stage
 """
 
 from __future__ import annotations
@@ -122,6 +123,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-pose-tokens", action="store_true", help="the ablation without pose tokens")
+    ap.add_argument("--init-from", default=None, help="start a new run from these weights (a model directory of "
+                                                      "this script with the same config; a longer second stage)")
     ap.add_argument("--model", default=None, help="JSON of HMRConfig fields (besides the pose tokenizer's)")
     args = ap.parse_args(argv)
     try:
@@ -140,7 +143,13 @@ def main(argv=None) -> int:
                                        lambda p: torch.optim.AdamW([q for q in p if q.requires_grad], lr=args.lr,
                                                                    weight_decay=1e-4),
                                        threads=args.threads, seed=args.seed)
-    if step == 0:
+    if step == 0 and args.init_from:
+        start = HMRModel.from_pretrained(args.init_from)
+        if start.config != config:
+            print(f"error: {args.init_from} holds another model config", file=sys.stderr)
+            return 2
+        model.load_state_dict(start.state_dict())
+    elif step == 0:
         model.tokenizer.load_state_dict(tokenizer.state_dict())
         install_topology(model)
     best = float("inf") if best < 0 else best
