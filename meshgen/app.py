@@ -1,4 +1,4 @@
-"""``meshgen app``: a local web app with one tab per job (Generate, Tokenize, Segment), built with Gradio.
+"""``meshgen app``: a local web app with one tab per job (Generate, Tokenize, Segment, Body), built with Gradio.
 
 A thin layer over the package's public functions, the same ones the ``meshgen`` command calls:
 
@@ -11,6 +11,8 @@ A thin layer over the package's public functions, the same ones the ``meshgen`` 
   :func:`tokenizers3d.mesh.prepare` of the input (the tokenizers are lossless: it must be equal).
 * **Segment**: :func:`renderers.segment.segment_mesh_file` (the PLY with per-face labels of
   ``meshgen segment``, the labels ``.npy`` and a preview PNG) and the masks of every view.
+* **Body**: :func:`meshgen.body.recover_body_file` (the Anny mesh, JSON and overlay PNG of ``meshgen body``;
+  the body model is loaded on the first body job).
 
 What the app adds is only presentation: viewer files (GLB, turned from the package's Z-up frame to glTF's
 Y-up), the input points as small octahedra, a colour strip of the token ids, the masks over the views.
@@ -51,6 +53,8 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = "pip install 'meshgen[app]'  (or: scripts/setup_env.sh app)"
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 EXAMPLE_MESH = ASSETS / "demo" / "table.ply"  # the mesh the bundled point cloud was sampled from
+EXAMPLE_PERSON = ASSETS / "body" / "person-0.png"  # a test-split image of scripts/make_body_samples.py
+Y_UP_TO_Z_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])  # (x, y, z) -> (x, -z, y)
 Z_UP_TO_Y_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])  # (x, y, z) -> (x, z, -y)
 POINT_COLOR = (60, 110, 200, 255)
 MESH_COLOR = (165, 185, 210, 255)
@@ -129,6 +133,16 @@ class SegmentResult:
 
     mesh_view: Path
     masks: list[tuple[Path, str]]
+    downloads: list[Path]
+    summary: dict
+
+
+@dataclass
+class BodyResult:
+    """What the Body tab shows."""
+
+    mesh_view: Path
+    overlay: Path
     downloads: list[Path]
     summary: dict
 
@@ -247,6 +261,23 @@ def segment_job(inp: str | Path, folder: Path, *, views: int = 12, image_size: i
                "faces seen": f"{100 * float(res.seen.mean()):.1f}%"}
     downloads = [out, out.with_suffix(".npy"), out.with_suffix(".png")]
     return SegmentResult(view, masks, downloads, summary)
+
+
+def body_job(model, inp: str | Path, folder: Path) -> BodyResult:
+    """Recover the body in an image as ``meshgen body`` does (OBJ, JSON, overlay PNG); ``model`` is a loaded
+    :class:`~meshgen.hmr.HMRModel` (:func:`meshgen.body.load_body_model`)."""
+    from meshgen.body import recover_body_file
+
+    inp = Path(inp)
+    out = folder / f"{_stem(inp)}-body.obj"
+    res = recover_body_file(inp, out, model=model)
+    mesh = trimesh.Trimesh(res.vertices @ Y_UP_TO_Z_UP.T, res.faces, process=False)  # the viewer takes Z-up
+    view = _write(folder / "view-body.glb", viewer_glb(mesh))
+    summary = {"input": inp.name, "vertices": len(res.vertices), "faces": len(res.faces),
+               "height (m)": f"{float(np.ptp(res.vertices[:, 1])):.2f}",
+               "keypoints seen (p > 0.5)": int((res.visibility > 0.5).sum()),
+               "pose tokens": " ".join(map(str, res.pose_ids or []))}
+    return BodyResult(view, out.with_suffix(".png"), [out, out.with_suffix(".json"), out.with_suffix(".png")], summary)
 
 
 # --------------------------------------------------------------------------------------------- pictures
@@ -453,7 +484,7 @@ def user_message(exc: BaseException, *folders: Path) -> str:
 
 
 CSS = """
-#gen-summary table, #tok-summary table, #seg-summary table { font-size: 0.9em; }
+#gen-summary table, #tok-summary table, #seg-summary table, #body-summary table { font-size: 0.9em; }
 """
 
 
@@ -463,7 +494,7 @@ def _markdown_table(summary: dict) -> str:
 
 
 def build_app(model, sessions: SessionFolders, *, device: str = "cpu"):
-    """The Gradio page (``gr.Blocks``): the three tabs wired to the jobs above. ``model`` is the loaded
+    """The Gradio page (``gr.Blocks``): the four tabs wired to the jobs above. ``model`` is the loaded
     generator, shared by every session (Gradio runs one job of each kind at a time)."""
     gr = import_gradio()
     from meshgen.pipeline import DEMO_INPUT
@@ -541,6 +572,23 @@ def build_app(model, sessions: SessionFolders, *, device: str = "cpu"):
         return (str(res.mesh_view), [(str(p), c) for p, c in res.masks], [str(p) for p in res.downloads],
                 _markdown_table(res.summary))
 
+    body_model = {}
+
+    def on_body(path, request: gr.Request, progress=gr.Progress()):
+        path = need(path, "an image of a person")
+        folder = sessions.job(request.session_hash, "body")
+        progress(0, desc="recovering the body")
+
+        def job():
+            if "model" not in body_model:
+                from meshgen.body import load_body_model
+
+                body_model["model"] = load_body_model(None)
+            return body_job(body_model["model"], path, folder)
+
+        res = run(job, folder, path)
+        return str(res.mesh_view), str(res.overlay), [str(p) for p in res.downloads], _markdown_table(res.summary)
+
     def on_cancel(request: gr.Request):
         sessions.cancel_event(request.session_hash).set()
 
@@ -552,7 +600,8 @@ def build_app(model, sessions: SessionFolders, *, device: str = "cpu"):
 
     input_types = sorted(set(MESH_SUFFIXES) | set(POINT_SUFFIXES))
     with gr.Blocks(title="meshgen", analytics_enabled=False, delete_cache=(900, 3600)) as demo:
-        gr.Markdown("# meshgen\nPoint clouds to low-poly meshes, lossless mesh tokens, part segmentation. "
+        gr.Markdown("# meshgen\nPoint clouds to low-poly meshes, lossless mesh tokens, part segmentation, "
+                    "3D bodies from images. "
                     "Everything runs on this machine; files live in a temporary folder removed when you close "
                     "the page.")
         with gr.Tab("Generate", id="generate"):
@@ -621,7 +670,25 @@ def build_app(model, sessions: SessionFolders, *, device: str = "cpu"):
                     s_files = gr.File(label="Download (PLY with a label per face, labels .npy, preview PNG)",
                                       file_count="multiple", interactive=False, elem_id="seg-downloads")
 
+        with gr.Tab("Body", id="body"):
+            with gr.Row():
+                with gr.Column(scale=1, min_width=280):
+                    b_file = gr.File(label="Image of one person (framed on the whole body)",
+                                     file_types=["image"], elem_id="body-input")
+                    b_example = gr.Button("Use the bundled example (a test image)", size="sm")
+                    b_run = gr.Button("Recover the body", variant="primary", elem_id="body-run")
+                with gr.Column(scale=3):
+                    with gr.Row():
+                        b_view = viewer("Body (Anny mesh)", "body-mesh")
+                        b_overlay = gr.Image(label="Mesh and keypoints over the image", type="filepath",
+                                             interactive=False, elem_id="body-overlay")
+                    b_summary = gr.Markdown(elem_id="body-summary")
+                    b_files = gr.File(label="Download (OBJ, JSON with joints/keypoints/camera, overlay PNG)",
+                                      file_count="multiple", interactive=False, elem_id="body-downloads")
+
         g_example.click(example(DEMO_INPUT), None, g_file)
+        b_example.click(example(EXAMPLE_PERSON), None, b_file)
+        b_run.click(on_body, [b_file], [b_view, b_overlay, b_files, b_summary], api_name=False)
         t_example.click(example(EXAMPLE_MESH), None, t_file)
         s_example.click(example(EXAMPLE_MESH), None, s_file)
         g_event = g_run.click(on_generate, [g_file, g_faces, g_max, g_seed, g_temp, g_samples, g_base],

@@ -268,6 +268,27 @@ def test_segment_tab(browser, tmp_path):
     assert "broken_seg.obj:" in expect_error(page, "broken_seg.obj")
 
 
+def test_body_tab(browser, tmp_path):
+    page = browser
+    page.get_by_role("tab", name="Body").click()
+    upload(page, "body-input", ROOT / "assets" / "body" / "person-0.png")
+    page.click("#body-run")
+    wait_drawn(page, "body-mesh")
+    page.locator("#body-overlay img").wait_for(timeout=JOB_TIMEOUT_MS)
+    assert "pose tokens" in page.locator("#body-summary").inner_text()
+    obj = download(page, "body-downloads", ".obj", tmp_path)
+    mesh = trimesh.load(obj, file_type="obj", process=False, force="mesh")
+    assert len(mesh.faces) == 27420  # the full Anny mesh of `meshgen body`
+    shot(page, "body")
+
+    clear_upload(page, "body-input")
+    broken = tmp_path / "broken_person.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    upload(page, "body-input", broken)
+    page.click("#body-run")
+    assert "broken_person.png:" in expect_error(page, "broken_person.png")
+
+
 def test_upload_over_the_limit_is_refused(browser, server, tmp_path):
     page = browser
     page.get_by_role("tab", name="Generate").click()
