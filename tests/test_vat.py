@@ -284,3 +284,49 @@ def test_perceiver_encoder_option():
     assert model.read_points.in_proj_weight.grad is not None
     with pytest.raises(ValueError, match="in_context or perceiver"):
         dataclasses.replace(TINY, encoder="flat")
+
+
+# ---- scripts/eval_vat.py: VAT rows per scale count and the Draco baseline at the same budgets ----------------
+def _eval_vat():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    try:
+        import eval_vat
+    finally:
+        sys.path.pop(0)
+    return eval_vat
+
+
+def test_draco_baseline_fits_the_budget():
+    pytest.importorskip("DracoPy")
+    ev = _eval_vat()
+    sphere = trimesh.creation.icosphere(3)  # 1,280 faces
+    v, f, size = ev.draco_within(sphere.vertices, sphere.faces, 400, 8)
+    assert size <= 400 and 4 <= len(f) < len(sphere.faces)
+    assert ev.draco_within(sphere.vertices, sphere.faces, 10, 8) is None  # nothing fits in 10 bytes
+    big = ev.draco_within(sphere.vertices, sphere.faces, 10**6, 12)
+    assert len(big[1]) == len(sphere.faces)  # a generous budget keeps every face
+    unit = trimesh.Trimesh(sphere.vertices / 2, sphere.faces, process=False)
+    row = ev.draco_baseline(unit, 600, (6, 10))
+    assert row["bytes"] <= 600 and row["fscore_005"] > 0.9
+
+
+def test_eval_vat_rows_summary_table_and_plot(tiny_vat, tmp_path, one_thread):
+    pytest.importorskip("DracoPy")
+    from tokenizers3d.compress import load_vat_model
+
+    ev = _eval_vat()
+    model, _ = load_vat_model(tiny_vat)
+    path = _box_file(tmp_path)
+    res = ev.evaluate(model, [path], n_points=256, resolution=16, draco=(8,), log=lambda s: None)
+    rows = res["rows"]
+    assert [r["scales"] for r in rows] == [1, 2, 3, 4]
+    assert [r["bytes"] for r in rows] == [TINY.bytes_for(k) for k in range(1, 5)]
+    assert all(r["draco_faces"] == 0 or r["bytes"] >= 4 for r in rows)
+    assert res["compression_ratio"]["obj"] > 1
+    assert "| 4 | 15 |" in ev.markdown("procedural", res)
+    ev.plot({"procedural": res}, tmp_path / "plot.png")
+    from PIL import Image
+
+    assert Image.open(tmp_path / "plot.png").size == (900, 520)

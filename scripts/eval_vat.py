@@ -1,0 +1,318 @@
+#!/usr/bin/env python
+"""Evaluate a VAT shape tokenizer per number of scales kept, against Google Draco at the same byte budgets.
+
+For every held-out mesh (the test split of a procedural dataset and the real split; moved into the unit cube),
+the VAT model encodes ``--points`` surface samples with normals once; then for each prefix of ``K`` scales the
+ids decode to an occupancy field, marching cubes at ``--resolution`` gives a closed mesh, scored against the
+input with :func:`tokenizers3d.metrics.evaluate_mesh`: F-score at 0.02 and 0.05 of the longest side, Chamfer and
+normal consistency. ``bytes`` is the packed size of the ids (:meth:`tokenizers3d.vat.VATConfig.bytes_for`; a
+``.vat`` file adds a 38-byte header and a 4-byte CRC).
+
+Baseline (``DracoPy``): the input decimated by Open3D's quadric decimation and compressed by Draco (compression
+level 10) to at most the same number of bytes: for each quantization setting in ``--draco-bits`` the largest
+face count that fits (binary search), and of those the one with the lowest Chamfer to the input (the baseline
+is given its best setting per mesh). When not even a 4-face mesh fits, the budget scores 0 (no mesh).
+
+Compression ratios, as the paper reports them: the input's OBJ text size and its Draco size without quantization
+(lossless floats) over the VAT bytes of the full sequence.
+
+Writes JSON (``--out``), a Markdown table (``--markdown-out``) and a PNG plot of F@0.05 vs bytes (``--plot``).
+
+Usage::
+
+    python scripts/eval_vat.py --checkpoint runs/vat/best --procedural data/procedural --real data/real --n 24 \\
+        --out runs/eval_vat.json --markdown-out runs/eval_vat.md --plot docs/img/vat_fscore_bytes.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+METRICS = ("fscore_002", "fscore_005", "chamfer", "normal_consistency")
+
+
+# ---- the Draco baseline -----------------------------------------------------------------------------
+def draco_bytes(vertices: np.ndarray, faces: np.ndarray, bits: int) -> bytes:
+    """Draco encoding (compression level 10) of a mesh; ``bits`` 0 keeps the float coordinates (lossless)."""
+    import DracoPy
+
+    return DracoPy.encode(np.asarray(vertices, dtype=np.float32), np.asarray(faces, dtype=np.uint32),
+                          quantization_bits=int(bits), compression_level=10)
+
+
+def decimate(vertices: np.ndarray, faces: np.ndarray, n_faces: int) -> tuple[np.ndarray, np.ndarray]:
+    """Open3D quadric decimation to at most ``n_faces`` faces."""
+    import open3d as o3d
+
+    if n_faces >= len(faces):
+        return vertices, faces
+    om = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(np.asarray(vertices, dtype=np.float64)),
+                                   o3d.utility.Vector3iVector(np.asarray(faces, dtype=np.int32)))
+    om = om.simplify_quadric_decimation(int(n_faces))
+    om.remove_unreferenced_vertices()
+    return np.asarray(om.vertices), np.asarray(om.triangles, dtype=np.int64)
+
+
+def draco_within(vertices: np.ndarray, faces: np.ndarray, budget: int, bits: int):
+    """The largest decimation of the mesh whose Draco encoding at ``bits`` fits ``budget`` bytes:
+    ``(decoded vertices, faces, size)`` or None when not even 4 faces fit."""
+    import DracoPy
+
+    lo, hi, best = 4, len(faces), None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        v, f = decimate(vertices, faces, mid)
+        if len(f) == 0:
+            lo = mid + 1
+            continue
+        data = draco_bytes(v, f, bits)
+        if len(data) <= budget:
+            best, lo = data, mid + 1
+        else:
+            hi = mid - 1
+    if best is None:
+        return None
+    mesh = DracoPy.decode(best)
+    return np.asarray(mesh.points, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64), len(best)
+
+
+def draco_baseline(unit, budget: int, bits_options, *, seed: int = 0) -> dict:
+    """Scores of the best Draco setting within ``budget`` bytes (see the module docstring)."""
+    import trimesh
+
+    from tokenizers3d.metrics import evaluate_mesh
+
+    best = None
+    for bits in bits_options:
+        got = draco_within(np.asarray(unit.vertices), np.asarray(unit.faces), budget, bits)
+        if got is None:
+            continue
+        v, f, size = got
+        m = evaluate_mesh(trimesh.Trimesh(v, f, process=False), unit, n_samples=5000, seed=seed)
+        row = {"bytes": size, "faces": len(f), "bits": bits, **{k: float(getattr(m, k)) for k in METRICS}}
+        if best is None or row["chamfer"] < best["chamfer"]:
+            best = row
+    return best or {"bytes": 0, "faces": 0, "bits": None, "fscore_002": 0.0, "fscore_005": 0.0,
+                    "chamfer": float("nan"), "normal_consistency": float("nan")}
+
+
+# ---- VAT ---------------------------------------------------------------------------------------------
+def vat_rows(model, unit, *, n_points: int, resolution: int, seed: int = 0) -> list[dict]:
+    """One row per number of scales kept: bytes and scores of the decoded mesh (zeros when it is empty)."""
+    import torch
+    import trimesh
+
+    from tokenizers3d.metrics import evaluate_mesh
+    from tokenizers3d.sample import sample_surface
+    from tokenizers3d.vat import grid_to_mesh
+
+    cloud = sample_surface(unit, n_points, seed=seed)
+    t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)[None]  # noqa: E731
+    rows = []
+    with torch.no_grad():
+        codes = model.encode(t(cloud.points), t(cloud.normals))
+        for k in range(1, len(codes) + 1):
+            v, f = grid_to_mesh(model.occupancy_grid(model.decode_ids(codes, scales=k), resolution))
+            row = {"scales": k, "tokens": int(sum(c.shape[-1] for c in codes[:k])), "bytes": model.config.bytes_for(k)}
+            if len(f):
+                m = evaluate_mesh(trimesh.Trimesh(v, f, process=False), unit, n_samples=5000, seed=seed)
+                row.update({"valid": True, **{name: float(getattr(m, name)) for name in METRICS}})
+            else:
+                row.update({"valid": False, "fscore_002": 0.0, "fscore_005": 0.0, "chamfer": float("nan"),
+                            "normal_consistency": float("nan")})
+            rows.append(row)
+    return rows
+
+
+def evaluate(model, paths: list[Path], *, n_points: int, resolution: int, draco: tuple[int, ...] | None,
+             log=print) -> dict:
+    """Per mesh: VAT rows per scale count, Draco rows at the same byte budgets, input sizes."""
+    import trimesh
+
+    from tokenizers3d.io import load_mesh
+    from tokenizers3d.mesh import Normalization
+
+    items = []
+    for path in paths:
+        mesh = load_mesh(path)
+        norm = Normalization.fit(np.asarray(mesh.vertices))
+        unit = trimesh.Trimesh(norm.apply(np.asarray(mesh.vertices)), np.asarray(mesh.faces), process=False)
+        obj = mesh.export(file_type="obj")
+        item = {"path": str(path), "faces": int(len(unit.faces)),
+                "obj_bytes": len(obj.encode() if isinstance(obj, str) else obj),
+                "vat": vat_rows(model, unit, n_points=n_points, resolution=resolution)}
+        if draco:
+            item["draco_lossless_bytes"] = len(draco_bytes(unit.vertices, unit.faces, 0))
+            item["draco"] = [draco_baseline(unit, r["bytes"], draco) for r in item["vat"]]
+        log(f"{path.name}: " + " ".join(f"K{r['scales']} {r['bytes']}B F5 {r['fscore_005']:.2f}" for r in item["vat"]))
+        items.append(item)
+    return summarize(items)
+
+
+def _mean(values) -> float:
+    """Mean of the finite values (NaN when there is none: e.g. Chamfer where no Draco mesh fits the budget)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if len(v) else float("nan")
+
+
+def summarize(items: list[dict]) -> dict:
+    """Means per scale count over items (VAT and Draco), and the compression ratios of the full sequence."""
+    if not items:
+        return {"n": 0, "rows": [], "items": []}
+    n_scales = len(items[0]["vat"])
+    rows = []
+    for k in range(n_scales):
+        row = {"scales": k + 1, "bytes": items[0]["vat"][k]["bytes"], "tokens": items[0]["vat"][k]["tokens"]}
+        for name in METRICS:
+            row[f"vat_{name}"] = _mean([it["vat"][k][name] for it in items])
+            if "draco" in items[0]:
+                row[f"draco_{name}"] = _mean([it["draco"][k][name] for it in items])
+        row["vat_valid"] = float(np.mean([it["vat"][k]["valid"] for it in items]))
+        if "draco" in items[0]:
+            row["draco_fits"] = float(np.mean([it["draco"][k]["faces"] > 0 for it in items]))
+            row["draco_faces"] = float(np.mean([it["draco"][k]["faces"] for it in items]))
+        rows.append(row)
+    full = rows[-1]["bytes"]
+    ratios = {"obj": float(np.mean([it["obj_bytes"] for it in items]) / full)}
+    if "draco_lossless_bytes" in items[0]:
+        ratios["draco_lossless"] = float(np.mean([it["draco_lossless_bytes"] for it in items]) / full)
+    return {"n": len(items), "rows": rows, "compression_ratio": ratios, "items": items}
+
+
+# ---- reporting ---------------------------------------------------------------------------------------
+def markdown(name: str, res: dict) -> str:
+    has_draco = res["rows"] and "draco_fscore_005" in res["rows"][0]
+    head = "| scales | tokens | bytes | VAT F@0.02 | VAT F@0.05 | VAT Chamfer | VAT NC |"
+    sep = "|---|---|---|---|---|---|---|"
+    if has_draco:
+        head += " Draco F@0.02 | Draco F@0.05 | Draco Chamfer | Draco faces |"
+        sep += "---|---|---|---|"
+    lines = [f"**{name}** ({res['n']} meshes)", "", head, sep]
+    for r in res["rows"]:
+        line = (f"| {r['scales']} | {r['tokens']} | {r['bytes']} | {r['vat_fscore_002']:.3f} | {r['vat_fscore_005']:.3f} | "
+                f"{r['vat_chamfer']:.4f} | {r['vat_normal_consistency']:.3f} |")
+        if has_draco:
+            line += (f" {r['draco_fscore_002']:.3f} | {r['draco_fscore_005']:.3f} | {r['draco_chamfer']:.4f} | "
+                     f"{r['draco_faces']:.0f} |")
+        lines.append(line)
+    ratios = res.get("compression_ratio", {})
+    if ratios:
+        lines += ["", "Compression ratio of the full sequence: " +
+                  ", ".join(f"{k} {v:.0f}x" for k, v in ratios.items())]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path, *, width: int = 900, height: int = 520) -> None:
+    """F@0.05 vs bytes (log scale): VAT and Draco per split."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from tokenizers3d.io import atomic_write_bytes
+
+    img = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=14)
+    box = (80, 40, width - 220, height - 60)
+    series = []
+    colours = {"procedural": ((40, 90, 200), (120, 160, 235)), "real": ((200, 70, 40), (235, 150, 120))}
+    for split, res in results.items():
+        dark, light = colours.get(split, ((60, 60, 60), (150, 150, 150)))
+        xs = [r["bytes"] for r in res["rows"]]
+        series.append((f"VAT {split}", dark, xs, [r["vat_fscore_005"] for r in res["rows"]]))
+        if res["rows"] and "draco_fscore_005" in res["rows"][0]:
+            series.append((f"Draco {split}", light, xs, [r["draco_fscore_005"] for r in res["rows"]]))
+    allx = [x for s in series for x in s[2] if x > 0] or [1, 10]
+    lo, hi = math.log10(min(allx)) - 0.1, math.log10(max(allx)) + 0.1
+    px = lambda x: box[0] + (math.log10(x) - lo) / (hi - lo) * (box[2] - box[0])  # noqa: E731
+    py = lambda y: box[3] - y * (box[3] - box[1])  # noqa: E731
+    d.rectangle(box, outline="black")
+    for y in np.linspace(0, 1, 6):
+        d.line([(box[0], py(y)), (box[2], py(y))], fill=(225, 225, 225))
+        d.text((box[0] - 40, py(y) - 7), f"{y:.1f}", fill="black", font=font)
+    for e in range(math.ceil(lo), math.floor(hi) + 1):
+        for m in (1, 2, 5):
+            x = m * 10 ** e
+            if lo <= math.log10(x) <= hi:
+                d.line([(px(x), box[1]), (px(x), box[3])], fill=(225, 225, 225))
+                d.text((px(x) - 12, box[3] + 8), f"{x:g}", fill="black", font=font)
+    d.text(((box[0] + box[2]) / 2 - 60, box[3] + 32), "bytes (log scale)", fill="black", font=font)
+    d.text((10, 12), "F-score at 0.05 of the longest side", fill="black", font=font)
+    for i, (label, colour, xs, ys) in enumerate(series):
+        pts = [(px(x), py(y)) for x, y in zip(xs, ys, strict=True) if x > 0]
+        if len(pts) > 1:
+            d.line(pts, fill=colour, width=3)
+        for x, y in pts:
+            d.ellipse((x - 4, y - 4, x + 4, y + 4), fill=colour)
+        d.line([(box[2] + 20, box[1] + 20 + 24 * i), (box[2] + 50, box[1] + 20 + 24 * i)], fill=colour, width=3)
+        d.text((box[2] + 58, box[1] + 12 + 24 * i), label, fill="black", font=font)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--checkpoint", required=True, help="VAT model directory (scripts/train_vat.py run's best/)")
+    ap.add_argument("--procedural", default="data/procedural", help="procedural dataset (its test split)")
+    ap.add_argument("--real", default="data/real", help="real meshes (scripts/fetch_real_meshes.py)")
+    ap.add_argument("--n", type=int, default=24, help="meshes per split")
+    ap.add_argument("--max-faces", type=int, default=5000)
+    ap.add_argument("--points", type=int, default=2048)
+    ap.add_argument("--resolution", type=int, default=96, help="marching-cubes cells per side")
+    ap.add_argument("--draco-bits", type=int, nargs="*", default=[6, 8, 10, 12],
+                    help="Draco quantization settings tried per budget (none: no Draco baseline)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--markdown-out", default=None)
+    ap.add_argument("--plot", default=None)
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from eval_generator import procedural_items, real_items
+
+    from tokenizers3d.compress import load_vat_model
+    from tokenizers3d.errors import MeshgenError
+    from tokenizers3d.io import atomic_write_text
+
+    try:
+        model, digest = load_vat_model(args.checkpoint)
+    except MeshgenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.draco_bits:
+        try:
+            import DracoPy  # noqa: F401
+        except ImportError:
+            print("error: the Draco baseline needs DracoPy: pip install DracoPy (or --draco-bits with no value)",
+                  file=sys.stderr)
+            return 2
+    splits = {"procedural": [it.path for it in procedural_items(Path(args.procedural), args.n, args.max_faces)],
+              "real": [it.path for it in real_items(Path(args.real), args.n, args.max_faces)]}
+    results = {}
+    for name, paths in splits.items():
+        if paths:
+            results[name] = evaluate(model, paths, n_points=args.points, resolution=args.resolution,
+                                     draco=tuple(args.draco_bits) or None)
+    md = "\n".join(markdown(name, res) for name, res in results.items())
+    print(md)
+    out = {"checkpoint": args.checkpoint, "digest": digest, "settings": vars(args), "splits": results}
+    if args.out:
+        atomic_write_text(args.out, json.dumps(out, indent=1) + "\n")
+    if args.markdown_out:
+        atomic_write_text(args.markdown_out, md)
+    if args.plot:
+        plot(results, Path(args.plot))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
