@@ -91,8 +91,8 @@ def tokenize(mesh: Path = typer.Argument(..., help="Mesh file."),
              tokenizer: str = typer.Option("coords", "-t", "--tokenizer",
                                            help="coords, adjacent, blocks (lossless) or vqvae (learned, lossy)."),
              bits: int = typer.Option(None, help="Quantization bits (6-12; default 10, vqvae: its checkpoint's)."),
-             checkpoint: Path = typer.Option(None, help="vqvae only: face VQ-VAE model directory "
-                                                        "(default: assets/checkpoints/face-vqvae)."),
+             checkpoint: Path = typer.Option(None, help="vqvae / vat only: the model directory "
+                                                        "(default: assets/checkpoints/face-vqvae / vat)."),
              max_faces: int = typer.Option(None, help="Refuse meshes with more faces.")):
     """Tokenize a mesh; the .npz holds ids, tokenizer config, the normalization transform and a checksum."""
     from tokenizers3d.base import get_tokenizer
@@ -118,8 +118,8 @@ def _tokenizer_options(name: str, bits: int | None, checkpoint: Path | None) -> 
 
     config = {} if bits is None else {"bits": bits}
     if checkpoint is not None:
-        if name != "vqvae":
-            raise ConfigError(f"--checkpoint is for the learned tokenizer (vqvae), not {name!r}")
+        if name not in ("vqvae", "vat"):
+            raise ConfigError(f"--checkpoint is for the learned tokenizers (vqvae, vat), not {name!r}")
         config["checkpoint"] = str(checkpoint)
     return config
 
@@ -175,7 +175,7 @@ def batch_tokenize_cmd(input_dir: Path = typer.Argument(..., help="Directory tre
                        out: Path = typer.Option(..., "-o", "--out", help="Shard directory."),
                        tokenizer: str = typer.Option("adjacent", "-t", "--tokenizer"),
                        bits: int = typer.Option(None, help="Quantization bits (default 10; vqvae: its checkpoint's)."),
-                       checkpoint: Path = typer.Option(None, help="vqvae only: face VQ-VAE model directory."),
+                       checkpoint: Path = typer.Option(None, help="vqvae / vat only: the model directory."),
                        workers: int = typer.Option(1),
                        engine: str = typer.Option("local", help="local or ray."),
                        address: str = typer.Option(None, help="Ray cluster address (default: start a local one)."),

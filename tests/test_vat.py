@@ -330,3 +330,37 @@ def test_eval_vat_rows_summary_table_and_plot(tiny_vat, tmp_path, one_thread):
     from PIL import Image
 
     assert Image.open(tmp_path / "plot.png").size == (900, 520)
+
+
+# ---- the `vat` tokenizer ---------------------------------------------------------------------------------
+def test_vat_tokenizer_sequences_prefixes_and_errors(tiny_vat, tmp_path, one_thread):
+    from tokenizers3d.base import get_tokenizer, list_tokenizers
+    from tokenizers3d.errors import TokenizationError
+    from tokenizers3d.tokenfile import load_tokens, save_tokens
+
+    assert "vat" in list_tokenizers()
+    tok = get_tokenizer("vat", checkpoint=str(tiny_vat), resolution=16, n_points=256)
+    assert tok.lossless is False and tok.vocab_size == TINY_Q.codebook_size + 3
+    box = trimesh.creation.box(extents=(2.0, 1.0, 0.5))
+    enc = tok.encode(box)
+    assert len(enc.ids) == 2 + TINY_Q.n_tokens and enc.ids[0] == tok.bos_id and enc.ids[-1] == tok.eos_id
+    assert enc.ids[1:-1].max() < TINY_Q.codebook_size
+    np.testing.assert_array_equal(tok.encode(box).ids, enc.ids)  # deterministic (seeded sampling)
+    qm, report = tok.decode_quantized(enc.ids)
+    assert report.error is None and report.dropped_tokens == 0 and qm.bits == 10
+    coarse = get_tokenizer("vat", checkpoint=str(tiny_vat), resolution=16, n_points=256, scales=2).encode(box)
+    np.testing.assert_array_equal(coarse.ids[1:-1], enc.ids[1:4])  # the first two scales: 1 + 2 ids
+    tok.decode_quantized(coarse.ids)  # a prefix of whole scales decodes
+    with pytest.raises(TokenizationError, match="whole number of scales"):
+        tok.decode_quantized(np.concatenate([enc.ids[:3], [tok.eos_id]]))  # 2 ids: scale 2 cut
+    _, lenient = tok.decode_quantized(np.concatenate([enc.ids[:3], [tok.eos_id]]), strict=False)
+    assert lenient.error is not None and lenient.dropped_tokens > 0
+    bad = enc.ids.copy()
+    bad[2] = TINY_Q.codebook_size  # the PAD id inside the body
+    with pytest.raises(TokenizationError):
+        tok.decode_quantized(bad)
+    # token files record the checkpoint and its digest, and decode again
+    save_tokens(tmp_path / "t.npz", enc, tok)
+    back = load_tokens(tmp_path / "t.npz")
+    assert back.tokenizer.config == tok.config
+    assert back.decode().quantized.bits == 10

@@ -366,7 +366,8 @@ def register_tokenizer(name: str):
     return deco
 
 
-_BUILTIN = {"coords": "coords", "adjacent": "adjacent", "blocks": "blocks", "vqvae": "vqvae"}  # name -> module
+_BUILTIN = {"coords": "coords", "adjacent": "adjacent", "blocks": "blocks", "vqvae": "vqvae",
+            "vat": "vat_tokens"}  # name -> module
 
 
 def list_tokenizers() -> list[str]:
