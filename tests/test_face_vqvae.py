@@ -335,7 +335,7 @@ def test_rule_based_tokenizers_still_load_without_torch():
     code = ("import sys\nfrom tokenizers3d.base import get_tokenizer, list_tokenizers\n"
             "get_tokenizer('blocks', bits=7); print(list_tokenizers(), 'torch' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.stdout.strip() == "['adjacent', 'blocks', 'coords', 'vqvae'] False", proc.stderr
+    assert proc.stdout.strip() == "['adjacent', 'blocks', 'coords', 'vat', 'vqvae'] False", proc.stderr
 
 
 # ---- training script ----------------------------------------------------------------------------------------
