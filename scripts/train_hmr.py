@@ -171,7 +171,7 @@ def main(argv=None) -> int:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
-        rows.append({k: float(v) for k, v in terms.items()})
+        rows.append({k: float(v.detach()) for k, v in terms.items()})
         if step % args.val_every == 0 or step == args.steps:
             val_row = validate(model, val)
             print(json.dumps({"step": step, "val": val_row}), flush=True)
