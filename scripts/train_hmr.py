@@ -78,19 +78,19 @@ class BodySplit:
 
 def install_topology(model: HMRModel, n_fit: int = 48) -> None:
     """Fit the coarse -> full upsampling map on ``n_fit`` train bodies and install it with the coarse faces."""
-    from renderers.body_data import BodyRenderer, CoarseTopology, split_seed
+    from renderers.body_data import BodyRenderer, coarse_topology, split_seed
 
     renderer = BodyRenderer()
-    topo = CoarseTopology.build(renderer.body, model.config.n_vertices)
+    topo = coarse_topology(model.config.n_vertices)  # cached: built once with coarse_faces_count's
     full = renderer.full_vertices([split_seed("train", 500_000 + i) for i in range(n_fit)])
     nbr, w = topo.upsample_map(full, model.config.n_vertices, renderer.body.template, k=model.config.up_k)
     model.set_topology(nbr, w, topo.faces, renderer.body.faces)
 
 
 def coarse_faces_count(n_vertices: int) -> int:
-    from renderers.body_data import BodyModel, CoarseTopology
+    from renderers.body_data import coarse_topology
 
-    return len(CoarseTopology.build(BodyModel(), n_vertices).faces)
+    return len(coarse_topology(n_vertices).faces)
 
 
 @torch.no_grad()
