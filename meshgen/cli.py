@@ -285,8 +285,10 @@ def generate(inp: Path = typer.Argument(..., metavar="INPUT", help="Point cloud 
              cfg_scale: float = typer.Option(None, help="Classifier-free guidance scale (1 = off; needs a model "
                                                         "trained with encoder.null_context; default 2 for such a "
                                                         "model, else 1)."),
-             samples: int = typer.Option(4, help="Draw this many meshes in one batch and keep the one that fits the "
+             samples: int = typer.Option(8, help="Draw this many meshes in one batch and keep the one that fits the "
                                                  "input points best (Chamfer to the points)."),
+             free_samples: int = typer.Option(None, help="With guidance, draw this many of --samples without it "
+                                                         "(default: half); the ranking picks the better kind."),
              max_input_faces: int = typer.Option(None, help="Refuse input meshes with more faces (default "
                                                             "1,000,000)."),
              max_points: int = typer.Option(None, help="Subsample input point clouds above this many points "
@@ -305,6 +307,8 @@ def generate(inp: Path = typer.Argument(..., metavar="INPUT", help="Point cloud 
         raise MeshInputError(None, f"--faces must be positive, got {faces}")
     if samples < 1:
         raise MeshInputError(None, f"--samples must be >= 1, got {samples}")
+    if free_samples is not None and not 0 <= free_samples <= samples:
+        raise MeshInputError(None, f"--free-samples must be in [0, --samples={samples}], got {free_samples}")
     if max_faces is None:
         max_faces = max(800, 2 * faces) if faces else 800
     elif faces is not None and faces > max_faces:
@@ -318,7 +322,7 @@ def generate(inp: Path = typer.Argument(..., metavar="INPUT", help="Point cloud 
             raise MeshInputError(None, str(exc)) from exc
     res = generate_file(inp, out, checkpoint=checkpoint, faces=faces, seed=seed, temperature=temperature,
                         top_p=top_p, max_faces=max_faces, constraints=constraints, preview=preview,
-                        guidance=guide, cfg_scale=cfg_scale, samples=samples,
+                        guidance=guide, cfg_scale=cfg_scale, samples=samples, free_samples=free_samples,
                         refine=RefineConfig() if refine else None, max_input_faces=max_input_faces,
                         max_points=max_points)
     print(json.dumps(res, default=str))

@@ -200,6 +200,7 @@ def generate(
     guidance: GuidanceConfig | None = None,
     points: np.ndarray | torch.Tensor | None = None,
     cfg_scale: float = 1.0,
+    unguided_rows: int = 0,
 ) -> GenerationResult:
     """Sample one mesh per conditioning row with a sliding-window cache.
 
@@ -217,6 +218,8 @@ def generate(
     cfg_scale : classifier-free guidance: ``!= 1`` doubles the batch, rows ``B..2B-1`` with
         ``Conditioning.drop`` set (the model's null point context), and samples from
         ``l_u + cfg_scale (l_c - l_u)``; needs a :class:`Conditioning` with points.
+    unguided_rows : with ``guidance``, the last ``unguided_rows`` rows are sampled without it (order
+        constraints only): best-of-k decoding mixes both kinds of sample (:func:`meshgen.pipeline.generate_mesh`).
     """
     device = next(model.parameters()).device
     use_cfg = cfg_scale != 1.0
@@ -235,6 +238,9 @@ def generate(
         batch = cache.context.cond_emb.shape[0] // (2 if use_cfg else 1)
         if guidance is not None:
             guides = build_guides(points, bits=model.config.bits, config=guidance, batch=batch)
+            if not 0 <= unguided_rows <= batch:
+                raise ValueError(f"unguided_rows must be in [0, {batch}], got {unguided_rows}")
+            guides = guides[: batch - unguided_rows] + [None] * unguided_rows
         generator = None
         if seed is not None:
             generator = torch.Generator(device=device).manual_seed(seed)

@@ -26,7 +26,7 @@ module). Per split the JSON holds
         --procedural data/procedural --real data/real --n 24 --out runs/eval.json --markdown
 
 ``--skip-baselines`` leaves out Poisson and the hull (quick ablations); the bounding box is always scored.
-``--cfg-scale``, ``--guidance/--no-guidance``, ``--min-coverage``, ``--guide-tol``, ``--samples`` and
+``--cfg-scale``, ``--guidance/--no-guidance``, ``--min-coverage``, ``--guide-tol``, ``--samples``, ``--free-samples`` and
 ``--refine/--no-refine`` are passed to
 :func:`meshgen.pipeline.generate_mesh` only when given (otherwise its defaults apply; the JSON's
 ``generation`` records the settings used). Prints the JSON summary (and markdown tables with
@@ -284,7 +284,8 @@ def invalid_rates(model, items: list[Item], *, n_points: int, seed: int, tempera
 
 def generation_kwargs(*, cfg_scale: float | None = None, guidance: bool | None = None,
                       min_coverage: float | None = None, guide_tol: float | None = None,
-                      samples: int | None = None, refine: bool | None = None) -> dict:
+                      samples: int | None = None, free_samples: int | None = None,
+                      refine: bool | None = None) -> dict:
     """Keyword arguments for :func:`generate_mesh` from the options that were given (none given: ``{}``).
 
     ``guidance=False`` gives ``guidance=None`` (unguided decoding); ``guidance=True``, ``min_coverage`` or
@@ -303,6 +304,10 @@ def generation_kwargs(*, cfg_scale: float | None = None, guidance: bool | None =
         if samples < 1:
             raise ValueError(f"--samples must be >= 1, got {samples}")
         kw["samples"] = samples
+    if free_samples is not None:
+        if free_samples < 0:
+            raise ValueError(f"--free-samples must be >= 0, got {free_samples}")
+        kw["free_samples"] = free_samples
     if refine is not None:
         kw["refine"] = RefineConfig() if refine else None
     settings = {k: v for k, v in (("tol", guide_tol), ("min_coverage", min_coverage)) if v is not None}
@@ -323,7 +328,7 @@ def generation_kwargs(*, cfg_scale: float | None = None, guidance: bool | None =
 def effective_generation(kw: dict) -> dict:
     """The ``guidance`` and ``cfg_scale`` that :func:`generate_mesh` uses with ``kw``: given, else its defaults."""
     params = inspect.signature(generate_mesh).parameters
-    names = ("guidance", "cfg_scale", "samples", "refine")
+    names = ("guidance", "cfg_scale", "samples", "free_samples", "refine")
     return {name: _jsonable(kw.get(name, params[name].default)) for name in names if name in params}
 
 
@@ -424,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guide-tol", type=float, default=None, help="GuidanceConfig.tol (implies --guidance)")
     p.add_argument("--samples", type=int, default=None,
                    help="passed to generate_mesh as samples (best of k by fit to the input points)")
+    p.add_argument("--free-samples", type=int, default=None,
+                   help="passed to generate_mesh as free_samples (how many of the samples skip the guide)")
     p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
                    help="passed to generate_mesh as refine: the default RefineConfig, or None with --no-refine "
                         "(not given: generate_mesh's default)")
@@ -436,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         gen_kwargs = generation_kwargs(cfg_scale=args.cfg_scale, guidance=args.guidance,
                                        min_coverage=args.min_coverage, guide_tol=args.guide_tol,
-                                       samples=args.samples, refine=args.refine)
+                                       samples=args.samples, free_samples=args.free_samples,
+                                       refine=args.refine)
     except ValueError as exc:
         p.error(str(exc))
     try:

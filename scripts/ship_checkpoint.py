@@ -60,6 +60,8 @@ def _eval_command(res: dict, checkpoint: str) -> str:
         flags.append(f"--cfg-scale {gen['cfg_scale']}")
     if gen.get("samples", 1) not in (None, 1):
         flags.append(f"--samples {gen['samples']}")
+    if gen.get("free_samples") is not None:
+        flags.append(f"--free-samples {gen['free_samples']}")
     return (f"python scripts/eval_generator.py --checkpoint {checkpoint} --n {res['n']} --max-faces {res['max_faces']} "
             f"--temperature {res['temperature']} {' '.join(flags)} --out runs/eval.json --markdown").replace("  ", " ")
 
@@ -122,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
 
 A small Meshtron-style hourglass transformer that turns an oriented point cloud into a low-poly triangle mesh,
 trained on the 2-core CPU of the development machine on fresh procedural artist meshes. It is the default checkpoint
-of `meshgen generate` and `make demo`, where it decodes with point-cloud guidance (`meshgen/guidance.py`), best of 4
-samples and vertex refinement (`meshgen/refine.py`).
+of `meshgen generate` and `make demo`, where it decodes with point-cloud guidance (`meshgen/guidance.py`) and
+best of 8 samples (4 guided, 4 free), each refined to the points (`meshgen/refine.py`) before they are ranked.
 
 ## Model
 - Class `{meta['class']}`, {n_params:,} parameters, {size_mb:.1f} MB (safetensors, fp32).
@@ -153,7 +155,7 @@ samples and vertex refinement (`meshgen/refine.py`).
 `{_eval_command(res, 'assets/checkpoints/' + args.name)}`
 (seed {res['seed']}, {res['n_points']} points per input, the first {res['n']} test meshes of at most {res['max_faces']} faces of
 each split; the requested face count is the reference's), at the default decoding of `meshgen generate` (point
-guidance, CFG 2, best of 4 samples by fit to the input points, vertex refinement). Baselines from the same points at
+guidance, CFG 2, best of 8 samples -- 4 guided, 4 free -- each refined, ranked by fit to the input points). Baselines from the same points at
 the same face budget:
 Open3D screened Poisson (depth 7) + quadric decimation, the points' bounding box (12 faces), and their convex hull
 decimated to the budget. Metrics as defined in `tokenizers3d/metrics.py` (distances in units of the reference's

@@ -301,3 +301,25 @@ def test_plot_training_writes_a_png(tmp_path, extra):
         assert colour in colours
     assert (P.SERIES[2][2] in colours) == extra
     assert not list(log.parent.glob(".training.png.*"))  # atomic: no temporary file left behind
+
+
+# ---- ablate_decoding ------------------------------------------------------------------------------
+def test_ablate_decoding_scores_every_rule_on_the_same_candidates(tmp_path, tiny_checkpoint, capsys):
+    A = _load("ablate_decoding")
+    _write_dataset(tmp_path / "data")
+    out = tmp_path / "abl.json"
+    assert A.main(["--checkpoint", str(tiny_checkpoint), "--procedural", str(tmp_path / "data"), "--n", "2",
+                   "--max-faces", "12", "--guided", "2", "--free", "2", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert [it["id"] for it in res["items"]] == ["obj_000", "obj_002"]
+    assert all(len(it["candidates"]) == 4 for it in res["items"])
+    rules = res["rules"]
+    assert {"guided 1", "guided 2", "free 2", "guided 2 + free 2", "oracle (by the reference)"} <= set(rules)
+    oracle = rules["oracle (by the reference)"]
+    for name, r in rules.items():  # the oracle keeps the best candidate by the reference: no rule beats it
+        if r["n"] == oracle["n"]:
+            assert oracle["chamfer"] <= r["chamfer"] + 1e-12, name
+    cands = [c for c in res["items"][0]["candidates"] if c is not None]
+    assert all(c["fit"] >= 0 and 0 <= c["fscore_005"] <= 1 for c in cands)
+    assert "| guided 2 + free 2 |" in out.with_suffix(".md").read_text()
+    assert A.main(["--checkpoint", str(tiny_checkpoint), "--procedural", str(tmp_path / "missing")]) == 2

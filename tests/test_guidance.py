@@ -367,6 +367,11 @@ def test_generate_with_guidance_and_build_guides(table):
     assert generate(model, cond, max_faces=10, seed=0).guidance == [None, None]
     guides = build_guides(cond.points, bits=7)
     assert guides[0] is guides[1] and np.array_equal(guides[0].ranks, guide.ranks)  # equal rows share one guide
+    mixed = generate(model, cond, max_faces=10, seed=0, guidance=GuidanceConfig(), unguided_rows=1)
+    assert mixed.guidance[0] is not None and mixed.guidance[1] is None  # the last row samples without the guide
+    assert all(validate_coords(ids, 7) is None for ids in mixed.ids)
+    with pytest.raises(ValueError, match="unguided_rows"):
+        generate(model, cond, max_faces=2, guidance=GuidanceConfig(), unguided_rows=3)
     with pytest.raises(ValueError, match="constraints"):
         generate(model, cond, max_faces=2, guidance=GuidanceConfig(), constraints=False)
     with pytest.raises(ValueError, match="points"):
@@ -399,6 +404,9 @@ def test_pipeline_and_cli_guidance(tmp_path, table):
     assert "fallbacks" not in json.loads(out.output.strip().splitlines()[-1])
     out = runner.invoke(app, [*base, "-o", str(tmp_path / "c.obj"), "--cfg-scale", "2"])  # no null context
     assert isinstance(out.exception, MeshInputError) and "null_context" in str(out.exception)
+    out = runner.invoke(app, [*base, "-o", str(tmp_path / "d.obj"), "--samples", "2", "--free-samples", "3"])
+    assert isinstance(out.exception, MeshInputError) and "--free-samples" in str(out.exception)
+    assert not (tmp_path / "d.obj").exists()
 
 
 # ---- classifier-free guidance ------------------------------------------------------------------------------

@@ -99,8 +99,36 @@ def test_best_of_k_keeps_the_best_fitting_sample(tiny_checkpoint, cloud_file, mo
     assert len({f for _, f in seen}) > 1  # the rows differ
     kept = min(seen, key=lambda mf: mf[1])[0]
     assert kept is best.mesh
+    raw = [m for m, _ in seen]
+    seen.clear()
     refined = pipeline.generate_mesh(model, cloud, max_faces=6, seed=0, samples=4, temperature=1.0)
-    assert np.array_equal(refined.mesh.faces, kept.faces)  # refinement moves the kept mesh's vertices only
-    assert fit_to_points(refined.mesh, cloud.points) < fit_to_points(kept, cloud.points)
+    assert len(seen) == 4  # every sample is refined, then ranked
+    assert refined.mesh is min(seen, key=lambda mf: mf[1])[0]
+    for (mesh, fit), before in zip(seen, raw, strict=True):  # refinement moves vertices only, and fits better
+        assert np.array_equal(mesh.faces, before.faces)
+        assert fit < fit_to_points(before, cloud.points)
     with pytest.raises(ValueError):
         pipeline.generate_mesh(model, cloud, max_faces=6, samples=0)
+    with pytest.raises(ValueError, match="free_samples"):
+        pipeline.generate_mesh(model, cloud, max_faces=6, samples=2, free_samples=3)
+
+
+def test_best_of_k_draws_half_its_samples_without_the_guide(tiny_checkpoint, cloud_file, monkeypatch):
+    import meshgen.generate as gen_mod
+    import meshgen.pipeline as pipeline
+
+    model = pipeline.load_generator(tiny_checkpoint)
+    cloud = read_points(cloud_file)
+    seen = []
+    real_generate = gen_mod.generate
+
+    def recording_generate(*args, **kw):
+        res = real_generate(*args, **kw)
+        seen.append((kw.get("unguided_rows"), [g is None for g in res.guidance]))
+        return res
+
+    monkeypatch.setattr(gen_mod, "generate", recording_generate)
+    pipeline.generate_mesh(model, cloud, max_faces=6, seed=0, samples=4, refine=None)
+    pipeline.generate_mesh(model, cloud, max_faces=6, seed=0, samples=3, free_samples=0, refine=None)
+    pipeline.generate_mesh(model, cloud, max_faces=6, seed=0, samples=2, guidance=None, refine=None)
+    assert seen == [(2, [False, False, True, True]), (0, [False] * 3), (0, [True, True])]

@@ -1,0 +1,151 @@
+"""Which samples should best-of-k decoding draw, and when should it rank them? One batch per held-out mesh, then
+every selection rule scored on the same candidates.
+
+Per mesh (the first ``--n`` of a split, as :mod:`scripts.eval_generator` picks them): ``--guided`` rows sampled with
+point guidance and ``--free`` rows without it (order constraints only), one batch, the default temperature and
+classifier-free guidance; every candidate decoded, refined (:func:`meshgen.refine.refine_vertices`) and scored
+against the reference (:func:`tokenizers3d.metrics.evaluate_mesh`) and against the input points
+(:func:`meshgen.pipeline.fit_to_points`, before and after refinement). Then, for each rule -- which rows
+(the first ``g`` guided, the first ``f`` free) and whether candidates are ranked by their fit before or after
+refinement -- the kept candidate's mean Chamfer / F@0.05, and "oracle" (the best by the reference, an upper bound no
+decoder can use). Rules on subsets reuse the same candidates, so they differ only by the rule::
+
+    python scripts/ablate_decoding.py --split procedural --n 24 --guided 8 --free 4 --out runs/ablate_decoding_proc.json
+    python scripts/ablate_decoding.py --split real --n 24 --guided 8 --free 4 --out runs/ablate_decoding_real.json
+
+Prints the table in markdown (also written to ``--out`` with suffix ``.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import trimesh
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from eval_generator import procedural_items, real_items  # noqa: E402
+
+from meshgen.generate import generate  # noqa: E402
+from meshgen.guidance import GuidanceConfig  # noqa: E402
+from meshgen.modeling import Conditioning  # noqa: E402
+from meshgen.pipeline import N_POINTS, decode_sample, fit_to_points, load_generator, resolve_cfg_scale  # noqa: E402
+from meshgen.refine import RefineConfig, refine_vertices  # noqa: E402
+from tokenizers3d.base import get_tokenizer  # noqa: E402
+from tokenizers3d.io import atomic_write_text, load_mesh  # noqa: E402
+from tokenizers3d.mesh import Normalization  # noqa: E402
+from tokenizers3d.metrics import evaluate_mesh  # noqa: E402
+from tokenizers3d.sample import sample_surface  # noqa: E402
+
+
+def candidates(model, ref: trimesh.Trimesh, *, guided: int, free: int, seed: int, temperature: float) -> tuple[list, float]:
+    """Per row (guided rows first): ``None`` or a dict of fits and reference metrics; and the sampling seconds."""
+    n_ref = len(ref.faces)
+    cloud = sample_surface(ref, N_POINTS, seed=seed)
+    norm = Normalization.fit(cloud.points)
+    pts = np.concatenate([norm.apply(cloud.points), cloud.normals], axis=1).astype(np.float32)
+    cond = Conditioning(points=torch.from_numpy(pts)[None], n_faces=torch.tensor([n_ref])).repeat(guided + free)
+    t0 = time.time()
+    with torch.no_grad():
+        res = generate(model, cond, max_faces=max(2 * n_ref, 32), temperature=temperature, top_p=0.95, seed=seed,
+                       guidance=GuidanceConfig(), points=pts, cfg_scale=resolve_cfg_scale(model, None),
+                       unguided_rows=free)
+    seconds = time.time() - t0
+    tok = get_tokenizer("coords", bits=model.config.bits)
+    rows = []
+    for ids in res.ids:
+        mesh, _ = decode_sample(tok, ids, norm)
+        if mesh is None:
+            rows.append(None)
+            continue
+        refined = refine_vertices(mesh, cloud.points, RefineConfig(), seed=seed)
+        metrics = evaluate_mesh(refined, ref, seed=seed).to_dict()
+        rows.append({"faces": len(mesh.faces), "fit_raw": fit_to_points(mesh, cloud.points, seed=seed),
+                     "fit": fit_to_points(refined, cloud.points, seed=seed), "chamfer": metrics["chamfer"],
+                     "fscore_005": metrics["fscore_005"]})
+    return rows, seconds
+
+
+def rules(guided: int, free: int) -> dict[str, tuple[list[int], str]]:
+    """Selection rules: name -> (candidate rows, ranking key)."""
+    g = list(range(guided))
+    f = list(range(guided, guided + free))
+    out = {}
+    for k in sorted({1, 2, 4, guided}):
+        if k <= guided:
+            out[f"guided {k}, ranked before refinement"] = (g[:k], "fit_raw")
+            out[f"guided {k}"] = (g[:k], "fit")
+    for k in sorted({2, 4, free}):
+        if k <= free:
+            out[f"free {k}"] = (f[:k], "fit")
+    for k in sorted({2, 4}):
+        if k <= guided and k <= free:
+            out[f"guided {k} + free {k}"] = (g[:k] + f[:k], "fit")
+    if free:
+        out[f"guided {guided} + free {free}"] = (g + f, "fit")
+    out["oracle (by the reference)"] = (g + f, "chamfer")
+    return out
+
+
+def score(items: list[dict], rows: list[int], key: str) -> dict:
+    cds, fs = [], []
+    for item in items:
+        cands = [item["candidates"][i] for i in rows if item["candidates"][i] is not None]
+        if not cands:
+            continue
+        best = min(cands, key=lambda c: c[key])
+        cds.append(best["chamfer"])
+        fs.append(best["fscore_005"])
+    return {"n": len(cds), "chamfer": float(np.mean(cds)) if cds else float("nan"),
+            "fscore_005": float(np.mean(fs)) if fs else float("nan")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=None, help="model directory (default: the bundled checkpoint)")
+    p.add_argument("--split", choices=("procedural", "real"), default="procedural")
+    p.add_argument("--procedural", default="data/procedural")
+    p.add_argument("--real", default="data/real")
+    p.add_argument("--n", type=int, default=24)
+    p.add_argument("--max-faces", type=int, default=200)
+    p.add_argument("--guided", type=int, default=8)
+    p.add_argument("--free", type=int, default=4)
+    p.add_argument("--temperature", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="JSON here (and the markdown table beside it, .md)")
+    args = p.parse_args(argv)
+    if args.guided < 1 or args.free < 0:
+        p.error("--guided must be >= 1 and --free >= 0")
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(1)  # one-token steps: one thread is fastest (meshgen.pipeline)
+    model = load_generator(args.checkpoint)
+    pick = procedural_items if args.split == "procedural" else real_items
+    items = pick(Path(args.procedural if args.split == "procedural" else args.real), args.n, args.max_faces)
+    if not items:
+        print(f"error: no held-out mesh found for the {args.split} split", file=sys.stderr)
+        return 2
+    done = []
+    for item in items:
+        cands, seconds = candidates(model, load_mesh(item.path), guided=args.guided, free=args.free, seed=args.seed,
+                                    temperature=args.temperature)
+        done.append({"id": item.id, "group": item.group, "seconds": round(seconds, 2), "candidates": cands})
+        print(f"{item.id} ({item.group}): {seconds:.1f} s", file=sys.stderr, flush=True)
+    table = {name: score(done, rows, key) for name, (rows, key) in rules(args.guided, args.free).items()}
+    lines = [f"| rule ({args.split}, n = {len(done)}) | Chamfer | F@0.05 |", "|---|---|---|"]
+    lines += [f"| {name} | {r['chamfer']:.4f} | {r['fscore_005']:.3f} |" for name, r in table.items()]
+    md = "\n".join(lines) + "\n"
+    print(md)
+    if args.out:
+        out = Path(args.out)
+        atomic_write_text(out, json.dumps({"settings": vars(args), "rules": table, "items": done}, indent=1))
+        atomic_write_text(out.with_suffix(".md"), md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
