@@ -614,7 +614,7 @@ def build_app(model, sessions: SessionFolders, *, device: str = "cpu"):
                                       elem_id="gen-max-faces")
                     g_seed = gr.Number(0, label="Seed", precision=0)
                     g_temp = gr.Slider(0.05, 1.5, value=0.5, step=0.05, label="Temperature")
-                    g_samples = gr.Slider(1, 8, value=1, step=1, label="Samples (keeps the best fit to the points)",
+                    g_samples = gr.Slider(1, 8, value=1, step=1, label="Samples (half without point guidance; keeps the best fit)",
                                           elem_id="gen-samples")
                     g_base = gr.Checkbox(True, label="Poisson + decimation beside it (non-learned baseline)")
                     with gr.Row():

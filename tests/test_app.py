@@ -191,8 +191,8 @@ def test_generate_tab(browser, server, tmp_path):
     page = browser
     page.get_by_role("tab", name="Generate").click()
     upload(page, "gen-input", DEMO_POINTS)
-    if SCREENSHOTS:  # as `make demo`: the best of 4 samples
-        set_slider(page, "gen-samples", 4)
+    if SCREENSHOTS:  # as `make demo`: the best of 8 samples (4 guided, 4 free)
+        set_slider(page, "gen-samples", 8)
     else:
         page.locator("#gen-max-faces input").fill("30")
     page.click("#gen-run")
