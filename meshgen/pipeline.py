@@ -173,8 +173,8 @@ def generate_mesh(model: MeshGenerator, cloud: PointCloud, *, faces: int | None 
     for row, ids in enumerate(res.ids):
         mesh, report = decode_sample(tok, ids, norm)
         if mesh is not None and refine is not None:
-            # refine every candidate, then rank: a sample whose topology is right but whose vertices sit a few
-            # cells off is worth more than it looks before refinement (docs/model.md, "select after refinement")
+            # refine every sample, then rank: 2-3% lower held-out Chamfer than ranking first and refining only the
+            # kept one, at k refinements instead of one (docs/model.md, "Best of k")
             mesh = refine_vertices(mesh, cloud.points, refine, seed=seed)
         fit = fit_to_points(mesh, cloud.points, seed=seed) if samples > 1 else 0.0
         if best is None or fit < best_fit:
