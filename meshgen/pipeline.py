@@ -132,14 +132,6 @@ def generate_mesh(model: MeshGenerator, cloud: PointCloud, *, faces: int | None 
     free_samples = samples // 2 if free_samples is None else int(free_samples)
     if not 0 <= free_samples <= samples:
         raise ValueError(f"free_samples must be in [0, samples={samples}], got {free_samples}")
-    from .generate import generate
-
-    cfg_scale = resolve_cfg_scale(model, cfg_scale)
-    norm = Normalization.fit(cloud.points)
-    pts = np.concatenate([norm.apply(cloud.points), cloud.normals], axis=1).astype(np.float32)  # (N, 6)
-    device = next(model.parameters()).device
-    cond = Conditioning(points=torch.from_numpy(pts)[None].to(device),
-                        n_faces=torch.tensor([faces if faces else 0], device=device)).repeat(samples)
     bar, callback = None, None
     if callable(progress):  # the caller's report (the web app's progress bar and Cancel button)
         callback = progress
@@ -154,24 +146,16 @@ def generate_mesh(model: MeshGenerator, cloud: PointCloud, *, faces: int | None 
             bar.update(task, completed=done, faces=max(0, done - 1) // 9)
 
     t0 = time.time()
-    threads = torch.get_num_threads()
-    if device.type == "cpu":
-        # one-token steps are tiny matrix products: extra threads only add synchronization (measured 25x slower
-        # with 2 threads on a busy 2-core machine), so decode on one thread
-        torch.set_num_threads(1)
     try:
-        with torch.no_grad():
-            res = generate(model, cond, max_faces=max_faces, temperature=temperature, top_k=top_k, top_p=top_p,
-                           seed=seed, constraints=constraints, progress=callback, guidance=guidance, points=pts,
-                           cfg_scale=cfg_scale, unguided_rows=free_samples if guidance is not None else 0)
+        decoded, res = draw_samples(model, cloud, faces=faces, seed=seed, temperature=temperature, top_p=top_p,
+                                    top_k=top_k, max_faces=max_faces, constraints=constraints, progress=callback,
+                                    guidance=guidance, cfg_scale=cfg_scale, samples=samples,
+                                    free_samples=free_samples)
     finally:
-        torch.set_num_threads(threads)
         if bar is not None:
             bar.stop()
-    tok = get_tokenizer("coords", bits=model.config.bits)
     best, best_fit = None, float("inf")
-    for row, ids in enumerate(res.ids):
-        mesh, report = decode_sample(tok, ids, norm)
+    for row, (mesh, report) in enumerate(decoded):
         if mesh is not None and refine is not None:
             # refine every sample, then rank: 2-3% lower held-out Chamfer than ranking first and refining only the
             # kept one, at k refinements instead of one (docs/model.md, "Best of k")
@@ -182,6 +166,38 @@ def generate_mesh(model: MeshGenerator, cloud: PointCloud, *, faces: int | None 
     mesh, row, report = best
     return GeneratedMesh(mesh, 0 if mesh is None else len(mesh.faces), res.stopped_reason[row], report.dropped_tokens,
                          time.time() - t0, res.guidance[row])
+
+
+def draw_samples(model: MeshGenerator, cloud: PointCloud, *, faces: int | None, seed: int, temperature: float,
+                 top_p: float | None, top_k: int | None, max_faces: int, constraints: bool,
+                 progress: Callable[[int, int], None] | None, guidance: GuidanceConfig | None,
+                 cfg_scale: float | None, samples: int, free_samples: int):
+    """The sampling half of :func:`generate_mesh` (arguments checked there): ``samples`` rows in one batch, the last
+    ``free_samples`` without ``guidance``, each decoded (:func:`decode_sample`). Returns ``[(mesh | None, report)]``
+    per row, in the input's frame, and the :class:`~meshgen.generate.GenerationResult` (stop reasons, guide stats).
+    ``scripts/ablate_decoding.py`` scores every row of it."""
+    from .generate import generate
+
+    cfg_scale = resolve_cfg_scale(model, cfg_scale)
+    norm = Normalization.fit(cloud.points)
+    pts = np.concatenate([norm.apply(cloud.points), cloud.normals], axis=1).astype(np.float32)  # (N, 6)
+    device = next(model.parameters()).device
+    cond = Conditioning(points=torch.from_numpy(pts)[None].to(device),
+                        n_faces=torch.tensor([faces if faces else 0], device=device)).repeat(samples)
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        # one-token steps are tiny matrix products: extra threads only add synchronization (measured 25x slower
+        # with 2 threads on a busy 2-core machine), so decode on one thread
+        torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            res = generate(model, cond, max_faces=max_faces, temperature=temperature, top_k=top_k, top_p=top_p,
+                           seed=seed, constraints=constraints, progress=progress, guidance=guidance, points=pts,
+                           cfg_scale=cfg_scale, unguided_rows=free_samples if guidance is not None else 0)
+    finally:
+        torch.set_num_threads(threads)
+    tok = get_tokenizer("coords", bits=model.config.bits)
+    return [decode_sample(tok, ids, norm) for ids in res.ids], res
 
 
 def decode_sample(tok, ids: np.ndarray, norm: Normalization) -> tuple[trimesh.Trimesh | None, object]:

@@ -31,14 +31,10 @@ import trimesh
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_generator import procedural_items, real_items  # noqa: E402
 
-from meshgen.generate import generate  # noqa: E402
 from meshgen.guidance import GuidanceConfig  # noqa: E402
-from meshgen.modeling import Conditioning  # noqa: E402
-from meshgen.pipeline import N_POINTS, decode_sample, fit_to_points, load_generator, resolve_cfg_scale  # noqa: E402
+from meshgen.pipeline import N_POINTS, draw_samples, fit_to_points, load_generator  # noqa: E402
 from meshgen.refine import RefineConfig, refine_vertices  # noqa: E402
-from tokenizers3d.base import get_tokenizer  # noqa: E402
 from tokenizers3d.io import atomic_write_text, load_mesh  # noqa: E402
-from tokenizers3d.mesh import Normalization  # noqa: E402
 from tokenizers3d.metrics import evaluate_mesh  # noqa: E402
 from tokenizers3d.sample import sample_surface  # noqa: E402
 
@@ -47,19 +43,13 @@ def candidates(model, ref: trimesh.Trimesh, *, guided: int, free: int, seed: int
     """Per row (guided rows first): ``None`` or a dict of fits and reference metrics; and the sampling seconds."""
     n_ref = len(ref.faces)
     cloud = sample_surface(ref, N_POINTS, seed=seed)
-    norm = Normalization.fit(cloud.points)
-    pts = np.concatenate([norm.apply(cloud.points), cloud.normals], axis=1).astype(np.float32)
-    cond = Conditioning(points=torch.from_numpy(pts)[None], n_faces=torch.tensor([n_ref])).repeat(guided + free)
     t0 = time.time()
-    with torch.no_grad():
-        res = generate(model, cond, max_faces=max(2 * n_ref, 32), temperature=temperature, top_p=0.95, seed=seed,
-                       guidance=GuidanceConfig(), points=pts, cfg_scale=resolve_cfg_scale(model, None),
-                       unguided_rows=free)
+    decoded, _ = draw_samples(model, cloud, faces=n_ref, seed=seed, temperature=temperature, top_p=0.95, top_k=None,
+                              max_faces=max(2 * n_ref, 32), constraints=True, progress=None, guidance=GuidanceConfig(),
+                              cfg_scale=None, samples=guided + free, free_samples=free)
     seconds = time.time() - t0
-    tok = get_tokenizer("coords", bits=model.config.bits)
     rows = []
-    for ids in res.ids:
-        mesh, _ = decode_sample(tok, ids, norm)
+    for mesh, _ in decoded:
         if mesh is None:
             rows.append(None)
             continue
