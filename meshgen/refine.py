@@ -14,6 +14,7 @@ The face list is never changed, so a canonical, valid mesh stays valid.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +40,19 @@ class RefineConfig:
         Weight of the edge-length penalty (squared relative change of each edge's length).
     surface_points : int
         Points sampled on the mesh surface per step.
+    schedule : str
+        ``"constant"`` learning rate, or ``"cosine"``: decayed to zero over the steps, so the last steps stop
+        jittering the vertices by about ``lr`` each (Adam's step size) around their fitted positions.
+    point_term : str
+        How the points-to-mesh half of the distance is measured: ``"samples"`` (nearest of the points sampled on
+        the surface that step) or ``"faces"`` (exact distance to the nearest triangle; no sampling noise).
+    affine_steps : int
+        Steps of a first stage that fits one affine map of the whole mesh (per-axis scale and shear about its
+        centroid, and a translation; the same distance, no edge penalty) before the vertices move one by one:
+        a part sampled a few cells too short or too narrow is scaled as a whole instead of stretched vertex by
+        vertex against the edge penalty. ``max_shift`` bounds the second stage from the affine-fitted positions.
+    affine_lr : float
+        Adam learning rate of the affine stage.
     """
 
     steps: int = 60
@@ -46,9 +60,17 @@ class RefineConfig:
     max_shift: float = 0.04
     edge_weight: float = 0.05
     surface_points: int = 1024
+    schedule: str = "constant"
+    point_term: str = "samples"
+    affine_steps: int = 0
+    affine_lr: float = 0.01
 
     def __post_init__(self):
+        if self.affine_steps < 0 or self.affine_lr <= 0:
+            raise ValueError(f"invalid refinement settings: {self}")
         if self.steps < 0 or self.lr <= 0 or self.max_shift < 0 or self.edge_weight < 0 or self.surface_points < 16:
+            raise ValueError(f"invalid refinement settings: {self}")
+        if self.schedule not in ("constant", "cosine") or self.point_term not in ("samples", "faces"):
             raise ValueError(f"invalid refinement settings: {self}")
 
 
@@ -65,13 +87,46 @@ def _surface_samples(v: torch.Tensor, f: torch.Tensor, n: int, gen: torch.Genera
     return t[:, 0] + uv[:, :1] * (t[:, 1] - t[:, 0]) + uv[:, 1:] * (t[:, 2] - t[:, 0])
 
 
-def _chamfer(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Symmetric mean nearest-neighbour distance between point sets (differentiable in both)."""
+def _nearest(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean distance from each point of ``a`` to its nearest point of ``b`` (differentiable in both)."""
     from pytorch3d.ops import knn_points
 
-    ab = knn_points(a[None], b[None], K=1).dists[0, :, 0].clamp_min(1e-12).sqrt()
-    ba = knn_points(b[None], a[None], K=1).dists[0, :, 0].clamp_min(1e-12).sqrt()
-    return ab.mean() + ba.mean()
+    return knn_points(a[None], b[None], K=1).dists[0, :, 0].clamp_min(1e-12).sqrt().mean()
+
+
+def _to_faces(points: torch.Tensor, tris: torch.Tensor) -> torch.Tensor:
+    """Mean distance from each point to its nearest triangle of ``tris (F, 3, 3)`` (differentiable in ``tris``)."""
+    from pytorch3d.loss.point_mesh_distance import point_face_distance
+
+    first = torch.zeros(1, dtype=torch.long)
+    # the last argument: triangles smaller than this count as segments; pytorch3d's default (5e-3) is a tenth of
+    # the unit cube's side squared, far too coarse for a low-poly mesh's small faces
+    d2 = point_face_distance(points, first, tris, first, len(points), 1e-12)
+    return d2.clamp_min(1e-12).sqrt().mean()
+
+
+def _distance(v: torch.Tensor, f: torch.Tensor, target: torch.Tensor, config: RefineConfig,
+              gen: torch.Generator) -> torch.Tensor:
+    """Symmetric distance between the mesh ``(v, f)`` and ``target`` points, as ``config`` measures it."""
+    surface = _surface_samples(v, f, config.surface_points, gen)
+    near = _to_faces(target, v[f]) if config.point_term == "faces" else _nearest(target, surface)
+    return near + _nearest(surface, target)
+
+
+def _fit_affine(start: torch.Tensor, f: torch.Tensor, target: torch.Tensor, config: RefineConfig,
+                gen: torch.Generator) -> torch.Tensor:
+    """``start`` moved by the affine map (about its centroid) that best fits ``target`` (``affine_steps`` of Adam)."""
+    center = start.mean(dim=0)
+    linear = torch.eye(3, requires_grad=True)
+    shift = torch.zeros(3, requires_grad=True)
+    opt = torch.optim.Adam([linear, shift], lr=config.affine_lr)
+    for _ in range(config.affine_steps):
+        loss = _distance((start - center) @ linear.T + center + shift, f, target, config, gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return (start - center) @ linear.T + center + shift
 
 
 def refine_vertices(mesh: trimesh.Trimesh, points: np.ndarray, config: RefineConfig = RefineConfig(), *,
@@ -93,15 +148,19 @@ def refine_vertices(mesh: trimesh.Trimesh, points: np.ndarray, config: RefineCon
             target = target[torch.randperm(len(target), generator=gen)[:2048]]
         start = torch.from_numpy(norm.apply(np.asarray(mesh.vertices, dtype=np.float64))).float()
         f = torch.from_numpy(faces)
+        if config.affine_steps:
+            start = _fit_affine(start, f, target, config, gen)
         edges = torch.from_numpy(np.array(mesh.edges_unique, dtype=np.int64))
         rest = (start[edges[:, 0]] - start[edges[:, 1]]).norm(dim=1).clamp_min(1e-6)
         lo = target.min(dim=0).values - 1 / 256
         hi = target.max(dim=0).values + 1 / 256
         offset = torch.zeros_like(start, requires_grad=True)
         opt = torch.optim.Adam([offset], lr=config.lr)
-        for _ in range(config.steps):
+        for step in range(config.steps):
+            if config.schedule == "cosine":
+                opt.param_groups[0]["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * step / config.steps))
             v = start + offset
-            loss = _chamfer(_surface_samples(v, f, config.surface_points, gen), target)
+            loss = _distance(v, f, target, config, gen)
             if config.edge_weight and len(edges):
                 length = (v[edges[:, 0]] - v[edges[:, 1]]).norm(dim=1)
                 loss = loss + config.edge_weight * ((length / rest - 1) ** 2).mean()

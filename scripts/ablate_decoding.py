@@ -29,7 +29,7 @@ import torch
 import trimesh
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval_generator import procedural_items, real_items  # noqa: E402
+from eval_generator import add_split_options, split_items  # noqa: E402
 
 from meshgen.guidance import GuidanceConfig  # noqa: E402
 from meshgen.pipeline import N_POINTS, draw_samples, fit_to_points, load_generator  # noqa: E402
@@ -97,12 +97,7 @@ def score(items: list[dict], rows: list[int], key: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=None, help="model directory (default: the bundled checkpoint)")
-    p.add_argument("--split", choices=("procedural", "real"), default="procedural")
-    p.add_argument("--procedural", default="data/procedural")
-    p.add_argument("--real", default="data/real")
-    p.add_argument("--n", type=int, default=24)
-    p.add_argument("--max-faces", type=int, default=200)
+    add_split_options(p)
     p.add_argument("--guided", type=int, default=8)
     p.add_argument("--free", type=int, default=4)
     p.add_argument("--temperature", type=float, default=0.5)
@@ -114,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)  # one-token steps: one thread is fastest (meshgen.pipeline)
     model = load_generator(args.checkpoint)
-    pick = procedural_items if args.split == "procedural" else real_items
-    items = pick(Path(args.procedural if args.split == "procedural" else args.real), args.n, args.max_faces)
+    items = split_items(args)
     if not items:
         print(f"error: no held-out mesh found for the {args.split} split", file=sys.stderr)
         return 2

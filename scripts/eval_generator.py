@@ -219,6 +219,23 @@ def real_items(root: Path, n: int, max_faces: int, *, families: list[str] | None
     return [Item(r["id"], root / r["path"], r["group"]) for r in _select(rows, n, families, per_family)]
 
 
+def add_split_options(p: argparse.ArgumentParser) -> None:
+    """The options of the ablation scripts that pick one held-out split as this script does."""
+    p.add_argument("--checkpoint", default=None, help="model directory (default: the bundled checkpoint)")
+    p.add_argument("--split", choices=("procedural", "real"), default="procedural")
+    p.add_argument("--procedural", default="data/procedural")
+    p.add_argument("--real", default="data/real")
+    p.add_argument("--n", type=int, default=24)
+    p.add_argument("--max-faces", type=int, default=200)
+
+
+def split_items(args: argparse.Namespace) -> list[Item]:
+    """The held-out items :func:`add_split_options`' options name."""
+    if args.split == "procedural":
+        return procedural_items(Path(args.procedural), args.n, args.max_faces)
+    return real_items(Path(args.real), args.n, args.max_faces)
+
+
 # ---- evaluation -----------------------------------------------------------------------------------
 def _cd(metrics: dict | None) -> str:
     return "-" if metrics is None else f"{metrics['chamfer']:.4f}"

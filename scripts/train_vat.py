@@ -6,9 +6,14 @@ Every step draws ``batch`` fresh procedural objects (:func:`tokenizers3d.procedu
 generator's :class:`~meshgen.data.AugmentConfig`: anisotropic scale, rotation about the up axis, axis
 permutations), normalizes them into the unit cube, samples ``n_points`` surface points with normals and
 ``n_uniform + n_near`` occupancy queries (:func:`tokenizers3d.vat.occupancy_targets`), and takes one AdamW step
-on occupancy BCE + KL + commitment. Every ``val_every`` steps ``val_shapes`` fixed shapes of ``val_seed`` are
+on occupancy BCE + KL + commitment. Warm-up (``train``): the posterior's sampling noise ramps from 0 to 1 over
+``noise_warmup_steps`` and the quantizer is bypassed before ``quantize_after`` (the decoder reads the continuous
+latent; the codebook is initialised from trained latents when quantization starts). ``data.fixed_shapes: N``
+trains on the stream's first ``N`` shapes only -- with ``augment: null`` and ``val_seed = stream_seed``,
+``val_shapes = N`` an overfitting check that the latents of different shapes stay apart (docs/tokenizers.md). Every ``val_every`` steps ``val_shapes`` fixed shapes of ``val_seed`` are
 encoded (means, no sampling), quantized and decoded: occupancy IoU over their queries at all scales and at each
-prefix of the scales; the best full-scale IoU is kept in ``OUT/best``; the resumable state is in ``OUT/last``
+prefix of the scales, and from the unquantized means; the latents' spread across shapes and the codes used are
+logged as signs of collapse; the best full-scale IoU is kept in ``OUT/best``; the resumable state is in ``OUT/last``
 (every ``ckpt_every`` steps), the log in ``OUT/log.csv``.
 
 Usage::
@@ -54,6 +59,7 @@ class DataSection:
     val_seed: int = 22
     val_shapes: int = 32
     augment: dict | None = field(default_factory=dict)  # AugmentConfig fields; null: no augmentation
+    fixed_shapes: int = 0  # > 0: train on the stream's first this many shapes only (an overfitting check)
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,8 @@ class TrainSection:
     ckpt_every: int = 100
     seed: int = 0
     threads: int = 2
+    noise_warmup_steps: int = 0  # posterior sampling noise ramps from 0 (the mean) to 1 over these steps
+    quantize_after: int = 0  # before this step the decoder reads the continuous latent (quantizer bypassed)
 
 
 @dataclass(frozen=True)
@@ -86,7 +94,7 @@ def load_run_config(path, **overrides) -> RunConfig:
 
 
 LOG_FIELDS = ["step", "lr", "loss", "occupancy_loss", "kl", "commit", "accuracy", "shapes_per_s", "val_iou",
-              "val_iou_by_scales", "elapsed_s"]
+              "val_iou_by_scales", "val_iou_continuous", "val_spread", "val_codes", "elapsed_s"]
 
 
 def draw_shape(seed: int, index: int, data: DataSection, augment: AugmentConfig | None) -> dict[str, np.ndarray]:
@@ -129,28 +137,46 @@ class VATTrainer:
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         d, b = self.cfg.data, self.cfg.train.batch
-        return collate([draw_shape(d.stream_seed, step * b + i, d, self.augment) for i in range(b)])
+        index = [step * b + i for i in range(b)]
+        if d.fixed_shapes > 0:
+            index = [i % d.fixed_shapes for i in index]
+        return collate([draw_shape(d.stream_seed, i, d, self.augment) for i in index])
 
     @torch.no_grad()
     def validate(self) -> dict:
-        """Occupancy IoU of the validation shapes from their tokens: all scales, and each prefix of them."""
+        """Occupancy IoU of the validation shapes from their tokens: all scales, and each prefix of them; and two
+        signs of a collapsed latent: ``spread``, the latent means' standard deviation across shapes (mean over
+        tokens and channels) divided by the posterior's standard deviation -- near 0 when every shape encodes
+        alike --, ``codes``, the distinct codes the validation shapes use, and ``iou_continuous``, the IoU decoded
+        from the unquantized latent means (what the quantizer costs)."""
         d = self.cfg.data
         if self._val is None:
             self._val = [collate([draw_shape(d.val_seed, i, d, None) for i in range(j, min(j + 8, d.val_shapes))])
                          for j in range(0, d.val_shapes, 8)]
         self.model.eval()
         n_scales = len(self.cfg.model.quantizer.scales)
-        inter, union = np.zeros(n_scales), np.zeros(n_scales)
+        inter, union = np.zeros(n_scales + 1), np.zeros(n_scales + 1)
+        means, stds, used = [], [], set()
         for batch in self._val:
+            mean, logvar = self.model.encode_gaussian(batch["points"], batch["normals"])
+            means.append(mean)
+            stds.append((0.5 * logvar).exp().mean())
             codes = self.model.encode(batch["points"], batch["normals"])
+            for c in codes:
+                used.update(c.reshape(-1).tolist())
+            pred = self.model.occupancy_logits(self.model.triplanes(mean), batch["queries"]) > 0
             truth = batch["occupancy"] > 0.5
+            inter[-1] += float((pred & truth).sum())
+            union[-1] += float((pred | truth).sum())
             for k in range(1, n_scales + 1):
                 pred = self.model.occupancy_logits(self.model.decode_ids(codes, scales=k), batch["queries"]) > 0
                 inter[k - 1] += float((pred & truth).sum())
                 union[k - 1] += float((pred | truth).sum())
         self.model.train()
         iou = inter / np.maximum(union, 1)
-        return {"iou": float(iou[-1]), "iou_by_scales": [round(float(x), 4) for x in iou]}
+        spread = float(torch.cat(means).std(dim=0).mean() / torch.stack(stds).mean())
+        return {"iou": float(iou[-2]), "iou_by_scales": [round(float(x), 4) for x in iou[:-1]],
+                "iou_continuous": float(iou[-1]), "spread": spread, "codes": len(used)}
 
     def fit(self) -> dict:
         cfg, tc = self.cfg, self.cfg.train
@@ -158,14 +184,17 @@ class VATTrainer:
         atomic_write_text(self.out / "config.yaml", yaml.safe_dump(json.loads(json.dumps(asdict(cfg))), sort_keys=False))
         self.run.record_session(from_step=self.step)
         elapsed0, t0, t_log = self.run.elapsed_before(), time.time(), time.time()
-        rows, val = [], {"iou": float("nan"), "iou_by_scales": []}
+        rows, val = [], {"iou": float("nan"), "iou_by_scales": [], "iou_continuous": float("nan"),
+                         "spread": float("nan"), "codes": 0}
         self.model.train()
         while self.step < tc.steps:
             lr = lr_at(self.step, base=tc.lr, warmup=tc.warmup_steps, total=tc.steps, min_ratio=tc.min_lr_ratio)
             for group in self.opt.param_groups:
                 group["lr"] = lr
             b = self.batch(self.step)
-            out = self.model(b["points"], b["normals"], b["queries"], b["occupancy"])
+            noise = min(1.0, self.step / tc.noise_warmup_steps) if tc.noise_warmup_steps > 0 else 1.0
+            out = self.model(b["points"], b["normals"], b["queries"], b["occupancy"], noise=noise,
+                             quantize=self.step >= tc.quantize_after)
             self.opt.zero_grad(set_to_none=True)
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
@@ -184,6 +213,8 @@ class VATTrainer:
                                          shapes_per_s=f"{len(rows) * tc.batch / (now - t_log):.2f}",
                                          val_iou=f"{val['iou']:.4f}",
                                          val_iou_by_scales=" ".join(map(str, val["iou_by_scales"])),
+                                         val_iou_continuous=f"{val['iou_continuous']:.4f}",
+                                         val_spread=f"{val['spread']:.3f}", val_codes=val["codes"],
                                          elapsed_s=f"{elapsed0 + now - t0:.1f}")
                 self.log(json.dumps(row))
                 rows, t_log = [], now

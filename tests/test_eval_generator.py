@@ -323,3 +323,26 @@ def test_ablate_decoding_scores_every_rule_on_the_same_candidates(tmp_path, tiny
     assert all(c["fit"] >= 0 and 0 <= c["fscore_005"] <= 1 for c in cands)
     assert "| guided 2 + free 2 |" in out.with_suffix(".md").read_text()
     assert A.main(["--checkpoint", str(tiny_checkpoint), "--procedural", str(tmp_path / "missing")]) == 2
+
+
+# ---- ablate_refine --------------------------------------------------------------------------------
+def test_ablate_refine_caches_candidates_and_scores_every_setting_on_them(tmp_path, tiny_checkpoint):
+    A = _load("ablate_refine")
+    _write_dataset(tmp_path / "data")
+    out, cache = tmp_path / "ref.json", tmp_path / "cands"
+    args = ["--checkpoint", str(tiny_checkpoint), "--procedural", str(tmp_path / "data"), "--n", "2",
+            "--max-faces", "12", "--samples", "2", "--cache", str(cache), "--variants", "none", "default",
+            "--out", str(out)]
+    assert A.main(args) == 0
+    first = json.loads(out.read_text())
+    assert len(list(cache.glob("*.npz"))) == 2 and not list(cache.glob("*.tmp*"))
+    assert set(first["table"]) == {"none", "default"} and len(first["hull_chamfer"]) == 2
+    assert [r["id"] for r in first["items"]["none"]] == ["obj_000", "obj_002"]
+    # a rerun reads the cached candidates (the model is never needed again) and scores them identically
+    assert A.main([a if a != str(tiny_checkpoint) else str(tmp_path / "no-model") for a in args]) == 0
+    again = json.loads(out.read_text())["items"]
+    for name, rows in first["items"].items():
+        assert [(r["id"], r["chamfer"], r["fscore_005"]) for r in rows] == \
+            [(r["id"], r["chamfer"], r["fscore_005"]) for r in again[name]]
+    assert "| default |" in out.with_suffix(".md").read_text()
+    assert A.main(args[:6] + ["--procedural", str(tmp_path / "missing"), "--cache", str(cache)]) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,32 @@ def test_forward_backward_and_roundtrip(tmp_path):
     assert TINY.bytes_for(4) == 8  # 15 tokens of 4 bits
 
 
+def test_warm_up_forward_plane_embedding_and_its_effect():
+    """Warm-up switches: no noise gives the mean's loss; a bypassed quantizer returns no codes, no commitment and
+    leaves the codebook uninitialised. The plane embedding gives every triplane cell its own query, so the planes
+    vary across cells at initialisation (without it they are nearly flat: the collapse of docs/tokenizers.md)."""
+    from tokenizers3d.vat import plane_embedding
+
+    torch.manual_seed(0)
+    model = VATModel(TINY)
+    batch = _box_batch(np.random.default_rng(0))
+    a = model(*batch, noise=0.0, quantize=False)
+    b = model(*batch, noise=0.0, quantize=False)
+    assert torch.equal(a.loss, b.loss) and a.codes == [] and float(a.commit) == 0.0
+    assert not bool(model.quantizer.initialized)
+    assert model(*batch).codes and bool(model.quantizer.initialized)
+    emb = plane_embedding(8, 48)
+    assert emb.shape == (3 * 64, 48) and len(torch.unique(emb, dim=0)) == 3 * 64
+    spreads = {}
+    for pos in (False, True):
+        torch.manual_seed(0)
+        net = VATModel(replace(TINY, plane_pos=pos)).eval()
+        with torch.no_grad():
+            tokens = net.plane_tokens(torch.randn(1, TINY_Q.length, TINY_Q.dim))
+        spreads[pos] = float(tokens.std(dim=1).mean() / tokens.abs().mean())  # across cells, relative
+    assert spreads[True] > 3 * spreads[False]  # measured 0.94 vs 0.13 with the configs/vat_cpu_perceiver.yaml model
+
+
 def test_grid_to_mesh_is_a_closed_outward_sphere():
     res = 24
     axis = np.linspace(-BOX, BOX, res)
@@ -167,14 +194,15 @@ def test_training_script_runs_resumes_and_refuses_bad_configs(tmp_path):
     cfg.write_text("""
 model: {dim: 32, heads: 2, enc_layers: 1, dec_layers: 1, n_freqs: 4, plane_base: 4, plane_res: 8, plane_channels: 8,
         mlp_hidden: 16, quantizer: {dim: 4, scales: [1, 2, 4], codebook_size: 16}}
-data: {max_faces: 300, n_points: 128, n_uniform: 128, n_near: 128, val_shapes: 2}
-train: {batch: 2, val_every: 2, ckpt_every: 1, log_every: 1, threads: 1}
+data: {max_faces: 300, n_points: 128, n_uniform: 128, n_near: 128, val_shapes: 2, fixed_shapes: 2}
+train: {batch: 2, val_every: 2, ckpt_every: 1, log_every: 1, threads: 1, noise_warmup_steps: 2, quantize_after: 1}
 """)
     cmd = [sys.executable, str(root / "scripts" / "train_vat.py"), "--config", str(cfg), "--out-dir", str(tmp_path / "run")]
     first = subprocess.run([*cmd, "--steps", "2"], capture_output=True, text=True, cwd=root)
     assert first.returncode == 0, first.stderr
     result = json.loads(first.stdout.strip().splitlines()[-1])
     assert result["step"] == 2 and len(result["val"]["iou_by_scales"]) == 3
+    assert 0 <= result["val"]["iou_continuous"] <= 1 and result["val"]["codes"] >= 1
     assert (tmp_path / "run" / "best" / "config.json").exists()
     second = subprocess.run([*cmd, "--steps", "3"], capture_output=True, text=True, cwd=root)
     assert second.returncode == 0, second.stderr

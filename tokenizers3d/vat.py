@@ -61,6 +61,12 @@ class VATConfig:
         Final triplane resolution ``R`` (``R0`` times a power of two).
     plane_channels : int
     mlp_hidden : int
+    plane_pos : bool
+        Add a fixed sinusoidal embedding of (plane, row, column) to the plane queries. Without it the learned
+        queries start almost equal (initialised at 0.02), so every plane cell reads the same mix of the latents,
+        the triplane is spatially flat and the decoder can only predict the average occupancy: the configuration
+        of ``configs/vat_cpu_perceiver.yaml`` predicted "outside" everywhere for 150 steps even with 8 fixed shapes
+        and continuous latents (docs/tokenizers.md, "VAT").
     kl_weight, commit_weight : float
     """
 
@@ -75,6 +81,7 @@ class VATConfig:
     plane_res: int = 64
     plane_channels: int = 32
     mlp_hidden: int = 64
+    plane_pos: bool = True
     kl_weight: float = 1e-4
     commit_weight: float = 1.0
 
@@ -99,6 +106,18 @@ def fourier(x: torch.Tensor, n_freqs: int) -> torch.Tensor:
     freqs = (2.0 ** torch.arange(n_freqs, device=x.device, dtype=x.dtype)) * math.pi
     ang = x[..., None] * freqs  # (..., 3, F)
     return torch.cat([x, ang.sin().flatten(-2), ang.cos().flatten(-2)], dim=-1)
+
+
+def plane_embedding(base: int, dim: int) -> torch.Tensor:
+    """``(3 base^2, dim)`` fixed sinusoidal features of each triplane cell's (plane, row, column), in the order of
+    the plane queries; ``dim // 6`` frequencies per index (sine and cosine), zero-padded to ``dim``."""
+    k = max(1, dim // 6)
+    plane, row, col = torch.meshgrid(torch.arange(3.0), torch.arange(float(base)), torch.arange(float(base)),
+                                     indexing="ij")
+    idx = torch.stack([plane / 3, row / base, col / base], dim=-1).reshape(-1, 3)  # (3 base^2, 3) in [0, 1)
+    ang = idx[..., None] * (math.pi * torch.arange(1, k + 1.0))  # (T, 3, k)
+    feats = torch.cat([ang.sin(), ang.cos()], dim=-1).reshape(len(idx), -1)[:, :dim]
+    return F.pad(feats, (0, dim - feats.shape[1]))
 
 
 def _encoder(dim: int, heads: int, layers: int) -> nn.TransformerEncoder:
@@ -141,6 +160,8 @@ class VATModel(nn.Module, PretrainedMixin):
         self.latent_pos = nn.Parameter(torch.randn(q.length, d) * 0.02)
         self.decoder = _encoder(d, cfg.heads, cfg.dec_layers)
         self.plane_queries = nn.Parameter(torch.randn(3 * cfg.plane_base ** 2, d) * 0.02)
+        self.register_buffer("plane_pos", plane_embedding(cfg.plane_base, d) if cfg.plane_pos
+                             else torch.zeros(3 * cfg.plane_base ** 2, d), persistent=False)
         self.plane_attn = nn.MultiheadAttention(d, cfg.heads, batch_first=True)
         self.plane_norm = nn.LayerNorm(d)
         ups, ch = [], d
@@ -177,13 +198,18 @@ class VATModel(nn.Module, PretrainedMixin):
         return codes
 
     # ---- decoder ----------------------------------------------------------------------------------------
+    def plane_tokens(self, latent: torch.Tensor) -> torch.Tensor:
+        """Quantized latent line ``(B, L, c)`` -> one feature per triplane cell at the base resolution
+        ``(B, 3 R0^2, D)``: the plane queries (with their positional embedding) read the decoded latents."""
+        x = self.decoder(self.from_latent(latent) + self.latent_pos)
+        q = (self.plane_queries + self.plane_pos).expand(latent.shape[0], -1, -1)
+        return self.plane_norm(q + self.plane_attn(q, x, x, need_weights=False)[0])
+
     def triplanes(self, latent: torch.Tensor) -> torch.Tensor:
         """Quantized latent line ``(B, L, c)`` -> triplane features ``(B, 3, C, R, R)``."""
         cfg = self.config
         b = latent.shape[0]
-        x = self.decoder(self.from_latent(latent) + self.latent_pos)
-        q = self.plane_queries.expand(b, -1, -1)
-        planes = self.plane_norm(q + self.plane_attn(q, x, x, need_weights=False)[0])  # (B, 3 R0^2, D)
+        planes = self.plane_tokens(latent)  # (B, 3 R0^2, D)
         r0 = cfg.plane_base
         planes = planes.reshape(b * 3, r0, r0, cfg.dim).permute(0, 3, 1, 2)
         planes = self.plane_up(planes)
@@ -205,19 +231,29 @@ class VATModel(nn.Module, PretrainedMixin):
 
     # ---- training ---------------------------------------------------------------------------------------
     def forward(self, points: torch.Tensor, normals: torch.Tensor, queries: torch.Tensor,
-                occupancy: torch.Tensor) -> VATOutput:
+                occupancy: torch.Tensor, *, noise: float = 1.0, quantize: bool = True) -> VATOutput:
         """Losses of a batch: surface points ``(B, N, 3)`` + normals, query points ``(B, M, 3)`` and their
-        occupancy ``(B, M)`` in {0, 1}."""
+        occupancy ``(B, M)`` in {0, 1}.
+
+        The warm-up of a training run (``scripts/train_vat.py``) can scale the posterior's sampling noise
+        (``noise``, 0 = the mean) and bypass the quantizer (``quantize=False``: the decoder reads the continuous
+        latent, no commitment, codebook untouched -- it is initialised from the latents when quantization starts):
+        without both, the first steps' noise hides the shape from the decoder, which learns the average occupancy,
+        and the commitment term then pulls every latent onto one code (docs/tokenizers.md, "VAT")."""
         cfg = self.config
         mean, logvar = self.encode_gaussian(points, normals)
-        z = mean + torch.randn_like(mean) * (0.5 * logvar).exp() if self.training else mean
+        z = mean + noise * torch.randn_like(mean) * (0.5 * logvar).exp() if self.training and noise > 0 else mean
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1).mean()
-        q = self.quantizer(z)
-        logits = self.occupancy_logits(self.triplanes(q.quantized), queries)
+        if quantize:
+            q = self.quantizer(z)
+            latent, commit, codes, q_loss = q.quantized, q.commit, q.codes, q.loss
+        else:
+            latent, commit, codes, q_loss = z, z.new_zeros(()), [], z.new_zeros(())
+        logits = self.occupancy_logits(self.triplanes(latent), queries)
         occ = F.binary_cross_entropy_with_logits(logits, occupancy.float())
-        loss = occ + cfg.kl_weight * kl + cfg.commit_weight * q.loss
+        loss = occ + cfg.kl_weight * kl + cfg.commit_weight * q_loss
         acc = ((logits > 0) == (occupancy > 0.5)).float().mean()
-        return VATOutput(logits, loss, occ, kl, q.commit, q.codes, acc)
+        return VATOutput(logits, loss, occ, kl, commit, codes, acc)
 
     # ---- meshes -----------------------------------------------------------------------------------------
     @torch.no_grad()
