@@ -299,16 +299,16 @@ def generate(inp: Path = typer.Argument(..., metavar="INPUT", help="Point cloud 
                                           help="Write a PNG preview beside the mesh (same name, .png).")):
     """Turn a point cloud (or a mesh's surface) into a low-poly artist-like mesh."""
     from meshgen.guidance import GuidanceConfig
-    from meshgen.pipeline import generate_file
+    from meshgen.pipeline import generate_file, resolve_free_samples
     from meshgen.refine import RefineConfig
     from tokenizers3d.errors import MeshInputError
 
     if faces is not None and faces <= 0:
         raise MeshInputError(None, f"--faces must be positive, got {faces}")
-    if samples < 1:
-        raise MeshInputError(None, f"--samples must be >= 1, got {samples}")
-    if free_samples is not None and not 0 <= free_samples <= samples:
-        raise MeshInputError(None, f"--free-samples must be in [0, --samples={samples}], got {free_samples}")
+    try:
+        resolve_free_samples(samples, free_samples)
+    except ValueError as err:
+        raise MeshInputError(None, str(err)) from None
     if max_faces is None:
         max_faces = max(800, 2 * faces) if faces else 800
     elif faces is not None and faces > max_faces:

@@ -105,6 +105,23 @@ def load_generator(checkpoint: str | Path | None = None, *, device: str = "cpu")
     return load_model(path, map_location=device)  # any problem with the directory: one MeshInputError
 
 
+def resolve_free_samples(samples: int, free_samples: int | None) -> int:
+    """How many of ``samples`` skip the point guide (``None``: half of them); the one check of both numbers, shared
+    by :func:`generate_mesh`, ``meshgen generate`` and ``scripts/eval_generator.py``.
+
+    Raises
+    ------
+    ValueError
+        ``samples < 1`` or ``free_samples`` outside ``[0, samples]``.
+    """
+    if samples < 1:
+        raise ValueError(f"--samples must be >= 1, got {samples}")
+    free = samples // 2 if free_samples is None else int(free_samples)
+    if not 0 <= free <= samples:
+        raise ValueError(f"--free-samples must be in [0, --samples={samples}], got {free}")
+    return free
+
+
 def generate_mesh(model: MeshGenerator, cloud: PointCloud, *, faces: int | None = None, seed: int = 0,
                   temperature: float = 0.5, top_p: float | None = 0.95, top_k: int | None = None,
                   max_faces: int = 800, constraints: bool = True, progress: bool | Callable[[int, int], None] = False,
@@ -127,11 +144,7 @@ def generate_mesh(model: MeshGenerator, cloud: PointCloud, *, faces: int | None 
     """
     if guidance is not None and not constraints:
         raise ValueError("point guidance needs the order constraints; pass guidance=None with constraints=False")
-    if samples < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
-    free_samples = samples // 2 if free_samples is None else int(free_samples)
-    if not 0 <= free_samples <= samples:
-        raise ValueError(f"free_samples must be in [0, samples={samples}], got {free_samples}")
+    free_samples = resolve_free_samples(samples, free_samples)
     bar, callback = None, None
     if callable(progress):  # the caller's report (the web app's progress bar and Cancel button)
         callback = progress

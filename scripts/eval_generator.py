@@ -50,7 +50,14 @@ import trimesh
 
 from meshgen.baselines import bbox_baseline, hull_baseline, poisson_baseline
 from meshgen.guidance import GuidanceConfig
-from meshgen.pipeline import generate_mesh, has_null_context, load_generator, resolve_cfg_scale
+from meshgen.pipeline import (
+    DEFAULT_SAMPLES,
+    generate_mesh,
+    has_null_context,
+    load_generator,
+    resolve_cfg_scale,
+    resolve_free_samples,
+)
 from meshgen.refine import RefineConfig
 from tokenizers3d.errors import MeshInputError
 from tokenizers3d.io import atomic_write_text, load_mesh
@@ -317,13 +324,12 @@ def generation_kwargs(*, cfg_scale: float | None = None, guidance: bool | None =
     kw: dict = {}
     if cfg_scale is not None:
         kw["cfg_scale"] = cfg_scale
+    if samples is not None or free_samples is not None:
+        # checked before any model is loaded, against the samples generate_mesh will draw
+        resolve_free_samples(samples if samples is not None else DEFAULT_SAMPLES, free_samples)
     if samples is not None:
-        if samples < 1:
-            raise ValueError(f"--samples must be >= 1, got {samples}")
         kw["samples"] = samples
     if free_samples is not None:
-        if free_samples < 0:
-            raise ValueError(f"--free-samples must be >= 0, got {free_samples}")
         kw["free_samples"] = free_samples
     if refine is not None:
         kw["refine"] = RefineConfig() if refine else None

@@ -240,6 +240,15 @@ def test_evaluate_items_with_a_stub_generator(tmp_path, monkeypatch):
     assert "hull" not in res["items"][0] and "baseline" not in res["items"][0]
 
 
+def test_generation_kwargs_check_free_samples_against_the_samples_drawn():
+    """Checked against the samples that will be drawn (the default 8 when not given), before any model is
+    loaded -- by the same function as meshgen generate and generate_mesh."""
+    assert E.generation_kwargs(free_samples=8) == {"free_samples": 8}
+    for bad in (dict(free_samples=9), dict(samples=4, free_samples=5), dict(samples=0), dict(free_samples=-1)):
+        with pytest.raises(ValueError, match="samples"):
+            E.generation_kwargs(**bad)
+
+
 def test_generation_kwargs_only_forward_given_options(monkeypatch):
     from meshgen.guidance import GuidanceConfig
 

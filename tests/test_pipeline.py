@@ -109,7 +109,7 @@ def test_best_of_k_keeps_the_best_fitting_sample(tiny_checkpoint, cloud_file, mo
         assert fit < fit_to_points(before, cloud.points)
     with pytest.raises(ValueError):
         pipeline.generate_mesh(model, cloud, max_faces=6, samples=0)
-    with pytest.raises(ValueError, match="free_samples"):
+    with pytest.raises(ValueError, match="free-samples"):
         pipeline.generate_mesh(model, cloud, max_faces=6, samples=2, free_samples=3)
 
 
