@@ -39,18 +39,17 @@ from tokenizers3d.io import atomic_write_text, load_mesh  # noqa: E402
 from tokenizers3d.metrics import evaluate_mesh  # noqa: E402
 from tokenizers3d.sample import sample_surface  # noqa: E402
 
+PREVIOUS = dict(steps=60, max_shift=0.04, schedule="constant", point_term="samples", affine_steps=0)  # until 2026-11-30
 VARIANTS = {
     "none": None,
-    "default": RefineConfig(),
-    "cosine": RefineConfig(schedule="cosine"),
-    "faces": RefineConfig(point_term="faces"),
-    "faces+cosine": RefineConfig(point_term="faces", schedule="cosine"),
-    "faces+cosine 150": RefineConfig(point_term="faces", schedule="cosine", steps=150),
-    "faces+cosine 150 shift 0.08": RefineConfig(point_term="faces", schedule="cosine", steps=150, max_shift=0.08),
-    "shift 0.08": RefineConfig(max_shift=0.08),
-    "faces+cosine 150 shift 0.12": RefineConfig(point_term="faces", schedule="cosine", steps=150, max_shift=0.12),
-    "affine + faces+cosine 150 shift 0.08": RefineConfig(point_term="faces", schedule="cosine", steps=150,
-                                                         max_shift=0.08, affine_steps=60),
+    "previous": RefineConfig(**PREVIOUS),
+    "cosine": RefineConfig(**{**PREVIOUS, "schedule": "cosine"}),
+    "faces": RefineConfig(**{**PREVIOUS, "point_term": "faces"}),
+    "faces+cosine": RefineConfig(**{**PREVIOUS, "point_term": "faces", "schedule": "cosine"}),
+    "faces+cosine 150": RefineConfig(**{**PREVIOUS, "point_term": "faces", "schedule": "cosine", "steps": 150}),
+    "faces+cosine 150 shift 0.08": RefineConfig(**{**PREVIOUS, "point_term": "faces", "schedule": "cosine",
+                                                   "steps": 150, "max_shift": 0.08}),
+    "default": RefineConfig(),  # the above with the affine first stage (docs/model.md, "Vertex refinement")
 }
 
 
