@@ -130,6 +130,13 @@ def _distance(v: torch.Tensor, f: torch.Tensor, target: torch.Tensor, config: Re
     return near + _nearest(surface, target, tree)
 
 
+def _bounded(start: torch.Tensor, move: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bound: float) -> torch.Tensor:
+    """``move`` of each vertex of ``start`` projected into the points' bounding box ``[lo, hi]`` (half a 7-bit cell
+    of slack), then shortened to at most ``bound``: the two hard bounds of both refinement stages."""
+    move = torch.minimum(torch.maximum(start + move, lo), hi) - start
+    return move * torch.clamp(bound / move.norm(dim=1, keepdim=True).clamp_min(1e-12), max=1.0)
+
+
 def _fit_affine(start: torch.Tensor, f: torch.Tensor, target: torch.Tensor, config: RefineConfig,
                 gen: torch.Generator, tree, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     """``start`` moved by the affine map (about its centroid) that best fits ``target`` (``affine_steps`` of Adam),
@@ -147,10 +154,7 @@ def _fit_affine(start: torch.Tensor, f: torch.Tensor, target: torch.Tensor, conf
     with torch.no_grad():
         move = (start - center) @ linear.T + center + shift - start
         move *= min(1.0, config.affine_max_shift / max(float(move.norm(dim=1).max()), 1e-12))
-        # then, as in the vertex stage: into the points' bounding box, within the bound of the start
-        move = torch.minimum(torch.maximum(start + move, lo), hi) - start
-        return start + move * torch.clamp(config.affine_max_shift / move.norm(dim=1, keepdim=True).clamp_min(1e-12),
-                                          max=1.0)
+        return start + _bounded(start, move, lo, hi, config.affine_max_shift)
 
 
 def refine_vertices(mesh: trimesh.Trimesh, points: np.ndarray, config: RefineConfig = RefineConfig(), *,
@@ -193,10 +197,7 @@ def refine_vertices(mesh: trimesh.Trimesh, points: np.ndarray, config: RefineCon
             loss.backward()
             opt.step()
             with torch.no_grad():
-                # inside the points' bounding box (half a 7-bit cell of slack), then within max_shift of the start
-                offset.copy_(torch.minimum(torch.maximum(start + offset, lo), hi) - start)
-                n = offset.norm(dim=1, keepdim=True).clamp_min(1e-12)
-                offset.mul_(torch.clamp(config.max_shift / n, max=1.0))
+                offset.copy_(_bounded(start, offset, lo, hi, config.max_shift))
         moved = (start + offset).detach().double().numpy()
     finally:
         torch.set_num_threads(threads)
