@@ -39,14 +39,23 @@ from tokenizers3d.metrics import evaluate_mesh  # noqa: E402
 from tokenizers3d.sample import sample_surface  # noqa: E402
 
 
-def candidates(model, ref: trimesh.Trimesh, *, guided: int, free: int, seed: int, temperature: float) -> tuple[list, float]:
-    """Per row (guided rows first): ``None`` or a dict of fits and reference metrics; and the sampling seconds."""
+def reference_samples(model, ref: trimesh.Trimesh, cloud, *, samples: int, free: int, seed: int,
+                      temperature: float) -> list:
+    """:func:`meshgen.pipeline.draw_samples` for ``cloud`` (points of the held-out ``ref``) with the settings
+    :mod:`scripts.eval_generator` generates with: the reference's face count, ``max(2 F, 32)`` faces at most,
+    top-p 0.95, point guidance, the default classifier-free guidance. ``[(mesh | None, report)]`` per row."""
     n_ref = len(ref.faces)
-    cloud = sample_surface(ref, N_POINTS, seed=seed)
-    t0 = time.time()
     decoded, _ = draw_samples(model, cloud, faces=n_ref, seed=seed, temperature=temperature, top_p=0.95, top_k=None,
                               max_faces=max(2 * n_ref, 32), constraints=True, progress=None, guidance=GuidanceConfig(),
-                              cfg_scale=None, samples=guided + free, free_samples=free)
+                              cfg_scale=None, samples=samples, free_samples=free)
+    return decoded
+
+
+def candidates(model, ref: trimesh.Trimesh, *, guided: int, free: int, seed: int, temperature: float) -> tuple[list, float]:
+    """Per row (guided rows first): ``None`` or a dict of fits and reference metrics; and the sampling seconds."""
+    cloud = sample_surface(ref, N_POINTS, seed=seed)
+    t0 = time.time()
+    decoded = reference_samples(model, ref, cloud, samples=guided + free, free=free, seed=seed, temperature=temperature)
     seconds = time.time() - t0
     rows = []
     for mesh, _ in decoded:

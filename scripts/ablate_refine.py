@@ -29,11 +29,11 @@ import torch
 import trimesh
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ablate_decoding import reference_samples  # noqa: E402
 from eval_generator import add_split_options, split_items  # noqa: E402
 
 from meshgen.baselines import hull_baseline  # noqa: E402
-from meshgen.guidance import GuidanceConfig  # noqa: E402
-from meshgen.pipeline import DEFAULT_SAMPLES, N_POINTS, draw_samples, fit_to_points, load_generator  # noqa: E402
+from meshgen.pipeline import DEFAULT_SAMPLES, N_POINTS, fit_to_points, load_generator  # noqa: E402
 from meshgen.refine import RefineConfig, refine_vertices  # noqa: E402
 from tokenizers3d.io import atomic_write_text, load_mesh  # noqa: E402
 from tokenizers3d.metrics import evaluate_mesh  # noqa: E402
@@ -53,19 +53,16 @@ VARIANTS = {
 }
 
 
-def cached_candidates(model, ref: trimesh.Trimesh, path: Path, *, samples: int, free: int, seed: int,
+def cached_candidates(model, ref: trimesh.Trimesh, cloud, path: Path, *, samples: int, free: int, seed: int,
                       temperature: float) -> list[trimesh.Trimesh | None]:
-    """The decoded (unrefined) candidates for ``ref``'s points, from ``path`` or sampled and written there."""
+    """The decoded (unrefined) candidates for ``cloud`` (points of ``ref``), from ``path`` or sampled and written
+    there."""
     if path.exists():
         with np.load(path) as z:
             n = int(z["n"])
             return [trimesh.Trimesh(z[f"v{i}"], z[f"f{i}"], process=False) if f"v{i}" in z else None
                     for i in range(n)]
-    n_ref = len(ref.faces)
-    cloud = sample_surface(ref, N_POINTS, seed=seed)
-    decoded, _ = draw_samples(model, cloud, faces=n_ref, seed=seed, temperature=temperature, top_p=0.95, top_k=None,
-                              max_faces=max(2 * n_ref, 32), constraints=True, progress=None, guidance=GuidanceConfig(),
-                              cfg_scale=None, samples=samples, free_samples=free)
+    decoded = reference_samples(model, ref, cloud, samples=samples, free=free, seed=seed, temperature=temperature)
     arrays: dict = {"n": np.array(len(decoded))}
     for i, (mesh, _) in enumerate(decoded):
         if mesh is not None:
@@ -73,7 +70,7 @@ def cached_candidates(model, ref: trimesh.Trimesh, path: Path, *, samples: int, 
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **arrays)
     tmp.replace(path)  # a killed run leaves no half-written cache entry
-    return cached_candidates(model, ref, path, samples=samples, free=free, seed=seed, temperature=temperature)
+    return [mesh for mesh, _ in decoded]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         key = cache / (hashlib.sha1(item.id.encode()).hexdigest()[:16] + ".npz")
         if model is None and not key.exists():
             model = load_generator(args.checkpoint)
-        cands = cached_candidates(model, ref, key, samples=args.samples, free=free, seed=args.seed,
-                                  temperature=args.temperature)
         cloud = sample_surface(ref, N_POINTS, seed=args.seed)
+        cands = cached_candidates(model, ref, cloud, key, samples=args.samples, free=free, seed=args.seed,
+                                  temperature=args.temperature)
         hull = hull_baseline(cloud.points, len(ref.faces))
         hull_rows.append(evaluate_mesh(hull, ref, seed=args.seed).to_dict()["chamfer"] if hull is not None else None)
         line = [f"{item.id} ({item.group})"]
