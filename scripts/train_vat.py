@@ -161,7 +161,7 @@ class VATTrainer:
             mean, logvar = self.model.encode_gaussian(batch["points"], batch["normals"])
             means.append(mean)
             stds.append((0.5 * logvar).exp().mean())
-            codes = self.model.encode(batch["points"], batch["normals"])
+            codes = self.model.codes_of(mean)  # the same means: the encoder runs once
             for c in codes:
                 used.update(c.reshape(-1).tolist())
             pred = self.model.occupancy_logits(self.model.triplanes(mean), batch["queries"]) > 0

@@ -190,7 +190,11 @@ class VATModel(nn.Module, PretrainedMixin):
     @torch.no_grad()
     def encode(self, points: torch.Tensor, normals: torch.Tensor) -> list[torch.Tensor]:
         """Per-scale token ids (coarse to fine) of point clouds ``(B, N, 3)`` in the normalized frame."""
-        mean, _ = self.encode_gaussian(points, normals)
+        return self.codes_of(self.encode_gaussian(points, normals)[0])
+
+    @torch.no_grad()
+    def codes_of(self, mean: torch.Tensor) -> list[torch.Tensor]:
+        """Per-scale token ids of latent means ``(B, L, c)`` (the quantizer in inference mode: no codebook update)."""
         was = self.quantizer.training
         self.quantizer.eval()
         codes = self.quantizer(mean).codes
