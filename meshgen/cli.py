@@ -274,10 +274,14 @@ def generate(inp: Path = typer.Argument(..., metavar="INPUT", help="Point cloud 
              top_p: float = typer.Option(0.95),
              max_faces: int = typer.Option(None, help="Stop after this many faces (default: 800, or 2 x --faces)."),
              checkpoint: Path = typer.Option(None, help="Model directory (default: the bundled checkpoint)."),
+             tokenizer: str = typer.Option(None, help="Vocabulary the generator samples: coords (the default model) "
+                                                      "or vqvae (learned face codes, decoded by the face VQ-VAE); "
+                                                      "without --checkpoint, the bundled generator over it."),
              constraints: bool = typer.Option(True, "--constraints/--no-constraints",
                                               help="Order-enforcing sampling (off also turns guidance off)."),
-             guidance: bool = typer.Option(True, "--guidance/--no-guidance",
-                                           help="Keep vertices and faces near the input points."),
+             guidance: bool = typer.Option(None, "--guidance/--no-guidance",
+                                           help="Keep vertices and faces near the input points (default: on for a "
+                                                "coords model; vqvae codes name no coordinates to guide)."),
              guide_tol: float = typer.Option(None, help="Guidance: max vertex-to-point distance, as a fraction of "
                                                         "the input's longest side (default: from the point spacing)."),
              min_coverage: float = typer.Option(0.0, help="Guidance: refuse to stop before this share of the points "
@@ -315,7 +319,9 @@ def generate(inp: Path = typer.Argument(..., metavar="INPUT", help="Point cloud 
         raise MeshInputError(None, f"--faces {faces} is above --max-faces {max_faces}")
 
     guide = None
-    if guidance and constraints:
+    if guidance is None and guide_tol is None and not min_coverage:
+        guide = "auto"  # meshgen.pipeline.AUTO: on for a coords model
+    elif (guidance is None or guidance) and constraints:
         try:
             guide = GuidanceConfig(tol=guide_tol, min_coverage=min_coverage)
         except ValueError as exc:
@@ -324,7 +330,7 @@ def generate(inp: Path = typer.Argument(..., metavar="INPUT", help="Point cloud 
                         top_p=top_p, max_faces=max_faces, constraints=constraints, preview=preview,
                         guidance=guide, cfg_scale=cfg_scale, samples=samples, free_samples=free_samples,
                         refine=RefineConfig() if refine else None, max_input_faces=max_input_faces,
-                        max_points=max_points)
+                        max_points=max_points, tokenizer=tokenizer)
     print(json.dumps(res, default=str))
 
 

@@ -62,14 +62,19 @@ class ExampleBatch:
 NEW_VERTEX, FIRST_VERTEX = 1, 2
 
 
-def token_kinds(ids: np.ndarray) -> np.ndarray:
-    """Kind flags of every position of a full ``coords`` sequence ``ids (T,)`` (BOS .. EOS).
+def token_kinds(ids: np.ndarray, *, vertex_tokens: int = 3, coords: bool = True) -> np.ndarray:
+    """Kind flags of every position of a full sequence ``ids (T,)`` (BOS .. EOS).
 
-    Returns ``(T,)`` uint8: ``NEW_VERTEX`` on the three tokens of a vertex whose (z, y, x) did not occur
-    earlier in the sequence, ``FIRST_VERTEX`` on the first vertex's tokens; 0 on BOS / EOS.
+    Returns ``(T,)`` uint8. ``coords``: ``NEW_VERTEX`` on the three tokens of a vertex whose (z, y, x) did not
+    occur earlier in the sequence, ``FIRST_VERTEX`` on the first vertex's tokens; 0 on BOS / EOS. Codes
+    (``coords=False``): ``FIRST_VERTEX`` on the ``vertex_tokens`` codes of the first face's first corner (the
+    mesh's lowest vertex); "new vertex" has no meaning there (a corner's codes also depend on its face).
     """
     ids = np.asarray(ids, dtype=np.int64)
     out = np.zeros(len(ids), dtype=np.uint8)
+    if not coords:
+        out[1 : min(1 + vertex_tokens, max(len(ids) - 1, 1))] = FIRST_VERTEX
+        return out
     n_vert = (len(ids) - 2) // 3
     if n_vert <= 0:
         return out
@@ -115,8 +120,9 @@ class GeneratorExamples(IterableDataset):
         self.rows = TokenShardDataset(root, shuffle=shuffle, shuffle_buffer=shuffle_buffer, seed=seed, rank=rank,
                                       world_size=world_size, filter_fn=functools.partial(_at_most_faces, max_faces=max_faces))
         self.tokenizer = self.rows.tokenizer()
-        if self.tokenizer.name != "coords":
-            raise ValueError(f"the generator trains on 'coords' shards, {root} holds {self.tokenizer.name!r}")
+        if self.tokenizer.name not in ("coords", "vqvae"):
+            raise ValueError(f"the generator trains on 'coords' or 'vqvae' shards, {root} holds {self.tokenizer.name!r}")
+        self.face_tokens = getattr(self.tokenizer, "tokens_per_face", 9)
         self.window, self.n_points, self.seed, self.repeat = window, n_points, seed, repeat
         self.drop_face_count = drop_face_count
 
@@ -131,11 +137,11 @@ class GeneratorExamples(IterableDataset):
         key = zlib.crc32(row["id"].encode())
         rng = np.random.default_rng([self.seed, epoch, key])
         ids = np.asarray(row["ids"], dtype=np.int64)
-        qm, _ = self.tokenizer.decode_quantized(ids, strict=True)
+        qm, _ = self.tokenizer.decode_quantized(ids, strict=True)  # vqvae: the decoder's (lossy) reconstruction
         cloud = sample_surface(qm.to_trimesh(), self.n_points, seed=int(rng.integers(2**31)))
-        win = sample_training_window(ids, self.window, rng)
+        win = sample_training_window(ids, self.window, rng, face_tokens=self.face_tokens)
         n_faces = 0 if rng.random() < self.drop_face_count else int(row["n_faces"])
-        return _example(ids, win, cloud.points, cloud.normals, n_faces, drop=False)
+        return _example(ids, win, cloud.points, cloud.normals, n_faces, drop=False, tokenizer=self.tokenizer)
 
     def __iter__(self) -> Iterator[dict]:
         epoch = 0
@@ -153,8 +159,11 @@ class GeneratorExamples(IterableDataset):
                 return
 
 
-def _example(ids: np.ndarray, win, points: np.ndarray, normals: np.ndarray, n_faces: int, *, drop: bool) -> dict:
-    kinds = token_kinds(ids)[win.start_pos + 1 : win.start_pos + len(win.tokens)]  # aligned with the targets
+def _example(ids: np.ndarray, win, points: np.ndarray, normals: np.ndarray, n_faces: int, *, drop: bool,
+             tokenizer) -> dict:
+    coords = tokenizer.name == "coords"
+    kinds = token_kinds(ids, coords=coords, vertex_tokens=3 if coords else tokenizer.depth)
+    kinds = kinds[win.start_pos + 1 : win.start_pos + len(win.tokens)]  # aligned with the targets
     return {
         "tokens": torch.as_tensor(win.tokens, dtype=torch.long),
         "start": int(win.start_pos),
@@ -251,6 +260,14 @@ class AugmentConfig:
         return out, keep
 
 
+@dataclass(frozen=True)
+class _BitsAndTokenizer:
+    """The two fields of a generator config that say what its tokens are (for :func:`sequence_tokenizer`)."""
+
+    bits: int
+    tokenizer: dict | None
+
+
 def faces_budget(curriculum, step: int, max_faces: int) -> int:
     """Face budget at ``step`` from a curriculum ``[[step, max_faces], ...]`` (sorted; last entry <= step wins)."""
     budget = max_faces
@@ -285,16 +302,25 @@ class ProceduralStream(IterableDataset):
     drop_points : float
         Share of examples trained without their points (classifier-free guidance).
     families : list of str or None
+    tokenizer : dict or None
+        A generator config's ``tokenizer`` entry: ``None`` for ``coords`` at ``bits``, or a ``vqvae`` tokenizer's
+        config (:func:`meshgen.modeling.vqvae_tokenizer_config`), whose face VQ-VAE then encodes every mesh (in
+        the loader workers).
     """
 
     def __init__(self, *, bits: int, window: int, n_points: int, max_faces: int, seed: int = 1,
                  augment: AugmentConfig | None = None, pool_size: int = 0, curriculum=None,
                  drop_face_count: float = 0.0, drop_points: float = 0.0, families=None,
-                 start_step: int = 0, batch_size: int = 1, rank: int | None = None, world_size: int | None = None):
+                 start_step: int = 0, batch_size: int = 1, rank: int | None = None, world_size: int | None = None,
+                 tokenizer: dict | None = None):
         super().__init__()
-        from tokenizers3d.base import get_tokenizer
+        from meshgen.modeling import sequence_tokenizer, token_layout
 
-        self.tokenizer = get_tokenizer("coords", bits=bits)
+        spec = _BitsAndTokenizer(bits, tokenizer)
+        self.tokenizer = sequence_tokenizer(spec)
+        if self.tokenizer.bits != bits:
+            raise ValueError(f"the {self.tokenizer.name} tokenizer works at {self.tokenizer.bits} bits, not {bits}")
+        self.face_tokens = token_layout(spec).face_tokens
         self.bits, self.window, self.n_points, self.max_faces = bits, window, n_points, max_faces
         self.seed, self.augment, self.pool_size = seed, augment, pool_size
         self.curriculum = [tuple(c) for c in (curriculum or ())]
@@ -356,11 +382,12 @@ class ProceduralStream(IterableDataset):
         if self.augment is not None:
             points, keep = self.augment.points(points, rng)
             normals = normals[keep]
-        win = sample_training_window(ids, self.window, rng)
+        win = sample_training_window(ids, self.window, rng, face_tokens=self.face_tokens)
         if from_start:
             win = type(win)(ids[: self.window + 1], 0)
         n_faces = 0 if rng.random() < self.drop_face_count else int(qm.n_faces)
-        return _example(ids, win, points, normals, n_faces, drop=bool(rng.random() < self.drop_points))
+        return _example(ids, win, points, normals, n_faces, drop=bool(rng.random() < self.drop_points),
+                        tokenizer=self.tokenizer)
 
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()

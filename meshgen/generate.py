@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from .guidance import GuidanceConfig, GuidanceStats, GuidedConstraint, PointGuide, build_guides
-from .modeling import Conditioning, Context, CoordVocab, MeshGenerator
-from .sampling import FaceConstraint, cfg_mix, invalid_rate, sample_next
+from .modeling import Conditioning, Context, MeshGenerator, TokenLayout, coord_layout, token_layout
+from .sampling import cfg_mix, invalid_rate, new_constraint, sample_next
 
-FACE_TOKENS = 9
+FACE_TOKENS = 9  # coords; other layouts pass their own (TokenLayout.face_tokens)
 
 
 # ---- training windows -----------------------------------------------------------------------------
@@ -37,20 +37,21 @@ class TrainingWindow:
     start_pos: int
 
 
-def sample_training_window(ids: Sequence[int] | np.ndarray, window: int, rng: np.random.Generator) -> TrainingWindow:
+def sample_training_window(ids: Sequence[int] | np.ndarray, window: int, rng: np.random.Generator, *,
+                           face_tokens: int = FACE_TOKENS) -> TrainingWindow:
     """A random face-aligned crop of ``window + 1`` ids (whole sequence if it fits).
 
-    Starts are ``9 k`` for ``k`` uniform in ``0 .. ceil((len - window - 1) / 9)``, so every token,
-    EOS included, can be a target.
+    Starts are ``f k`` (``f = face_tokens``: 9 for ``coords``) for ``k`` uniform in
+    ``0 .. ceil((len - window - 1) / f)``, so every token, EOS included, can be a target.
     """
-    if window < FACE_TOKENS or window % FACE_TOKENS:
-        raise ValueError(f"window must be a positive multiple of {FACE_TOKENS}, got {window}")
+    if window < face_tokens or window % face_tokens:
+        raise ValueError(f"window must be a positive multiple of {face_tokens}, got {window}")
     ids = np.asarray(ids, dtype=np.int64)
     excess = len(ids) - (window + 1)
     if excess <= 0:
         return TrainingWindow(ids, 0)
-    k = int(rng.integers(0, -(-excess // FACE_TOKENS) + 1))
-    start = FACE_TOKENS * k
+    k = int(rng.integers(0, -(-excess // face_tokens) + 1))
+    start = face_tokens * k
     return TrainingWindow(ids[start : start + window + 1], start)
 
 
@@ -109,29 +110,32 @@ def sample_sequences(
     progress: Callable[[int, int], None] | None = None,
     device: str | torch.device = "cpu",
     guides: Sequence[PointGuide | None] | None = None,
+    layout: TokenLayout | None = None,
 ) -> GenerationResult:
     """Autoregressive loop around ``step(tokens (B, 1)) -> logits (B, V)`` (the model plus its cache).
 
-    Rows that finished are fed PAD. With ``constraints`` every row is a valid canonical mesh. ``guides``
-    (one :class:`~meshgen.guidance.PointGuide` or ``None`` per row; needs ``constraints``) narrow each row's
-    masks to its point cloud.
+    Rows that finished are fed PAD. With ``constraints`` every row is a valid canonical mesh (``coords``) or a
+    whole number of faces (codes: :class:`~meshgen.sampling.CodeConstraint`). ``guides`` (one
+    :class:`~meshgen.guidance.PointGuide` or ``None`` per row; needs ``constraints`` and ``coords``) narrow each
+    row's masks to its point cloud. ``layout``: the sequence's ids (default ``coords`` at ``bits``).
     """
     if max_faces < 1:
         raise ValueError("max_faces must be >= 1")
-    if guides is not None and (not constraints or len(guides) != batch):
-        raise ValueError(f"guides need constraints=True and one entry per row ({batch}), got {len(guides)}")
-    vocab = CoordVocab(bits)
+    vocab = coord_layout(bits) if layout is None else layout
+    if guides is not None and (not constraints or len(guides) != batch or not vocab.is_coords):
+        raise ValueError(f"guides need coords tokens, constraints=True and one entry per row ({batch})")
+    face_tokens = vocab.face_tokens
     seqs = [[vocab.bos] for _ in range(batch)]
     reasons = ["max_length"] * batch
     done = [False] * batch
-    states: list[FaceConstraint | GuidedConstraint] | None = None
+    states: list | None = None
     if constraints:
-        states = [FaceConstraint(bits, max_faces=max_faces) for _ in range(batch)]
+        states = [new_constraint(vocab, max_faces=max_faces) for _ in range(batch)]
         if guides is not None:
             states = [s if g is None else g.state(s) for s, g in zip(states, guides, strict=True)]
     pad_only = np.zeros(vocab.size, dtype=bool)
     pad_only[vocab.pad] = True
-    max_steps = FACE_TOKENS * max_faces + 1
+    max_steps = face_tokens * max_faces + 1
     cur = torch.full((batch, 1), vocab.bos, dtype=torch.long, device=device)
     t0 = time.perf_counter()
     n_steps = 0
@@ -164,7 +168,7 @@ def sample_sequences(
             break
         cur = torch.tensor(nxt, dtype=torch.long, device=device)[:, None]  # (B, 1)
     seconds = time.perf_counter() - t0
-    n_faces = [max(len(s) - 1 - int(len(s) > 1 and s[-1] == vocab.eos), 0) // FACE_TOKENS for s in seqs]  # no BOS/EOS
+    n_faces = [max(len(s) - 1 - int(len(s) > 1 and s[-1] == vocab.eos), 0) // face_tokens for s in seqs]  # no BOS/EOS
     stats = [s.stats if isinstance(s, GuidedConstraint) else None for s in states] if states else [None] * batch
     return GenerationResult([np.asarray(s, dtype=np.int64) for s in seqs], n_faces, reasons, n_steps, seconds, stats)
 
@@ -224,7 +228,10 @@ def generate(
     device = next(model.parameters()).device
     use_cfg = cfg_scale != 1.0
     guides = None
+    layout = token_layout(model.config)
     if guidance is not None:
+        if not layout.is_coords:
+            raise ValueError(f"point guidance works on coords tokens; this model samples {layout.name!r} codes")
         if not constraints:
             raise ValueError("guidance needs constraints=True")
         if points is None:
@@ -264,6 +271,7 @@ def generate(
             progress=progress,
             device=device,
             guides=guides,
+            layout=layout,
         )
     finally:
         model.train(was_training)
@@ -274,7 +282,7 @@ def measure_invalid_rate(model: MeshGenerator, cond: Conditioning | None, *, max
     out = {}
     for name, flag in (("constrained", True), ("unconstrained", False)):
         res = generate(model, cond, max_faces=max_faces, seed=seed, constraints=flag, **kw)
-        out[name] = invalid_rate(res.ids, model.config.bits)
+        out[name] = invalid_rate(res.ids, model.config.bits, token_layout(model.config))
         out[f"{name}_reasons"] = {r: res.stopped_reason.count(r) for r in sorted(set(res.stopped_reason))}
     out["n"] = len(res.ids)
     return out

@@ -69,7 +69,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .modeling import CoordVocab
+from .modeling import coord_layout
 from .sampling import FaceConstraint, digit_mask
 
 GUIDED, NO_FACE_TEST, WIDENED, ORDER_ONLY = range(4)
@@ -207,7 +207,7 @@ class PointGuide:
         from scipy.spatial import cKDTree
 
         self.config = config = config or GuidanceConfig()
-        self.vocab = CoordVocab(bits)
+        self.vocab = coord_layout(bits)
         self.n = n = levels if levels is not None else self.vocab.n
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
         nrm = np.asarray(normals, dtype=np.float64).reshape(-1, 3)

@@ -1,5 +1,10 @@
 """Hourglass decoder over the ``coords`` sequence (Meshtron): coordinates -> vertices -> faces -> back up.
 
+The same network runs over a ``vqvae`` code sequence (``HourglassConfig.tokenizer``): there the levels are
+codes -> corners (``D`` residual codes each) -> faces (``S`` corners), i.e. the shortening factors are the
+layout's ``(D, S)`` instead of ``(3, 3)`` (:class:`~meshgen.modeling.TokenLayout`); everything below holds
+with ``3`` read as the level's factor ``s`` (groups of ``s`` with ``s - 1`` pads in front).
+
 Levels (``layers = (n_coord, n_vertex, n_face)``, Meshtron uses 4-8-12, our small model 2-2-4):
 
     tokens --emb--> [coord down: n_coord // 2 blocks] --pool 3->1--> [vertex down: n_vertex // 2]
@@ -34,6 +39,7 @@ level, so memory does not grow with the mesh.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -42,9 +48,7 @@ import torch.nn as nn
 from .attention import RotaryEmbedding
 from .encoder import EncoderConfig
 from .layers import Block, LayerCache, new_layer_caches, role_ids, run_blocks
-from .modeling import Conditioning, Context, MeshGenerator, ModelOutput, start_positions
-
-SHORTEN = 3  # tokens per vertex, vertices per face
+from .modeling import Conditioning, Context, MeshGenerator, ModelOutput, start_positions, token_layout
 
 
 @dataclass(frozen=True)
@@ -60,12 +64,16 @@ class HourglassConfig:
     rope_base: float = 10000.0
     n_face_buckets: int = 32
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    tokenizer: dict | None = None  # None: coords at `bits`; else meshgen.modeling.vqvae_tokenizer_config(...)
 
     def __post_init__(self):
         if not 6 <= self.bits <= 12:
             raise ValueError(f"bits must be 6..12, got {self.bits}")
         if len(self.layers) < 1 or any(n < 1 for n in self.layers):
             raise ValueError(f"layers needs >= 1 block per level, got {self.layers}")
+        if len(self.layers) - 1 > len(token_layout(self).shorten):
+            raise ValueError(f"{len(self.layers)} levels, but {token_layout(self).name} tokens group only "
+                             f"{len(token_layout(self).shorten)} times ({token_layout(self).shorten})")
         if self.dim % self.n_heads or (self.dim // self.n_heads) % 2:
             raise ValueError("dim / n_heads must be an even integer (rotary)")
         if self.window < self.group or self.window % self.group:
@@ -76,9 +84,18 @@ class HourglassConfig:
         return len(self.layers)
 
     @property
+    def shorten(self) -> tuple[int, ...]:
+        """Shortening factor between level ``i`` and ``i + 1`` (``(3, 3)`` for ``coords``)."""
+        return token_layout(self).shorten[: self.n_levels - 1]
+
+    def span(self, level: int) -> int:
+        """Tokens per element of ``level`` (1 at the token level)."""
+        return math.prod(self.shorten[:level])
+
+    @property
     def group(self) -> int:
-        """Tokens per element of the innermost level (9 for three levels): the window alignment."""
-        return SHORTEN ** (self.n_levels - 1)
+        """Tokens per element of the innermost level (9 for three ``coords`` levels): the window alignment."""
+        return self.span(self.n_levels - 1)
 
     @property
     def n_layers(self) -> int:
@@ -93,7 +110,7 @@ class HourglassConfig:
         w = self.window if window is None else window
         if w < self.group or w % self.group:
             raise ValueError(f"window must be a positive multiple of {self.group}, got {w}")
-        return tuple(w // SHORTEN**i for i in range(self.n_levels))
+        return tuple(w // self.span(i) for i in range(self.n_levels))
 
 
 @dataclass
@@ -128,7 +145,8 @@ class HourglassLevel(nn.Module):
     def __init__(self, config: HourglassConfig, level: int, cross_down: list[bool], cross_up: list[bool]):
         super().__init__()
         D = config.dim
-        self.period = SHORTEN ** (config.n_levels - 1 - level)  # tokens of the innermost element
+        self.period = config.group // config.span(level)  # elements of this level per innermost element
+        self.factor = config.shorten[level] if level < config.n_levels - 1 else 1  # elements per coarse element
         self.innermost = level == config.n_levels - 1
         self.role_emb = nn.Embedding(self.period + 1, D)
 
@@ -145,8 +163,8 @@ class HourglassLevel(nn.Module):
         self.down = nn.ModuleList(block(c) for c in cross_down)
         self.up = nn.ModuleList(block(c) for c in cross_up)
         if not self.innermost:
-            self.pool = nn.Linear(SHORTEN * D, D)
-            self.unpool = nn.Linear(D, SHORTEN * D)
+            self.pool = nn.Linear(self.factor * D, D)
+            self.unpool = nn.Linear(D, self.factor * D)
             self.unpool.is_residual = True
 
 
@@ -232,7 +250,7 @@ class HourglassTransformer(MeshGenerator):
         """Run level ``i`` (and, recursively, the coarser ones) on ``x (B, n, D)``, its next ``n`` elements."""
         lvl, st = self.levels[i], states[i]
         B, n, D = x.shape
-        pos = start // SHORTEN**i + st.n + torch.arange(n, device=x.device)  # (1 or B, n) absolute index
+        pos = start // self.config.span(i) + st.n + torch.arange(n, device=x.device)  # (1 or B, n) absolute index
         x = x + lvl.role_emb(role_ids(pos, lvl.period))
         kw = dict(rope=self.rotary(pos), window=windows[i], context=ctx.latents)
         h = run_blocks(lvl.down, x, caches=st.down, **kw)  # (B, n, D)
@@ -240,25 +258,26 @@ class HourglassTransformer(MeshGenerator):
             st.n += n
             return h
 
-        # shorten: groups of 3 with two zero pads in front of element 0 (group u = elements 3u-2..3u)
-        pending = h.new_zeros(B, SHORTEN - 1, D) if st.pending is None else st.pending
+        # shorten: groups of s with s - 1 zero pads in front of element 0 (group u = elements su-s+1..su)
+        s = lvl.factor
+        pending = h.new_zeros(B, s - 1, D) if st.pending is None else st.pending
         buf = torch.cat([pending, h], dim=1)  # (B, m + n, D)
-        g = buf.shape[1] // SHORTEN  # groups completed by this chunk
+        g = buf.shape[1] // s  # groups completed by this chunk
         last_up = h.new_zeros(B, 1, D) if st.last_up is None else st.last_up
         u_first = states[i + 1].n - 1  # coarse index of last_up (-1 before the first group)
         if g:
-            pooled = lvl.pool(buf[:, : SHORTEN * g].reshape(B, g, SHORTEN * D))  # (B, g, D)
+            pooled = lvl.pool(buf[:, : s * g].reshape(B, g, s * D))  # (B, g, D)
             coarse = self._level(i + 1, pooled, start=start, ctx=ctx, states=states, windows=windows)
             src = torch.cat([last_up, coarse], dim=1)  # (B, g + 1, D) coarse indices u_first..
         else:
             src = last_up
 
-        # upsample: element q takes coarse group q // 3, projected for its slot q % 3
-        up = lvl.unpool(src).reshape(B, SHORTEN * src.shape[1], D)  # (B, 3 (g + 1), D) row = q - 3 u_first
-        off = st.n - SHORTEN * u_first
+        # upsample: element q takes coarse group q // s, projected for its slot q % s
+        up = lvl.unpool(src).reshape(B, s * src.shape[1], D)  # (B, s (g + 1), D) row = q - s u_first
+        off = st.n - s * u_first
         y = run_blocks(lvl.up, h + up[:, off : off + n], caches=st.up, **kw)  # (B, n, D)
 
-        st.pending = buf[:, SHORTEN * g :].clone()
+        st.pending = buf[:, s * g :].clone()
         st.last_up = src[:, -1:].clone()
         st.n += n
         return y

@@ -1,7 +1,10 @@
 """What every mesh generator shares: vocabulary, conditioning, outputs, weight init, save / load.
 
-* :class:`CoordVocab` -- ids of the ``coords`` tokenizer at ``bits`` b: ``0..n-1`` coordinate values
-  (``n = 2^b``), ``PAD = n``, ``BOS = n + 1``, ``EOS = n + 2``.
+* :class:`TokenLayout` -- what a generator's sequence is made of: one id scheme for any body vocabulary
+  (``coords`` values, or the codes of a ``vqvae`` tokenizer), plus how tokens group into faces. A model's config
+  names its tokenizer (``tokenizer``: ``None`` = ``coords`` at ``bits``; a ``vqvae`` tokenizer's config and its
+  code layout otherwise); :func:`token_layout` reads it, :func:`sequence_tokenizer` builds the tokenizer that
+  decodes the model's samples.
 * :class:`Conditioning` -- what the user gives (point cloud with normals, requested face count);
   :meth:`MeshGenerator.encode` turns it into a :class:`Context` (encoder latents + a global embedding)
   that is computed once per mesh and reused by every decoding step.
@@ -36,14 +39,17 @@ from .layers import face_count_bucket
 
 # ---- vocabulary -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class CoordVocab:
-    """Token ids of the ``coords`` sequence (see tokenizers3d.coords)."""
+class TokenLayout:
+    """Ids and grouping of a generator's sequence: ``0..n-1`` body values, ``PAD = n``, ``BOS = n + 1``,
+    ``EOS = n + 2``; a face is ``prod(shorten)`` tokens, grouped from the token level up by ``shorten``.
 
-    bits: int
+    ``coords``: ``shorten = (3, 3)`` (3 coordinates a vertex, 3 vertices a face). ``vqvae`` with ``S`` slots of
+    ``D`` codes: ``(D, S)`` (factors of 1 left out), so the hourglass shortens codes -> corners -> faces.
+    """
 
-    @property
-    def n(self) -> int:
-        return 1 << self.bits
+    name: str
+    n: int
+    shorten: tuple[int, ...]
 
     @property
     def pad(self) -> int:
@@ -60,6 +66,57 @@ class CoordVocab:
     @property
     def size(self) -> int:
         return self.n + 3
+
+    @property
+    def face_tokens(self) -> int:
+        return math.prod(self.shorten)
+
+    @property
+    def is_coords(self) -> bool:
+        return self.name == "coords"
+
+
+def coord_layout(bits: int) -> TokenLayout:
+    """Ids of the ``coords`` tokenizer at ``bits`` b: ``0..n-1`` coordinate values (``n = 2^b``), ``PAD = n``,
+    ``BOS = n + 1``, ``EOS = n + 2``; 3 coordinates a vertex, 3 vertices a face."""
+    return TokenLayout("coords", 1 << bits, (3, 3))
+
+
+CODE_LAYOUT_KEYS = ("codebook_size", "slots", "depth")  # what a vqvae model config records besides the tokenizer's
+
+
+def token_layout(config) -> TokenLayout:
+    """The :class:`TokenLayout` of a generator config (its ``bits`` and ``tokenizer`` fields)."""
+    tok = getattr(config, "tokenizer", None)
+    if tok is None or tok.get("name", "coords") == "coords":
+        return coord_layout(config.bits)
+    if tok.get("name") != "vqvae":
+        raise ValueError(f"a generator works on 'coords' or 'vqvae' tokens, not {tok.get('name')!r}")
+    missing = [k for k in CODE_LAYOUT_KEYS if k not in tok]
+    if missing:
+        raise ValueError(f"tokenizer config lacks {', '.join(missing)} (use vqvae_tokenizer_config)")
+    shorten = tuple(int(s) for s in (tok["depth"], tok["slots"]) if int(s) > 1)
+    return TokenLayout("vqvae", int(tok["codebook_size"]), shorten or (1,))
+
+
+def vqvae_tokenizer_config(checkpoint=None) -> dict:
+    """The ``tokenizer`` entry of a generator over a face VQ-VAE's codes: the tokenizer's config (checkpoint,
+    digest, bits) and its code layout, read from the checkpoint (default: the bundled one)."""
+    from tokenizers3d.base import get_tokenizer
+
+    tok = get_tokenizer("vqvae", checkpoint=checkpoint)
+    return {**tok.config, "codebook_size": tok.codebook_size, "slots": tok.slots, "depth": tok.depth}
+
+
+def sequence_tokenizer(config):
+    """The tokenizer that encodes a generator's training meshes and decodes its samples."""
+    from tokenizers3d.base import get_tokenizer
+
+    tok = getattr(config, "tokenizer", None)
+    if tok is None or tok.get("name", "coords") == "coords":
+        return get_tokenizer("coords", bits=config.bits)
+    args = {k: v for k, v in tok.items() if k not in CODE_LAYOUT_KEYS and k != "name"}
+    return get_tokenizer(tok["name"], **args)
 
 
 # ---- inputs and outputs ---------------------------------------------------------------------------
@@ -133,7 +190,11 @@ class MeshGenerator(nn.Module, PretrainedMixin):
         _import_models()  # every generator class registers itself when its module is imported
 
     def _build_shared(self, config) -> None:
-        self.vocab = CoordVocab(config.bits)
+        self.layout = token_layout(config)
+        self.vocab = self.layout  # ids: PAD / BOS / EOS after the body values
+        if config.encoder.point_embedding == "grid" and not self.layout.is_coords:
+            raise ValueError("encoder.point_embedding 'grid' embeds points through the coordinate-token table; "
+                             f"a model over {self.layout.name!r} tokens needs 'fourier'")
         self.tok_emb = nn.Embedding(self.vocab.size, config.dim)
         self.face_count_emb = nn.Embedding(config.n_face_buckets, config.dim)
         self.encoder = PointEncoder(config.encoder)

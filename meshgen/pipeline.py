@@ -18,7 +18,6 @@ import numpy as np
 import torch
 import trimesh
 
-from tokenizers3d.base import get_tokenizer
 from tokenizers3d.errors import MeshInputError
 from tokenizers3d.io import (
     MESH_SUFFIXES,
@@ -36,16 +35,34 @@ from tokenizers3d.mesh import Normalization, canonicalize
 from tokenizers3d.sample import sample_surface
 
 from .guidance import GuidanceConfig, GuidanceStats
-from .modeling import Conditioning, MeshGenerator
+from .modeling import Conditioning, MeshGenerator, sequence_tokenizer
 from .refine import RefineConfig, refine_vertices
 from .registry import load_model
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_CHECKPOINT = ASSETS / "checkpoints" / "hourglass-small"
+# the bundled generator of each vocabulary (`meshgen generate --tokenizer NAME`)
+TOKENIZER_CHECKPOINTS = {"coords": DEFAULT_CHECKPOINT, "vqvae": ASSETS / "checkpoints" / "hourglass-vqvae"}
 DEMO_INPUT = ASSETS / "demo" / "table_points.ply"
 N_POINTS = 2048
 DEFAULT_SAMPLES = 8  # best of 8 (4 guided + 4 free) by fit to the points: docs/model.md for its held-out effect
 DEFAULT_CFG_SCALE = 2.0  # for models trained with a null context (measured better than 1.0: docs/model.md)
+AUTO = "auto"  # guidance: point guidance for a coords model, none for a model over learned codes
+
+
+def resolve_guidance(model: MeshGenerator, guidance: GuidanceConfig | None | str,
+                     constraints: bool = True) -> GuidanceConfig | None:
+    """``guidance`` for ``model``: :data:`AUTO` is a default :class:`GuidanceConfig` for a ``coords`` model with the
+    order constraints, and ``None`` (unguided) for a model over ``vqvae`` codes (whose ids name no coordinates the
+    guide could restrict); a config given for such a model is refused."""
+    if isinstance(guidance, str):
+        if guidance != AUTO:
+            raise ValueError(f"guidance must be a GuidanceConfig, None or {AUTO!r}, got {guidance!r}")
+        return GuidanceConfig() if model.layout.is_coords and constraints else None
+    if guidance is not None and not model.layout.is_coords:
+        raise ValueError(f"point guidance works on coords tokens; this model samples {model.layout.name} codes "
+                         "(leave guidance out, or pass --no-guidance)")
+    return guidance
 
 
 def has_null_context(model: MeshGenerator) -> bool:
@@ -105,6 +122,23 @@ def load_generator(checkpoint: str | Path | None = None, *, device: str = "cpu")
     return load_model(path, map_location=device)  # any problem with the directory: one MeshInputError
 
 
+def load_tokenizer_generator(checkpoint: str | Path | None, tokenizer: str | None) -> MeshGenerator:
+    """:func:`load_generator` of ``checkpoint``, or of the bundled generator over ``tokenizer``; a checkpoint over
+    another vocabulary than ``tokenizer``, or a vocabulary without a bundled generator, is one ``MeshInputError``."""
+    if tokenizer is not None and tokenizer not in TOKENIZER_CHECKPOINTS:
+        raise MeshInputError(None, f"--tokenizer must be one of {', '.join(TOKENIZER_CHECKPOINTS)}, got {tokenizer!r}")
+    if checkpoint is None and tokenizer is not None:
+        checkpoint = TOKENIZER_CHECKPOINTS[tokenizer]
+        if not (Path(checkpoint) / "config.json").exists():
+            raise MeshInputError(checkpoint, f"no bundled generator over {tokenizer} tokens; train one with "
+                                             "`python scripts/train_generator.py --config configs/hourglass_vqvae_cpu.yaml` "
+                                             "and pass --checkpoint runs/hourglass_vqvae/best")
+    model = load_generator(checkpoint)
+    if tokenizer is not None and model.layout.name != tokenizer:
+        raise MeshInputError(checkpoint, f"this generator samples {model.layout.name} tokens, not {tokenizer}")
+    return model
+
+
 def resolve_free_samples(samples: int, free_samples: int | None) -> int:
     """How many of ``samples`` skip the point guide (``None``: half of them); the one check of both numbers, shared
     by :func:`generate_mesh`, ``meshgen generate`` and ``scripts/eval_generator.py``.
@@ -125,13 +159,13 @@ def resolve_free_samples(samples: int, free_samples: int | None) -> int:
 def generate_mesh(model: MeshGenerator, cloud: PointCloud, *, faces: int | None = None, seed: int = 0,
                   temperature: float = 0.5, top_p: float | None = 0.95, top_k: int | None = None,
                   max_faces: int = 800, constraints: bool = True, progress: bool | Callable[[int, int], None] = False,
-                  guidance: GuidanceConfig | None = GuidanceConfig(), cfg_scale: float | None = None,
+                  guidance: GuidanceConfig | None | str = AUTO, cfg_scale: float | None = None,
                   samples: int = DEFAULT_SAMPLES, free_samples: int | None = None,
                   refine: RefineConfig | None = RefineConfig()) -> GeneratedMesh:
     """Generate one mesh for a point cloud given in any frame; the result is in that frame.
 
-    ``guidance`` (default on; ``None`` turns it off) keeps vertices and faces near the points and needs
-    ``constraints``; ``cfg_scale != 1`` samples with classifier-free guidance (:func:`meshgen.generate.generate`;
+    ``guidance`` (default :data:`AUTO`: on for a ``coords`` model, :func:`resolve_guidance`; ``None`` turns it off)
+    keeps vertices and faces near the points and needs ``constraints``; ``cfg_scale != 1`` samples with classifier-free guidance (:func:`meshgen.generate.generate`;
     ``None``: :func:`resolve_cfg_scale`). ``samples = k > 1`` draws ``k`` meshes in one batch and keeps the one that
     fits the input points best; with ``guidance``, ``free_samples`` of them (default ``samples // 2``) are drawn
     without it (order constraints only), so a guide that misleads -- a corner where the sampled points leave a gap
@@ -142,8 +176,9 @@ def generate_mesh(model: MeshGenerator, cloud: PointCloud, *, faces: int | None 
     ``progress``: ``True`` shows a terminal progress bar; a callable is called as
     ``progress(steps_done, max_steps)`` after every token (an exception it raises stops the generation).
     """
-    if guidance is not None and not constraints:
+    if guidance is not None and not isinstance(guidance, str) and not constraints:
         raise ValueError("point guidance needs the order constraints; pass guidance=None with constraints=False")
+    guidance = resolve_guidance(model, guidance, constraints)
     free_samples = resolve_free_samples(samples, free_samples)
     bar, callback = None, None
     if callable(progress):  # the caller's report (the web app's progress bar and Cancel button)
@@ -152,11 +187,12 @@ def generate_mesh(model: MeshGenerator, cloud: PointCloud, *, faces: int | None 
         from rich.progress import BarColumn, Progress, TextColumn
 
         bar = Progress(TextColumn("generating"), BarColumn(), TextColumn("{task.fields[faces]} faces"))
-        task = bar.add_task("gen", total=max_faces * 9 + 2, faces=0)
+        per_face = model.layout.face_tokens
+        task = bar.add_task("gen", total=max_faces * per_face + 2, faces=0)
         bar.start()
 
         def callback(done: int, total: int) -> None:
-            bar.update(task, completed=done, faces=max(0, done - 1) // 9)
+            bar.update(task, completed=done, faces=max(0, done - 1) // per_face)
 
     t0 = time.time()
     try:
@@ -209,13 +245,14 @@ def draw_samples(model: MeshGenerator, cloud: PointCloud, *, faces: int | None, 
                            cfg_scale=cfg_scale, unguided_rows=free_samples if guidance is not None else 0)
     finally:
         torch.set_num_threads(threads)
-    tok = get_tokenizer("coords", bits=model.config.bits)
+    tok = sequence_tokenizer(model.config)
     return [decode_sample(tok, ids, norm) for ids in res.ids], res
 
 
 def decode_sample(tok, ids: np.ndarray, norm: Normalization) -> tuple[trimesh.Trimesh | None, object]:
-    """One sampled ``coords`` row -> its canonical mesh in the input's frame (``None`` when nothing valid is left)
-    and the lenient decoder's report (dropped tokens). ``tok``: the ``coords`` tokenizer; ``norm``: the frame."""
+    """One sampled row -> its canonical mesh in the input's frame (``None`` when nothing valid is left) and the
+    lenient decoder's report (dropped tokens). ``tok``: the model's tokenizer (``coords``, or ``vqvae`` whose
+    decoder turns codes into coordinates); ``norm``: the frame."""
     if len(ids) == 0 or ids[-1] != tok.eos_id:
         ids = np.append(ids, tok.eos_id)
     qm, report = tok.decode_quantized(ids, strict=False)
@@ -246,11 +283,14 @@ def fit_to_points(mesh: trimesh.Trimesh | None, points: np.ndarray, *, seed: int
 def generate_file(inp: str | Path, out: str | Path, *, checkpoint: str | Path | None = None, faces: int | None = None,
                   seed: int = 0, temperature: float = 0.5, top_p: float | None = 0.95, max_faces: int = 800,
                   constraints: bool = True, preview: bool = True, progress: bool = True,
-                  guidance: GuidanceConfig | None = GuidanceConfig(), cfg_scale: float | None = None,
+                  guidance: GuidanceConfig | None | str = AUTO, cfg_scale: float | None = None,
                   samples: int = DEFAULT_SAMPLES, free_samples: int | None = None,
                   refine: RefineConfig | None = RefineConfig(), max_input_faces: int | None = None,
-                  max_points: int | None = None) -> dict:
+                  max_points: int | None = None, tokenizer: str | None = None) -> dict:
     """Read ``inp``, generate, write ``out`` (and ``out`` with suffix ``.png``); returns a summary dict.
+
+    ``tokenizer`` (``coords`` or ``vqvae``): without ``checkpoint``, the bundled generator over that vocabulary
+    (:data:`TOKENIZER_CHECKPOINTS`); with one, a check that the checkpoint samples that vocabulary.
 
     The mesh and its preview are written together or not at all; an output that is the input, a directory
     or not writable is refused (:class:`~tokenizers3d.errors.MeshOutputError`) before the generation.
@@ -268,7 +308,11 @@ def generate_file(inp: str | Path, out: str | Path, *, checkpoint: str | Path | 
         check_output_path(path)
     torch.manual_seed(seed)
     cloud = read_points(inp, seed=seed, max_faces=max_input_faces, max_points=max_points)
-    model = load_generator(checkpoint)
+    model = load_tokenizer_generator(checkpoint, tokenizer)
+    try:
+        guidance = resolve_guidance(model, guidance, constraints)
+    except ValueError as exc:
+        raise MeshInputError(checkpoint or DEFAULT_CHECKPOINT, str(exc)) from None
     if cfg_scale not in (None, 1.0) and not has_null_context(model):
         raise MeshInputError(checkpoint or DEFAULT_CHECKPOINT, "classifier-free guidance (--cfg-scale) needs a "
                                                                "model trained with encoder.null_context")
@@ -280,7 +324,8 @@ def generate_file(inp: str | Path, out: str | Path, *, checkpoint: str | Path | 
         raise MeshInputError(inp, f"the model produced no valid face (stopped: {gen.stopped_reason}); "
                                   "try another --seed or a lower --temperature")
     _write_mesh_and_preview(gen.mesh, outputs)
-    summary = {"input": str(inp), "out": str(out), "faces": gen.n_faces, "vertices": len(gen.mesh.vertices),
+    summary = {"input": str(inp), "out": str(out), "tokenizer": model.layout.name, "faces": gen.n_faces,
+               "vertices": len(gen.mesh.vertices),
                "watertight": bool(gen.mesh.is_watertight), "stopped": gen.stopped_reason,
                "dropped_tokens": gen.dropped_tokens, "seconds": round(gen.seconds, 2)}
     if gen.guidance is not None:

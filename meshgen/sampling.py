@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .modeling import CoordVocab
+from .modeling import coord_layout
 
 
 # ---- sampling controls ----------------------------------------------------------------------------
@@ -128,7 +128,7 @@ class FaceConstraint:
     """
 
     def __init__(self, bits: int = 7, *, max_faces: int | None = None, levels: int | None = None):
-        self.vocab = CoordVocab(bits)
+        self.vocab = coord_layout(bits)
         self.n = levels if levels is not None else self.vocab.n
         self.top = self.n**3  # number of ranks
         self.max_faces = max_faces
@@ -287,22 +287,77 @@ class FaceConstraint:
             self.n_faces += 1
 
 
+class CodeConstraint:
+    """Allowed next ids for one code sequence (``vqvae`` layout; body only, like :class:`FaceConstraint`).
+
+    Any code may follow anywhere inside a face; EOS only at a face boundary after at least one face, and only EOS
+    once ``max_faces`` faces are written. Faces that decode degenerate or repeated are the tokenizer's to drop
+    (:meth:`tokenizers3d.vqvae.VQVAETokenizer.decode_quantized`): codes carry no order to enforce.
+    """
+
+    def __init__(self, layout, *, max_faces: int | None = None):
+        self.vocab = layout
+        self.face_tokens = layout.face_tokens
+        self.max_faces = max_faces
+        self.cur: list[int] = []
+        self.n_faces = 0
+        self.finished = False
+
+    @property
+    def can_continue(self) -> bool:
+        return not (self.finished or (not self.cur and self.max_faces is not None and self.n_faces >= self.max_faces))
+
+    def allowed(self) -> np.ndarray:
+        out = np.zeros(self.vocab.size, dtype=bool)
+        if self.finished:
+            return out
+        out[: self.vocab.n] = self.can_continue
+        out[self.vocab.eos] = not self.cur and self.n_faces > 0
+        return out
+
+    def push(self, token: int) -> None:
+        token = int(token)
+        if token >= self.vocab.n:
+            self.finished = True
+            return
+        self.cur.append(token)
+        if len(self.cur) == self.face_tokens:
+            self.cur = []
+            self.n_faces += 1
+
+
+def new_constraint(layout, *, max_faces: int | None = None):
+    """The order constraint of a layout: :class:`FaceConstraint` for ``coords``, :class:`CodeConstraint` else."""
+    if layout.is_coords:
+        return FaceConstraint(int(layout.n).bit_length() - 1, max_faces=max_faces)
+    return CodeConstraint(layout, max_faces=max_faces)
+
+
 # ---- validity -------------------------------------------------------------------------------------
-def validate_coords(ids: Sequence[int] | np.ndarray, bits: int) -> str | None:
-    """``None`` if ``ids`` (BOS .. EOS) is a valid canonical ``coords`` mesh, else the first problem found."""
-    vocab = CoordVocab(bits)
+def validate_codes(ids: Sequence[int] | np.ndarray, layout) -> str | None:
+    """``None`` if ``ids`` (BOS .. EOS) is a well-formed code sequence of ``layout`` (whole faces of body ids), else
+    the first problem; the geometry the codes decode to is the tokenizer's to clean (degenerate faces dropped)."""
     ids = [int(t) for t in ids]
-    if len(ids) < 2 or ids[0] != vocab.bos:
+    if len(ids) < 2 or ids[0] != layout.bos:
         return "does not start with BOS"
-    if ids[-1] != vocab.eos:
+    if ids[-1] != layout.eos:
         return "does not end with EOS"
     body = ids[1:-1]
     if not body:
         return "no faces"
-    if len(body) % 9:
-        return f"body length {len(body)} is not a multiple of 9"
-    if any(not 0 <= t < vocab.n for t in body):
+    if len(body) % layout.face_tokens:
+        return f"body length {len(body)} is not a multiple of {layout.face_tokens}"
+    if any(not 0 <= t < layout.n for t in body):
         return "special token inside the body"
+    return None
+
+
+def validate_coords(ids: Sequence[int] | np.ndarray, bits: int) -> str | None:
+    """``None`` if ``ids`` (BOS .. EOS) is a valid canonical ``coords`` mesh, else the first problem found."""
+    problem = validate_codes(ids, coord_layout(bits))  # the envelope: BOS, whole faces of body ids, EOS
+    if problem is not None:
+        return problem
+    body = [int(t) for t in ids[1:-1]]
     prev, seen = None, set()
     for k in range(len(body) // 9):
         f = body[9 * k : 9 * k + 9]
@@ -323,8 +378,11 @@ def validate_coords(ids: Sequence[int] | np.ndarray, bits: int) -> str | None:
     return None
 
 
-def invalid_rate(sequences: Sequence[Sequence[int] | np.ndarray], bits: int) -> float:
-    """Fraction of sequences that are not valid canonical meshes (:func:`validate_coords`)."""
+def invalid_rate(sequences: Sequence[Sequence[int] | np.ndarray], bits: int, layout=None) -> float:
+    """Fraction of sequences that are not valid canonical meshes (:func:`validate_coords`), or, for a code
+    ``layout``, not well-formed code sequences (:func:`validate_codes`)."""
     if not sequences:
         return 0.0
+    if layout is not None and not layout.is_coords:
+        return sum(validate_codes(s, layout) is not None for s in sequences) / len(sequences)
     return sum(validate_coords(s, bits) is not None for s in sequences) / len(sequences)

@@ -49,7 +49,7 @@ from .data import (
     ProceduralStream,
     collate_examples,
 )
-from .modeling import Conditioning
+from .modeling import Conditioning, sequence_tokenizer
 from .registry import build_model, load_model
 
 
@@ -164,7 +164,7 @@ class Trainer:
                 augment=None if dc.augment is None else AugmentConfig(**dc.augment), pool_size=dc.pool_size,
                 curriculum=dc.curriculum, drop_face_count=dc.drop_face_count, drop_points=dc.drop_points,
                 families=dc.families, start_step=self.step, batch_size=tc.batch_size, rank=self.dist.rank,
-                world_size=self.dist.world_size)
+                world_size=self.dist.world_size, tokenizer=self.model.config.tokenizer)
         else:
             self.train_data = GeneratorExamples(dc.train, window=dc.window, n_points=dc.n_points,
                                                 max_faces=dc.max_faces, seed=tc.seed + self.step,
@@ -178,8 +178,16 @@ class Trainer:
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if kind == "cuda" else nullcontext())
 
     def _check_consistency(self) -> None:
-        """Shards, data config and model must agree on bits; the training window is the model's window."""
+        """Shards, data config and model must agree on bits and tokens; the training window is the model's window."""
         dc, mc = self.cfg.data, self.model.config
+        if dc.source == "shards":
+            mine = sequence_tokenizer(mc).config
+            theirs = self.train_data.tokenizer.config
+            if theirs.get("name") != mine.get("name") or theirs.get("checkpoint_sha256") != mine.get("checkpoint_sha256"):
+                raise MeshInputError(dc.train, f"shards hold {theirs.get('name')} tokens "
+                                               f"({theirs.get('checkpoint_sha256') or 'rule-based'}), the model "
+                                               f"samples {mine.get('name')} tokens "
+                                               f"({mine.get('checkpoint_sha256') or 'rule-based'})")
         shard_bits = self.train_data.tokenizer.bits if dc.source == "shards" else dc.bits
         if not shard_bits == dc.bits == mc.bits:
             raise MeshInputError(dc.train, f"shards are {shard_bits}-bit, data.bits is {dc.bits}, the model is "
@@ -236,7 +244,8 @@ class Trainer:
         if dc.source == "procedural":
             if self._val_items is None:  # a fixed set of never-trained objects (own seed, no augmentation)
                 stream = ProceduralStream(bits=dc.bits, window=dc.window, n_points=dc.n_points,
-                                          max_faces=dc.max_faces, seed=dc.val_seed, families=dc.families)
+                                          max_faces=dc.max_faces, seed=dc.val_seed, families=dc.families,
+                                          tokenizer=self.model.config.tokenizer)
                 items = stream.take(dc.val_examples)
                 self._val_items = items[self.dist.rank :: self.dist.world_size]
             items = self._val_items
@@ -317,7 +326,7 @@ class Trainer:
         val = {"all": float("nan"), "new_vertex": float("nan"), "first_vertex": float("nan")}
         elapsed0 = self._elapsed_before()
         try:
-            while self.step < tc.steps:
+            while self.step < tc.steps and not (tc.max_minutes > 0 and elapsed0 >= 60 * tc.max_minutes):
                 lr = lr_at(self.step, base=tc.lr, warmup=tc.warmup_steps, total=tc.steps, min_ratio=tc.min_lr_ratio)
                 for group in self.opt.param_groups:
                     group["lr"] = lr
@@ -333,12 +342,15 @@ class Trainer:
                 losses.append(loss.item())
                 if bar is not None:
                     bar.update(task, completed=self.step, loss=float(loss))
-                if self.step % tc.val_every == 0 or self.step == tc.steps:
+                # a time budget (train.max_minutes, counted over resumed sessions) ends the run like its last step
+                final = self.step == tc.steps or (tc.max_minutes > 0 and
+                                                  elapsed0 + time.time() - t0 >= 60 * tc.max_minutes)
+                if self.step % tc.val_every == 0 or final:
                     val = self.validate()
                     if val["all"] < self.best_val:
                         self.best_val = val["all"]
                         self.save("best")
-                if self.step % tc.log_every == 0 or self.step == tc.steps:
+                if self.step % tc.log_every == 0 or final:
                     elapsed = time.time() - t0
                     self._log({"step": self.step, "lr": f"{lr:.3e}", "loss": f"{sum(losses) / len(losses):.4f}",
                                "tokens_per_s": f"{tokens_seen * self.dist.world_size / elapsed:.1f}",
@@ -346,8 +358,10 @@ class Trainer:
                                "val_new_vertex_loss": f"{val['new_vertex']:.4f}",
                                "val_first_vertex_loss": f"{val['first_vertex']:.4f}"})
                     losses = []
-                if self.step % tc.ckpt_every == 0 or self.step == tc.steps:
+                if self.step % tc.ckpt_every == 0 or final:
                     self.save("last")
+                if final:
+                    break
         finally:
             if bar is not None:
                 bar.stop()

@@ -1,4 +1,4 @@
-"""Flat decoder-only transformer over the ``coords`` sequence: the baseline for the hourglass.
+"""Flat decoder-only transformer over the ``coords`` (or ``vqvae``) sequence: the baseline for the hourglass.
 
 Same width, embeddings (token, role within the face, face-count), rotary positions, local attention
 window, cross-attention every ``cross_every``-th block, cache and call signature as
@@ -17,9 +17,7 @@ import torch.nn as nn
 from .attention import RotaryEmbedding
 from .encoder import EncoderConfig
 from .layers import Block, LayerCache, new_layer_caches, role_ids, run_blocks
-from .modeling import Conditioning, Context, MeshGenerator, ModelOutput, start_positions
-
-FACE_TOKENS = 9
+from .modeling import Conditioning, Context, MeshGenerator, ModelOutput, start_positions, token_layout
 
 
 @dataclass(frozen=True)
@@ -35,6 +33,7 @@ class TransformerConfig:
     rope_base: float = 10000.0
     n_face_buckets: int = 32
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    tokenizer: dict | None = None  # None: coords at `bits`; else meshgen.modeling.vqvae_tokenizer_config(...)
 
     def __post_init__(self):
         if not 6 <= self.bits <= 12:
@@ -43,12 +42,13 @@ class TransformerConfig:
             raise ValueError("n_layers must be >= 1")
         if self.dim % self.n_heads or (self.dim // self.n_heads) % 2:
             raise ValueError("dim / n_heads must be an even integer (rotary)")
-        if self.window < FACE_TOKENS or self.window % FACE_TOKENS:
-            raise ValueError(f"window must be a positive multiple of {FACE_TOKENS}, got {self.window}")
+        if self.window < self.group or self.window % self.group:
+            raise ValueError(f"window must be a positive multiple of {self.group}, got {self.window}")
 
     @property
     def group(self) -> int:
-        return FACE_TOKENS
+        """Tokens per face (9 for ``coords``, ``S * D`` for ``vqvae``): the window alignment."""
+        return token_layout(self).face_tokens
 
 
 @dataclass
@@ -70,7 +70,7 @@ class Transformer(MeshGenerator):
         super().__init__()
         self.config = config
         self._build_shared(config)
-        self.role_emb = nn.Embedding(FACE_TOKENS + 1, config.dim)
+        self.role_emb = nn.Embedding(config.group + 1, config.dim)
         self.blocks = nn.ModuleList(
             Block(
                 config.dim,
@@ -89,8 +89,8 @@ class Transformer(MeshGenerator):
         self, cond: Conditioning | Context, *, window: int | None = None, batch_size: int | None = None
     ) -> TransformerCache:
         w = self.config.window if window is None else window
-        if w < FACE_TOKENS or w % FACE_TOKENS:
-            raise ValueError(f"window must be a positive multiple of {FACE_TOKENS}, got {w}")
+        if w < self.config.group or w % self.config.group:
+            raise ValueError(f"window must be a positive multiple of {self.config.group}, got {w}")
         ctx = self.encode(cond, batch_size=batch_size)
         return TransformerCache(ctx, new_layer_caches(self.blocks, w), w)
 
@@ -109,9 +109,9 @@ class Transformer(MeshGenerator):
             ctx, caches, window, q0 = self.encode(cond, batch_size=B), None, self.config.window, 0
         else:
             ctx, caches, window, q0, start_pos = cache.context, cache.layers, cache.window, cache.pos, cache.start_pos
-        start = start_positions(start_pos, B, tokens.device, multiple=FACE_TOKENS)  # (1 or B, 1)
+        start = start_positions(start_pos, B, tokens.device, multiple=self.config.group)  # (1 or B, 1)
         pos = start + q0 + torch.arange(T, device=tokens.device)  # (1 or B, T)
-        x = self.tok_emb(tokens) + self.role_emb(role_ids(pos, FACE_TOKENS)) + ctx.cond_emb[:, None, :]  # (B, T, D)
+        x = self.tok_emb(tokens) + self.role_emb(role_ids(pos, self.config.group)) + ctx.cond_emb[:, None, :]  # (B, T, D)
         h = run_blocks(self.blocks, x, rope=self.rotary(pos), window=window, context=ctx.latents, caches=caches)
         if cache is not None:
             cache.pos += T

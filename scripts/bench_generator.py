@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from meshgen.encoder import EncoderConfig  # noqa: E402
 from meshgen.hourglass import HourglassConfig, HourglassTransformer  # noqa: E402
-from meshgen.modeling import Conditioning, CoordVocab  # noqa: E402
+from meshgen.modeling import Conditioning, coord_layout  # noqa: E402
 from meshgen.transformer import Transformer, matched_transformer_config  # noqa: E402
 
 
@@ -82,7 +82,7 @@ def worker_train(spec: dict) -> dict:
     device = torch.device(spec["device"])
     T, B = spec["tokens"], spec["batch"]
     model = _build(spec, window=T).train()
-    vocab = CoordVocab(7)
+    vocab = coord_layout(7)
     tokens = torch.randint(0, vocab.n, (B, T + 1), device=device)
     tokens[:, 0] = vocab.bos
     cond = _cond(B, device)
@@ -113,7 +113,7 @@ def worker_infer(spec: dict) -> dict:
     device = torch.device(spec["device"])
     B = spec["batch"]
     model = _build(spec, window=spec["window"]).eval()
-    vocab = CoordVocab(7)
+    vocab = coord_layout(7)
     cache = model.init_cache(_cond(B, device))
     mem = PeakMemory(device)
     cur = torch.full((B, 1), vocab.bos, device=device)

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from meshgen.generate import sample_sequences  # noqa: E402
 from meshgen.guidance import GuidanceConfig, PointGuide  # noqa: E402
-from meshgen.modeling import CoordVocab  # noqa: E402
+from meshgen.modeling import coord_layout  # noqa: E402
 from meshgen.pipeline import DEMO_INPUT, read_points  # noqa: E402
 from meshgen.sampling import FaceConstraint  # noqa: E402
 from tokenizers3d.mesh import Normalization  # noqa: E402
@@ -68,7 +68,7 @@ def bench_cloud(points: np.ndarray, normals: np.ndarray, *, bits: int, faces: in
         t0 = time.perf_counter()
         guide = PointGuide(points, normals, bits=bits, config=config)
         builds.append(time.perf_counter() - t0)
-    vocab = CoordVocab(bits)
+    vocab = coord_layout(bits)
     gen = torch.Generator().manual_seed(seed)
     bias = torch.zeros(vocab.size)
     bias[: vocab.n] = torch.linspace(60.0, 0.0, vocab.n)  # small steps up the cloud, as a model's faces take

@@ -17,12 +17,12 @@ from meshgen.data import (
 )
 from meshgen.encoder import EncoderConfig
 from meshgen.hourglass import HourglassConfig, HourglassTransformer
-from meshgen.modeling import Conditioning, CoordVocab
+from meshgen.modeling import Conditioning, coord_layout
 from tokenizers3d.base import get_tokenizer
 from tokenizers3d.procedural import FAMILIES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-VOCAB = CoordVocab(7)
+VOCAB = coord_layout(7)
 
 
 def _stream(**kw) -> ProceduralStream:

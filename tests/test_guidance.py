@@ -25,13 +25,13 @@ from meshgen.guidance import (
     point_triangle_distance,
 )
 from meshgen.hourglass import HourglassConfig, HourglassTransformer
-from meshgen.modeling import Conditioning, Context, CoordVocab
+from meshgen.modeling import Conditioning, Context, coord_layout
 from meshgen.sampling import FaceConstraint, cfg_mix, validate_coords
 from tokenizers3d.errors import MeshInputError
 from tokenizers3d.mesh import Normalization
 from tokenizers3d.sample import sample_surface
 
-VOCAB = CoordVocab(7)
+VOCAB = coord_layout(7)
 N = VOCAB.n
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -13,11 +13,11 @@ from meshgen.attention import attend, build_attn_mask
 from meshgen.encoder import EncoderConfig, PointEncoder
 from meshgen.generate import collate_windows, sample_training_window
 from meshgen.hourglass import HourglassConfig, HourglassTransformer
-from meshgen.modeling import Conditioning, CoordVocab, MeshGenerator
+from meshgen.modeling import Conditioning, MeshGenerator, coord_layout
 from meshgen.transformer import Transformer, TransformerConfig, matched_transformer_config
 from tokenizers3d.errors import MeshInputError
 
-VOCAB = CoordVocab(7)
+VOCAB = coord_layout(7)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

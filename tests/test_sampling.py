@@ -12,11 +12,11 @@ import torch
 from meshgen.encoder import EncoderConfig
 from meshgen.generate import generate, measure_invalid_rate, sample_sequences
 from meshgen.hourglass import HourglassConfig, HourglassTransformer
-from meshgen.modeling import Conditioning, CoordVocab
+from meshgen.modeling import Conditioning, coord_layout
 from meshgen.sampling import FaceConstraint, _collinear, filter_logits, invalid_rate, sample_next, validate_coords
 from tokenizers3d.base import get_tokenizer
 
-VOCAB = CoordVocab(7)
+VOCAB = coord_layout(7)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
