@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
                 break
     else:
         data = ProceduralStream(bits=model.config.bits, window=model.config.window, n_points=args.n_points,
-                                max_faces=args.max_faces, seed=2)
+                                max_faces=args.max_faces, seed=2, tokenizer=model.config.tokenizer)
         items = data.take(args.n)
     from meshgen.train import loss_by_kind
 

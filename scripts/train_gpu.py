@@ -55,9 +55,11 @@ def check_loader_and_steps(cfg, seconds: float = 8.0) -> dict:
     from meshgen.train import forward_loss
 
     dc, tc = cfg.data, cfg.train
+    model = build_model(cfg.model)  # resolves model.args.tokenizer (vqvae: the face VQ-VAE's digest and layout)
     stream = ProceduralStream(bits=dc.bits, window=dc.window, n_points=dc.n_points, max_faces=dc.max_faces,
                               seed=dc.stream_seed, augment=None if dc.augment is None else AugmentConfig(**dc.augment),
-                              curriculum=None, drop_points=dc.drop_points, batch_size=tc.batch_size, world_size=1, rank=0)
+                              curriculum=None, drop_points=dc.drop_points, batch_size=tc.batch_size, world_size=1, rank=0,
+                              tokenizer=model.config.tokenizer)
     loader = DataLoader(stream, batch_size=tc.batch_size, num_workers=dc.num_workers, prefetch_factor=4,
                         collate_fn=functools.partial(collate_examples, pad_id=stream.pad_id))
     it = iter(loader)
@@ -68,7 +70,7 @@ def check_loader_and_steps(cfg, seconds: float = 8.0) -> dict:
         n += 1
     batches_per_s = n / (time.time() - t0)
 
-    model = build_model(cfg.model).cuda()
+    model = model.cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     torch.cuda.reset_peak_memory_stats()
     losses, times = [], []

@@ -164,7 +164,7 @@ class VATTrainer:
             codes = self.model.codes_of(mean)  # the same means: the encoder runs once
             for c in codes:
                 used.update(c.reshape(-1).tolist())
-            pred = self.model.occupancy_logits(self.model.triplanes(mean), batch["queries"]) > 0
+            pred = self.model.occupancy_logits(self.model.field(mean), batch["queries"]) > 0
             truth = batch["occupancy"] > 0.5
             inter[-1] += float((pred & truth).sum())
             union[-1] += float((pred | truth).sum())

@@ -101,6 +101,31 @@ def test_forward_backward_and_roundtrip(tmp_path):
     assert TINY.bytes_for(4) == 8  # 15 tokens of 4 bits
 
 
+def test_cross_attention_decoder_option(tmp_path):
+    """decoder="cross": query points read the decoded tokens; same training, prefix decoding, save / load and
+    marching cubes as the triplane, and no plane parameters."""
+    torch.manual_seed(0)
+    cfg = replace(TINY, decoder="cross")
+    model = VATModel(cfg)
+    assert not any(n.startswith("plane_") for n, _ in model.named_parameters())
+    out = model(*_box_batch(np.random.default_rng(0)))
+    out.loss.backward()
+    assert out.logits.shape == (1, 512) and model.query_in.weight.grad is not None
+    model.eval()
+    model.save_pretrained(tmp_path / "vat")
+    again = VATModel.from_pretrained(tmp_path / "vat").eval()
+    pts, nrm, queries, _ = _box_batch(np.random.default_rng(0))
+    codes = again.encode(pts, nrm)
+    for k in range(1, len(TINY_Q.scales) + 1):
+        field = again.decode_ids(codes, scales=k)
+        assert field.shape == (1, TINY_Q.length, cfg.dim)
+        torch.testing.assert_close(again.occupancy_logits(field, queries),
+                                   model.occupancy_logits(model.decode_ids(codes, scales=k), queries))
+    assert again.occupancy_grid(field, 8).shape == (8, 8, 8)
+    with pytest.raises(ValueError, match="triplane or cross"):
+        VATConfig(decoder="mlp")
+
+
 def test_warm_up_forward_plane_embedding_and_its_effect():
     """Warm-up switches: no noise gives the mean's loss; a bypassed quantizer returns no codes, no commitment and
     leaves the codebook uninitialised. The plane embedding gives every triplane cell its own query, so the planes

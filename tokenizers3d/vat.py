@@ -14,6 +14,10 @@ After "3D representation in 512-Byte: Variational tokenizer is the key for autor
   plane queries read the latents by cross-attention at ``R0 x R0``, then transposed convolutions double the
   resolution up to ``R``) -> a small MLP maps the sum of the three bilinear plane features at a query point to
   an occupancy logit -> marching cubes at any resolution -> a watertight mesh.
+* ``decoder="cross"`` replaces the triplane by a cross-attention field (3DShape2VecSet style): each query point,
+  Fourier-embedded, reads the decoded latent tokens by one cross-attention, and an MLP gives its logit. Slower to
+  evaluate on a marching-cubes grid (every grid point attends to all ``L`` tokens), and kept as the measured
+  alternative to the triplane (docs/tokenizers.md, "VAT").
 * **Coarse to fine**: any prefix of the scales decodes to a complete, coarser shape (:meth:`VATModel.decode_ids`
   with ``scales=K``), so one token file serves every byte budget.
 
@@ -61,6 +65,8 @@ class VATConfig:
         Final triplane resolution ``R`` (``R0`` times a power of two).
     plane_channels : int
     mlp_hidden : int
+    decoder : str
+        ``"triplane"`` (the paper's) or ``"cross"`` (query points cross-attend to the decoded latent tokens).
     plane_pos : bool
         Add a fixed sinusoidal embedding of (plane, row, column) to the plane queries. Without it the learned
         queries start almost equal (initialised at 0.02), so every plane cell reads the same mix of the latents,
@@ -82,12 +88,15 @@ class VATConfig:
     plane_channels: int = 32
     mlp_hidden: int = 64
     plane_pos: bool = True
+    decoder: str = "triplane"
     kl_weight: float = 1e-4
     commit_weight: float = 1.0
 
     def __post_init__(self):
         if self.encoder not in ("in_context", "perceiver"):
             raise ValueError(f"encoder must be in_context or perceiver, got {self.encoder!r}")
+        if self.decoder not in ("triplane", "cross"):
+            raise ValueError(f"decoder must be triplane or cross, got {self.decoder!r}")
         ratio = self.plane_res / self.plane_base
         if ratio < 1 or ratio != 2 ** round(math.log2(ratio)):
             raise ValueError(f"plane_res {self.plane_res} must be plane_base {self.plane_base} times a power of two")
@@ -159,6 +168,12 @@ class VATModel(nn.Module, PretrainedMixin):
         self.from_latent = nn.Linear(q.dim, d)
         self.latent_pos = nn.Parameter(torch.randn(q.length, d) * 0.02)
         self.decoder = _encoder(d, cfg.heads, cfg.dec_layers)
+        if cfg.decoder == "cross":
+            self.query_in = nn.Linear(3 + 6 * cfg.n_freqs, d)
+            self.query_attn = nn.MultiheadAttention(d, cfg.heads, batch_first=True)
+            self.query_norm = nn.LayerNorm(d)
+            self.query_mlp = nn.Sequential(nn.Linear(d, cfg.mlp_hidden), nn.SiLU(), nn.Linear(cfg.mlp_hidden, 1))
+            return
         self.plane_queries = nn.Parameter(torch.randn(3 * cfg.plane_base ** 2, d) * 0.02)
         self.register_buffer("plane_pos", plane_embedding(cfg.plane_base, d) if cfg.plane_pos
                              else torch.zeros(3 * cfg.plane_base ** 2, d), persistent=False)
@@ -202,10 +217,19 @@ class VATModel(nn.Module, PretrainedMixin):
         return codes
 
     # ---- decoder ----------------------------------------------------------------------------------------
+    def decoded_tokens(self, latent: torch.Tensor) -> torch.Tensor:
+        """Quantized latent line ``(B, L, c)`` -> the decoder transformer's tokens ``(B, L, D)``."""
+        return self.decoder(self.from_latent(latent) + self.latent_pos)
+
+    def field(self, latent: torch.Tensor) -> torch.Tensor:
+        """What :meth:`occupancy_logits` reads: triplanes ``(B, 3, C, R, R)``, or (``decoder="cross"``) the decoded
+        tokens ``(B, L, D)``."""
+        return self.decoded_tokens(latent) if self.config.decoder == "cross" else self.triplanes(latent)
+
     def plane_tokens(self, latent: torch.Tensor) -> torch.Tensor:
         """Quantized latent line ``(B, L, c)`` -> one feature per triplane cell at the base resolution
         ``(B, 3 R0^2, D)``: the plane queries (with their positional embedding) read the decoded latents."""
-        x = self.decoder(self.from_latent(latent) + self.latent_pos)
+        x = self.decoded_tokens(latent)
         q = (self.plane_queries + self.plane_pos).expand(latent.shape[0], -1, -1)
         return self.plane_norm(q + self.plane_attn(q, x, x, need_weights=False)[0])
 
@@ -220,7 +244,12 @@ class VATModel(nn.Module, PretrainedMixin):
         return planes.reshape(b, 3, cfg.plane_channels, cfg.plane_res, cfg.plane_res)
 
     def occupancy_logits(self, planes: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-        """Occupancy logits ``(B, M)`` at points ``(B, M, 3)`` (normalized frame) from triplanes ``(B, 3, C, R, R)``."""
+        """Occupancy logits ``(B, M)`` at points ``(B, M, 3)`` (normalized frame) from a :meth:`field`: triplanes
+        ``(B, 3, C, R, R)``, or the decoded tokens ``(B, L, D)`` of the cross-attention decoder."""
+        if self.config.decoder == "cross":
+            q = self.query_in(fourier(queries, self.config.n_freqs))  # (B, M, D)
+            h = self.query_norm(q + self.query_attn(q, planes, planes, need_weights=False)[0])
+            return self.query_mlp(h).squeeze(-1)
         b, m, _ = queries.shape
         uv = (queries / BOX).clamp(-1.0, 1.0)
         coords = torch.stack([uv[..., [0, 1]], uv[..., [0, 2]], uv[..., [1, 2]]], dim=1)  # (B, 3, M, 2)
@@ -230,8 +259,8 @@ class VATModel(nn.Module, PretrainedMixin):
         return self.mlp(feats).squeeze(-1)
 
     def decode_ids(self, codes: list[torch.Tensor], *, scales: int | None = None) -> torch.Tensor:
-        """Triplanes from per-scale ids; ``scales=K`` decodes only the first ``K`` (a coarser shape)."""
-        return self.triplanes(self.quantizer.decode(codes, scales=scales))
+        """The :meth:`field` of per-scale ids; ``scales=K`` decodes only the first ``K`` (a coarser shape)."""
+        return self.field(self.quantizer.decode(codes, scales=scales))
 
     # ---- training ---------------------------------------------------------------------------------------
     def forward(self, points: torch.Tensor, normals: torch.Tensor, queries: torch.Tensor,
@@ -253,7 +282,7 @@ class VATModel(nn.Module, PretrainedMixin):
             latent, commit, codes, q_loss = q.quantized, q.commit, q.codes, q.loss
         else:
             latent, commit, codes, q_loss = z, z.new_zeros(()), [], z.new_zeros(())
-        logits = self.occupancy_logits(self.triplanes(latent), queries)
+        logits = self.occupancy_logits(self.field(latent), queries)
         occ = F.binary_cross_entropy_with_logits(logits, occupancy.float())
         loss = occ + cfg.kl_weight * kl + cfg.commit_weight * q_loss
         acc = ((logits > 0) == (occupancy > 0.5)).float().mean()
@@ -262,7 +291,8 @@ class VATModel(nn.Module, PretrainedMixin):
     # ---- meshes -----------------------------------------------------------------------------------------
     @torch.no_grad()
     def occupancy_grid(self, planes: torch.Tensor, resolution: int, *, chunk: int = 65536) -> np.ndarray:
-        """Occupancy probabilities on a ``resolution^3`` grid over ``[-BOX, BOX]^3`` (one shape: ``planes[0]``)."""
+        """Occupancy probabilities on a ``resolution^3`` grid over ``[-BOX, BOX]^3`` (one shape: ``planes[0]``, a
+        :meth:`field`)."""
         axis = torch.linspace(-BOX, BOX, resolution, device=planes.device)
         grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(1, -1, 3)
         out = [torch.sigmoid(self.occupancy_logits(planes[:1], part)) for part in grid.split(chunk, dim=1)]
