@@ -133,8 +133,14 @@ class HMRModel(nn.Module, PretrainedMixin):
         self.tokenizer.eval()  # frozen: no EMA codebook updates, no dead-code restarts
         return self
 
-    def forward(self, images: torch.Tensor) -> HMROutput:
-        """``images`` (B, 3, S, S) float in [0, 1]."""
+    def forward(self, images: torch.Tensor, *, pose_keypoints: torch.Tensor | None = None,
+                pose_confidence: torch.Tensor | None = None) -> HMROutput:
+        """``images`` (B, 3, S, S) float in [0, 1].
+
+        ``pose_keypoints`` (B, J, 2, crop frame) and ``pose_confidence`` (B, J, in [0, 1]) replace the keypoint
+        head's output as the pose tokenizer's input (the head still runs and is returned): a diagnosis of what the
+        pose tokens can carry, e.g. the true keypoints of a test image as an upper bound
+        (``scripts/eval_body.py --pose-from truth``)."""
         c = self.config
         x = images - self.pixel_mean
         feats = []
@@ -150,7 +156,9 @@ class HMRModel(nn.Module, PretrainedMixin):
         pose_ids = None
         if c.pose_tokens:
             with torch.no_grad():
-                z = self.tokenizer.features(keypoints.detach(), visibility.detach().sigmoid())
+                kp = keypoints.detach() if pose_keypoints is None else pose_keypoints
+                conf = visibility.detach().sigmoid() if pose_confidence is None else pose_confidence
+                z = self.tokenizer.features(kp, conf)
                 b, m = z.shape[:2]
                 pose_ids = self.tokenizer.quantizer.nearest(z.reshape(b * m, -1), 0).reshape(b, m)
                 vectors = self.tokenizer.embed(pose_ids)

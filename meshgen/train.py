@@ -365,6 +365,9 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.stop()
+            # stop the loader workers now, not at interpreter exit after the process group is gone (a gloo rank
+            # once aborted at exit: "terminate called without an active exception")
+            getattr(it, "_shutdown_workers", lambda: None)()
         return {"step": self.step, "val_loss": val["all"], "best_val": self.best_val}
 
     def _elapsed_before(self) -> float:
@@ -382,7 +385,10 @@ class Trainer:
 def train(cfg: ExperimentConfig, *, progress: bool = True) -> dict:
     trainer = Trainer(cfg, progress=progress)
     try:
-        return trainer.fit()
+        result = trainer.fit()
+        if dist.is_initialized():
+            dist.barrier()  # every rank done with its collectives before the group is destroyed
+        return result
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -49,11 +49,31 @@ def procrustes(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict(model, images: np.ndarray, batch: int = 64) -> dict:
+def pose_inputs(data: dict, source: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """What the pose tokens read instead of the keypoint head (``--pose-from``): ``head`` -> None (the model's own
+    keypoints); ``truth`` -> the true 2D keypoints in the crop frame, confidence 1 for every joint in the image
+    (hidden ones too: a perfect 2D pose, the upper bound of what pose tokens can add); ``shuffled`` -> the true
+    keypoints of another test image (a wrong pose: how much the model leans on the tokens)."""
+    from tokenizers3d.pose_tokens import to_crop
+
+    if source == "head":
+        return None
+    size = float(data["camera"][0, 3])
+    kp = to_crop(data["keypoints"][..., :2], size).astype(np.float32)
+    conf = (data["keypoints"][..., 2] > 0).astype(np.float32)
+    if source == "shuffled":
+        order = np.roll(np.arange(len(kp)), 1)
+        kp, conf = kp[order], conf[order]
+    return kp, conf
+
+
+def predict(model, images: np.ndarray, batch: int = 64, pose: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     outs = {"joints": [], "coarse": [], "full": [], "keypoints": [], "camera": []}
     for s in range(0, len(images), batch):
         x = torch.from_numpy(images[s:s + batch]).permute(0, 3, 1, 2).float() / 255.0
-        o = model(x)
+        kw = {} if pose is None else {"pose_keypoints": torch.from_numpy(pose[0][s:s + batch]),
+                                      "pose_confidence": torch.from_numpy(pose[1][s:s + batch])}
+        o = model(x, **kw)
         outs["joints"].append(o.joints.numpy())
         outs["coarse"].append(o.vertices.numpy())
         outs["full"].append(model.full_vertices(o.vertices).numpy())
@@ -122,6 +142,9 @@ def main(argv=None) -> int:
     ap.add_argument("--markdown-out", default=None)
     ap.add_argument("--grid", default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--pose-from", choices=("head", "truth", "shuffled"), default="head",
+                    help="what the pose tokens read (models with pose tokens): the keypoint head (default), the true "
+                         "2D keypoints (upper bound), or another image's true keypoints (reliance on the tokens)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from meshgen.body import load_body_model
@@ -149,21 +172,25 @@ def main(argv=None) -> int:
     result, preds = {"data": args.data, "n": int(len(clean["seed"])), "models": {}}, {}
     for name, model in models.items():
         q = model.config.n_vertices
-        preds[name] = {key: predict(model, d["image"]) for key, d in (("test", clean), ("test_occluded", occ))}
+        source = args.pose_from if model.config.pose_tokens else "head"
+        preds[name] = {key: predict(model, d["image"], pose=pose_inputs(d, source))
+                       for key, d in (("test", clean), ("test_occluded", occ))}
         r = {key: metrics(preds[name][key], d, full_true, q) for key, d in (("test", clean), ("test_occluded", occ))}
         coarse_true = root_relative(clean["vertices"][:, :q].astype(np.float64), clean["joints"].astype(np.float64))
         floor = model.full_vertices(torch.as_tensor(coarse_true, dtype=torch.float32)).numpy()
         r["upsampling_floor_pve"] = float(np.linalg.norm(floor - full_true, axis=-1).mean() * 1000)
         r["pose_tokens"] = bool(model.config.pose_tokens)
+        r["pose_from"] = source
         r["checkpoint"] = paths[name]
         result["models"][name] = r
         print(json.dumps({name: r}), flush=True)
     lines = ["| model | pose tokens | images | MPJPE | PA-MPJPE | PVE | PVE coarse | 2D keypoints (px) |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in result["models"].items():
+        tokens = "no" if not r["pose_tokens"] else ("yes" if r["pose_from"] == "head" else f"from {r['pose_from']}")
         for key, label in (("test", "clean"), ("test_occluded", "occluded")):
             m = r[key]
-            lines.append(f"| {name} | {'yes' if r['pose_tokens'] else 'no'} | {label} | {m['mpjpe']:.1f} | "
+            lines.append(f"| {name} | {tokens} | {label} | {m['mpjpe']:.1f} | "
                          f"{m['pa_mpjpe']:.1f} | {m['pve']:.1f} | {m['pve_coarse']:.1f} | {m['keypoints_px']:.2f} |")
     md = "\n".join(lines) + f"\n\nmm on Anny's scale, {result['n']} test bodies (seeds {int(clean['seed'][0])}-" \
                             f"{int(clean['seed'][-1])}); upsampling floor PVE " + \

@@ -247,6 +247,20 @@ def test_hmr_shapes_and_pose_token_ablation(one_thread):
     assert not with_tokens.tokenizer.training and torch.equal(book, with_tokens.tokenizer.quantizer.codebook)
 
 
+def test_pose_tokens_from_given_keypoints(one_thread):
+    """The diagnosis path of eval_body --pose-from: given keypoints replace the head's as the tokens' input."""
+    torch.manual_seed(0)
+    model = tiny_model(pose_tokens=True).eval()
+    x = torch.rand(2, 3, 64, 64)
+    own = model(x)
+    same = model(x, pose_keypoints=own.keypoints, pose_confidence=own.visibility.sigmoid())
+    assert torch.equal(same.pose_ids, own.pose_ids) and torch.allclose(same.joints, own.joints)
+    far = torch.tensor([[0.9, -0.9]]).repeat(2, 17, 1)
+    other = model(x, pose_keypoints=far, pose_confidence=torch.ones(2, 17))
+    assert torch.equal(other.keypoints, own.keypoints)  # the head still runs and is reported
+    assert not torch.equal(other.pose_ids, own.pose_ids) or not torch.allclose(other.joints, own.joints)
+
+
 def test_tiny_hmr_overfits_eight_images(one_thread):
     data = np.load(SAMPLES) if SAMPLES.exists() else pytest.skip("assets/body/samples.npz")
     from renderers.body_data import root_relative
