@@ -126,6 +126,36 @@ def test_cross_attention_decoder_option(tmp_path):
         VATConfig(decoder="mlp")
 
 
+def test_point_anchored_queries(one_thread):
+    """queries="points": farthest-point anchors in Morton order make the latent slots differ from the start."""
+    from tokenizers3d.vat import farthest_points, morton_order
+
+    torch.manual_seed(0)
+    pts = torch.rand(2, 300, 3) - 0.5
+    idx = farthest_points(pts, 32)
+    assert idx.shape == (2, 32) and all(len(set(r.tolist())) == 32 for r in idx)
+    assert torch.equal(idx, farthest_points(pts, 32))  # deterministic
+    chosen = pts[0, idx[0]]
+    gap = torch.cdist(chosen, chosen).fill_diagonal_(9).min()
+    rand = pts[0, :32]
+    assert gap > torch.cdist(rand, rand).fill_diagonal_(9).min()  # spread out, unlike any 32 points
+    assert torch.equal(morton_order(chosen[None])[0], torch.arange(32))  # already in Morton order
+    grid = torch.tensor([[[0.4, 0.4, 0.4], [-0.4, -0.4, -0.4], [0.4, -0.4, -0.4]]])
+    assert morton_order(grid)[0].tolist() == [1, 2, 0]  # x is the lowest bit
+    with pytest.raises(ValueError, match="anchor points"):
+        farthest_points(pts, 301)
+    spreads = {}
+    for q in ("learned", "points"):
+        model = VATModel(replace(TINY, encoder="perceiver", queries=q)).eval()
+        pts_, nrm, *_ = _box_batch(np.random.default_rng(0))
+        with torch.no_grad():
+            mean, _ = model.encode_gaussian(pts_, nrm)
+        spreads[q] = float(mean[0].std(0).mean() / mean.abs().mean())
+    assert spreads["points"] > 2 * spreads["learned"]
+    with pytest.raises(ValueError, match="learned or points"):
+        VATConfig(queries="fps")
+
+
 def test_warm_up_forward_plane_embedding_and_its_effect():
     """Warm-up switches: no noise gives the mean's loss; a bypassed quantizer returns no codes, no commitment and
     leaves the codebook uninitialised. The plane embedding gives every triplane cell its own query, so the planes
