@@ -8,7 +8,8 @@ permutations), normalizes them into the unit cube, samples ``n_points`` surface 
 ``n_uniform + n_near`` occupancy queries (:func:`tokenizers3d.vat.occupancy_targets`), and takes one AdamW step
 on occupancy BCE + KL + commitment. Warm-up (``train``): the posterior's sampling noise ramps from 0 to 1 over
 ``noise_warmup_steps`` and the quantizer is bypassed before ``quantize_after`` (the decoder reads the continuous
-latent; the codebook is initialised from trained latents when quantization starts). ``data.fixed_shapes: N``
+latent; the codebook is initialised from trained latents when quantization starts); ``tail_drop`` is the share of
+steps that also train the decoder on a random prefix of the scales (tail drop: cut files still decode). ``data.fixed_shapes: N``
 trains on the stream's first ``N`` shapes only -- with ``augment: null`` and ``val_seed = stream_seed``,
 ``val_shapes = N`` an overfitting check that the latents of different shapes stay apart (docs/tokenizers.md). Every ``val_every`` steps ``val_shapes`` fixed shapes of ``val_seed`` are
 encoded (means, no sampling), quantized and decoded: occupancy IoU over their queries at all scales and at each
@@ -79,6 +80,7 @@ class TrainSection:
     threads: int = 2
     noise_warmup_steps: int = 0  # posterior sampling noise ramps from 0 (the mean) to 1 over these steps
     quantize_after: int = 0  # before this step the decoder reads the continuous latent (quantizer bypassed)
+    tail_drop: float = 0.0  # share of steps that also train the decoder on a random prefix of the scales
 
 
 @dataclass(frozen=True)
@@ -193,8 +195,13 @@ class VATTrainer:
                 group["lr"] = lr
             b = self.batch(self.step)
             noise = min(1.0, self.step / tc.noise_warmup_steps) if tc.noise_warmup_steps > 0 else 1.0
+            prefix = None
+            if tc.tail_drop > 0:
+                rng = np.random.default_rng([tc.seed, self.step, 7])  # by step: a resumed run draws the same
+                if rng.random() < tc.tail_drop:
+                    prefix = int(rng.integers(1, len(self.cfg.model.quantizer.scales)))
             out = self.model(b["points"], b["normals"], b["queries"], b["occupancy"], noise=noise,
-                             quantize=self.step >= tc.quantize_after)
+                             quantize=self.step >= tc.quantize_after, prefix=prefix)
             self.opt.zero_grad(set_to_none=True)
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)

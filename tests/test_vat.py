@@ -156,6 +156,22 @@ def test_point_anchored_queries(one_thread):
         VATConfig(queries="fps")
 
 
+def test_tail_drop_adds_the_loss_of_a_prefix(one_thread):
+    """forward(prefix=K): the loss also scores the shape decoded from the first K scales; the prefix path trains the
+    decoder only (the encoder's gradient is the full-scale one)."""
+    batch = _box_batch(np.random.default_rng(0))
+    losses, grads = {}, {}
+    for prefix in (None, 1):
+        torch.manual_seed(0)
+        model = VATModel(TINY).eval()  # eval: no posterior noise, no codebook update, same codes both times
+        out = model(*batch, prefix=prefix)
+        out.loss.backward()
+        losses[prefix], grads[prefix] = float(out.loss.detach()), (model.queries.grad.clone(), model.mlp[0].weight.grad.clone())
+    assert losses[1] > losses[None]
+    torch.testing.assert_close(grads[1][0], grads[None][0])  # encoder: unchanged
+    assert not torch.allclose(grads[1][1], grads[None][1])  # decoder: also learns the prefix
+
+
 def test_warm_up_forward_plane_embedding_and_its_effect():
     """Warm-up switches: no noise gives the mean's loss; a bypassed quantizer returns no codes, no commitment and
     leaves the codebook uninitialised. The plane embedding gives every triplane cell its own query, so the planes

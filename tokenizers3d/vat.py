@@ -308,7 +308,8 @@ class VATModel(nn.Module, PretrainedMixin):
 
     # ---- training ---------------------------------------------------------------------------------------
     def forward(self, points: torch.Tensor, normals: torch.Tensor, queries: torch.Tensor,
-                occupancy: torch.Tensor, *, noise: float = 1.0, quantize: bool = True) -> VATOutput:
+                occupancy: torch.Tensor, *, noise: float = 1.0, quantize: bool = True,
+                prefix: int | None = None) -> VATOutput:
         """Losses of a batch: surface points ``(B, N, 3)`` + normals, query points ``(B, M, 3)`` and their
         occupancy ``(B, M)`` in {0, 1}.
 
@@ -316,7 +317,11 @@ class VATModel(nn.Module, PretrainedMixin):
         (``noise``, 0 = the mean) and bypass the quantizer (``quantize=False``: the decoder reads the continuous
         latent, no commitment, codebook untouched -- it is initialised from the latents when quantization starts):
         without both, the first steps' noise hides the shape from the decoder, which learns the average occupancy,
-        and the commitment term then pulls every latent onto one code (docs/tokenizers.md, "VAT")."""
+        and the commitment term then pulls every latent onto one code (docs/tokenizers.md, "VAT").
+
+        ``prefix=K`` (tail drop, with ``quantize``) adds the occupancy loss of the shape decoded from the first ``K``
+        scales only (the decoder learns to decode every prefix; the prefix latent carries no gradient to the
+        encoder), so a file cut to ``K`` scales still decodes to a coarse shape."""
         cfg = self.config
         mean, logvar = self.encode_gaussian(points, normals)
         z = mean + noise * torch.randn_like(mean) * (0.5 * logvar).exp() if self.training and noise > 0 else mean
@@ -329,6 +334,9 @@ class VATModel(nn.Module, PretrainedMixin):
         logits = self.occupancy_logits(self.field(latent), queries)
         occ = F.binary_cross_entropy_with_logits(logits, occupancy.float())
         loss = occ + cfg.kl_weight * kl + cfg.commit_weight * q_loss
+        if prefix is not None and quantize and prefix < len(codes):
+            coarse = self.occupancy_logits(self.field(self.quantizer.decode(codes, scales=prefix)), queries)
+            loss = loss + F.binary_cross_entropy_with_logits(coarse, occupancy.float())
         acc = ((logits > 0) == (occupancy > 0.5)).float().mean()
         return VATOutput(logits, loss, occ, kl, commit, codes, acc)
 
