@@ -48,7 +48,6 @@ def procrustes(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     return out
 
 
-@torch.no_grad()
 def pose_inputs(data: dict, source: str) -> tuple[np.ndarray, np.ndarray] | None:
     """What the pose tokens read instead of the keypoint head (``--pose-from``): ``head`` -> None (the model's own
     keypoints); ``truth`` -> the true 2D keypoints in the crop frame, confidence 1 for every joint in the image
@@ -67,6 +66,7 @@ def pose_inputs(data: dict, source: str) -> tuple[np.ndarray, np.ndarray] | None
     return kp, conf
 
 
+@torch.no_grad()
 def predict(model, images: np.ndarray, batch: int = 64, pose: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     outs = {"joints": [], "coarse": [], "full": [], "keypoints": [], "camera": []}
     for s in range(0, len(images), batch):

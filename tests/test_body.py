@@ -261,6 +261,31 @@ def test_pose_tokens_from_given_keypoints(one_thread):
     assert not torch.equal(other.pose_ids, own.pose_ids) or not torch.allclose(other.joints, own.joints)
 
 
+def test_eval_body_pose_sources_and_prediction(one_thread):
+    """scripts/eval_body.py --pose-from: true keypoints (confidence 1 inside the image), another image's keypoints,
+    or the head's; predictions come back as arrays whichever the tokens read."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from eval_body import pose_inputs, predict
+
+    rng = np.random.default_rng(0)
+    kp = np.concatenate([rng.uniform(0, 64, (3, 17, 2)), rng.integers(0, 3, (3, 17, 1))], axis=-1)
+    data = {"keypoints": kp.astype(np.float32), "camera": np.tile([0, 0, 0, 64.0], (3, 1)).astype(np.float32)}
+    assert pose_inputs(data, "head") is None
+    truth, conf = pose_inputs(data, "truth")
+    assert truth.shape == (3, 17, 2) and np.abs(truth).max() <= 1.0
+    assert np.array_equal(conf, (kp[..., 2] > 0).astype(np.float32))
+    shuffled, _ = pose_inputs(data, "shuffled")
+    assert np.array_equal(shuffled[1], truth[0]) and np.array_equal(shuffled[0], truth[2])
+    model = tiny_model(pose_tokens=True).eval()
+    images = rng.integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
+    own, given = predict(model, images), predict(model, images, pose=(truth, conf))
+    assert own["joints"].shape == given["joints"].shape == (3, 17, 3)
+    assert np.array_equal(own["keypoints"], given["keypoints"])  # the head is reported either way
+
+
 def test_tiny_hmr_overfits_eight_images(one_thread):
     data = np.load(SAMPLES) if SAMPLES.exists() else pytest.skip("assets/body/samples.npz")
     from renderers.body_data import root_relative
