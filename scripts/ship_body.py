@@ -104,13 +104,38 @@ def hmr_card(run: Path, ablation: Path | None, ev: dict, size: int, md_table: st
     vals = [(int(r["step"]), float(r["val_pve"])) for r in rows if r.get("val_pve") not in (None, "", "nan")
             and (int(r["step"]) % cfg["val_every"] == 0 or r is rows[-1])]
     if len(vals) >= 2:
+        curve = sorted(dict(vals).items())
+        best_step = min(curve, key=lambda sv: sv[1])[0]
+        trend = ("still falling at the last validation: the model is under-trained" if best_step == curve[-1][0]
+                 else f"lowest at step {best_step}, not lower since")
         lines.append("* Validation coarse-vertex error over training: " +
-                     ", ".join(f"{p:.0f} mm at step {st}" for st, p in sorted(dict(vals).items())) +
-                     " (still falling when the schedule ended: the model is under-trained).")
+                     ", ".join(f"{p:.0f} mm at step {st}" for st, p in curve) + f" ({trend}).")
     lines.append("* The full-mesh PVE is above the coarse one because Anny's 13,718 vertices crowd in the hands "
                  "and the face, the parts furthest from the pelvis and hardest to place, while the 256 coarse "
                  "vertices are spread evenly over the surface; the upsampling floor (true coarse vertices "
                  "upsampled) shows the map itself costs about 2 mm.")
+    stage1 = ""
+    train_cmds = (f"python scripts/train_hmr.py --data data/body --tokenizer runs/pose_tokenizer/best --out {run} "
+                  f"--steps {cfg['steps']} \\\n    --val-every {cfg['val_every']} --threads {cfg['threads']}")
+    abl_cmd = (f"python scripts/train_hmr.py --data data/body --tokenizer runs/pose_tokenizer/best --out "
+               f"{ablation or 'runs/hmr_nopose'} \\\n    --steps {cfg['steps']} --val-every {cfg['val_every']} "
+               f"--threads {cfg['threads']} --no-pose-tokens")
+    if cfg.get("init_from"):  # a second stage: the first stage's runs come first, then this one warm-started
+        first = Path(cfg["init_from"]).parent
+        f1 = _run_facts(first)
+        c1 = f1["cfg"]
+        stage1 = (f"* Stage 1 ({first}): {f1['steps']} steps of {c1['batch']} images, lr {c1['lr']}, "
+                  f"{f1['hours'] * 60:.1f} min; stage 2 (this run) warm-started from its best weights and stopped at "
+                  f"step {f['steps']} of a {cfg['steps']}-step schedule (resumable).")
+        abl_first = Path(_run_facts(ablation)["cfg"].get("init_from") or "runs/hmr_nopose/best").parent \
+            if ablation is not None else Path("runs/hmr_nopose")
+        stage1_cmds = [
+            f"python scripts/train_hmr.py --data data/body --tokenizer runs/pose_tokenizer/best --out {first} "
+            f"--steps {c1['steps']} \\\n    --val-every {c1['val_every']} --threads {c1['threads']}",
+            f"python scripts/train_hmr.py --data data/body --tokenizer runs/pose_tokenizer/best --out {abl_first} "
+            f"--steps {c1['steps']} \\\n    --val-every {c1['val_every']} --threads {c1['threads']} --no-pose-tokens"]
+        train_cmds = "\n".join(stage1_cmds) + "\n" + train_cmds + f" --lr {cfg['lr']} --init-from {cfg['init_from']}"
+        abl_cmd += f" --lr {cfg['lr']} --init-from {abl_first}/best"
     abl = ""
     if ablation is not None:
         fa = _run_facts(ablation)
@@ -130,7 +155,8 @@ No downloaded weights: everything was trained here on the CPU.
   same {n['test']} with occluders (seeds 0+), never trained on. Anny bodies with random phenotypes and pose, random camera, lighting,
   colours and background.
 * Training (`scripts/train_hmr.py`): {f['steps']} steps of {cfg['batch']} images, AdamW lr {cfg['lr']} (warmup
-  100, cosine), colour jitter; {f['hours'] * 60:.1f} min on {f['machines']}.
+  100, cosine), colour jitter; {f['hours'] * 60:.1f} min of wall time (pauses for other jobs included) on {f['machines']}.
+{stage1}
 {abl}
 * Shipped: best validation, step {v['step']}: coarse-vertex error {v['pve']:.1f} mm ({v['pve_clean']:.1f} clean,
   {v['pve_occluded']:.1f} occluded), MPJPE {v['mpjpe']:.1f} mm.
@@ -150,11 +176,9 @@ Test images (rows 1-6 clean, 7-12 the same with occluders); columns: input, with
 ```bash
 python scripts/make_body_dataset.py -o {cfg['data']} --train {n['train']} --val {n['val']} --test {n['test']}
 python scripts/train_pose_tokenizer.py --data data/body --out runs/pose_tokenizer --steps 3000 --threads 2
-python scripts/train_hmr.py --data data/body --tokenizer runs/pose_tokenizer/best --out {run} --steps {cfg['steps']} \\
-    --val-every {cfg['val_every']} --threads {cfg['threads']}
-python scripts/train_hmr.py --data data/body --tokenizer runs/pose_tokenizer/best --out runs/hmr_nopose \\
-    --steps {cfg['steps']} --val-every {cfg['val_every']} --threads {cfg['threads']} --no-pose-tokens
-python scripts/eval_body.py --checkpoint {pose}={run}/best {nopose}=runs/hmr_nopose/best --out runs/eval_body.json \\
+{train_cmds}
+{abl_cmd}
+python scripts/eval_body.py --checkpoint {pose}={run}/best {nopose}={ablation or 'runs/hmr_nopose'}/best --out runs/eval_body.json \\
     --markdown-out runs/eval_body.md --grid docs/img/body_grid.png
 ```
 """
