@@ -27,3 +27,32 @@ def tiny_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
     HourglassTransformer(cfg).eval().save_pretrained(path)
     return path
+
+
+def assert_causal(model, cond, tok, changed, *, n_values: int, shift: int) -> None:
+    """Changing token ``t`` (to ``(t + shift) % n_values``) leaves every earlier output unchanged and changes its own."""
+    with torch.no_grad():
+        base = model(tok, cond=cond).logits
+        for t in changed:
+            alt = tok.clone()
+            alt[:, t] = (alt[:, t] + shift) % n_values
+            out = model(alt, cond=cond).logits
+            assert torch.allclose(out[:, :t], base[:, :t], atol=1e-6), f"token {t} leaked into earlier logits"
+            assert not torch.allclose(out[:, t], base[:, t]), f"token {t} does not affect its own output"
+
+
+def assert_cached_equals_full(model, cond, tok, chunk_sizes) -> object:
+    """One-token cached decoding and chunked prefill (``chunk_sizes``) reproduce the windowed forward of ``tok``;
+    returns the one-token run's cache (for memory checks)."""
+    with torch.no_grad():
+        full = model(tok, cond=cond).logits
+        cache = model.init_cache(cond)
+        steps = torch.cat([model(tok[:, t : t + 1], cache=cache).logits for t in range(tok.shape[1])], dim=1)
+        torch.testing.assert_close(steps, full, atol=1e-4, rtol=1e-4)
+        chunked, chunks, i = model.init_cache(cond), [], 0
+        for n in chunk_sizes:
+            chunks.append(model(tok[:, i : i + n], cache=chunked).logits)
+            i += n
+        assert i == tok.shape[1]
+        torch.testing.assert_close(torch.cat(chunks, dim=1), full, atol=1e-4, rtol=1e-4)
+    return cache

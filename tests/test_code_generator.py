@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from conftest import assert_cached_equals_full, assert_causal
 from typer.testing import CliRunner
 
 from meshgen.encoder import EncoderConfig
@@ -72,34 +73,17 @@ CHANGED = [1, 2, 3, 4, 5, 6, 7, 12, 13, 20, 30]
 def test_causality_over_codes(kind):
     model, cond = _model(kind), _cond()
     tok = _tokens(2, 37)
-    with torch.no_grad():
-        base = model(tok, cond=cond).logits
-        assert base.shape == (2, 37, 67)
-        for t in CHANGED:
-            alt = tok.clone()
-            alt[:, t] = (alt[:, t] + 17) % 64
-            out = model(alt, cond=cond).logits
-            assert torch.allclose(out[:, :t], base[:, :t], atol=1e-6), f"code {t} leaked into earlier logits"
-            assert not torch.allclose(out[:, t], base[:, t]), f"code {t} does not affect its own output"
-        with pytest.raises(ValueError, match="multiple of 6"):
-            model(tok, cond=cond, start_pos=9)
+    assert model(tok, cond=cond).logits.shape == (2, 37, 67)
+    assert_causal(model, cond, tok, CHANGED, n_values=64, shift=17)
+    with pytest.raises(ValueError, match="multiple of 6"):
+        model(tok, cond=cond, start_pos=9)
 
 
 @pytest.mark.parametrize("kind", ["hourglass", "flat"])
 def test_cached_decoding_over_codes_equals_full_recompute(kind):
-    """Longer than 2 windows (24 codes): the rolling caches of the (2, 3) hourglass reproduce the windowed forward."""
-    model, cond = _model(kind), _cond()
-    tok = _tokens(2, 61)
-    with torch.no_grad():
-        full = model(tok, cond=cond).logits
-        cache = model.init_cache(cond)
-        steps = torch.cat([model(tok[:, t : t + 1], cache=cache).logits for t in range(61)], dim=1)
-        torch.testing.assert_close(steps, full, atol=1e-4, rtol=1e-4)
-        cache, chunks, i = model.init_cache(cond), [], 0
-        for n in (5, 1, 2, 7, 13, 3, 30):  # chunked prefill crossing corner and face boundaries
-            chunks.append(model(tok[:, i : i + n], cache=cache).logits)
-            i += n
-        torch.testing.assert_close(torch.cat(chunks, dim=1), full, atol=1e-4, rtol=1e-4)
+    """Longer than 2 windows (24 codes): the rolling caches of the (2, 3) hourglass reproduce the windowed forward,
+    also with a chunked prefill crossing corner and face boundaries."""
+    assert_cached_equals_full(_model(kind), _cond(), _tokens(2, 61), (5, 1, 2, 7, 13, 3, 30))
 
 
 def test_code_constraint_and_sampling_loop():

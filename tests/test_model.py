@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import assert_cached_equals_full, assert_causal
 
 from meshgen.attention import attend, build_attn_mask
 from meshgen.encoder import EncoderConfig, PointEncoder
@@ -83,16 +84,7 @@ CHANGED = [1, 2, 3, 4, 8, 9, 10, 12, 18, 19, 27, 28, 36]
 
 @pytest.mark.parametrize("kind", ["hourglass", "flat"])
 def test_causality(kind):
-    model, cond = _model(kind), _cond()
-    tok = _tokens(2, 46)
-    with torch.no_grad():
-        base = model(tok, cond=cond).logits
-        for t in CHANGED:
-            alt = tok.clone()
-            alt[:, t] = (alt[:, t] + 37) % VOCAB.n
-            out = model(alt, cond=cond).logits
-            assert torch.allclose(out[:, :t], base[:, :t], atol=1e-6), f"token {t} leaked into earlier logits"
-            assert not torch.allclose(out[:, t], base[:, t]), f"token {t} does not affect its own output"
+    assert_causal(_model(kind), _cond(), _tokens(2, 46), CHANGED, n_values=VOCAB.n, shift=37)
 
 
 def test_causality_in_window_with_offset():
@@ -124,19 +116,10 @@ def test_start_pos_only_matters_modulo_roles():
 @pytest.mark.parametrize("kind", ["hourglass", "flat"])
 def test_cached_decoding_equals_full_recompute(kind):
     """Longer than 3 windows (18 tokens): rolling caches at every level reproduce the window-masked forward."""
-    model, cond = _model(kind), _cond()
-    tok = _tokens(2, 64)
-    with torch.no_grad():
-        full = model(tok, cond=cond).logits
-        cache = model.init_cache(cond)
-        steps = torch.cat([model(tok[:, t : t + 1], cache=cache).logits for t in range(64)], dim=1)
-        torch.testing.assert_close(steps, full, atol=1e-4, rtol=1e-4)
-        assert all(n <= w - 1 for n, w in zip(cache.kv_lengths(), _kv_windows(model), strict=True))
-        cache, chunks, i = model.init_cache(cond), [], 0
-        for n in (5, 1, 1, 7, 13, 2, 20, 15):  # chunked prefill crossing group boundaries
-            chunks.append(model(tok[:, i : i + n], cache=cache).logits)
-            i += n
-        torch.testing.assert_close(torch.cat(chunks, dim=1), full, atol=1e-4, rtol=1e-4)
+    model = _model(kind)
+    # chunked prefill crossing group boundaries
+    cache = assert_cached_equals_full(model, _cond(), _tokens(2, 64), (5, 1, 1, 7, 13, 2, 20, 15))
+    assert all(n <= w - 1 for n, w in zip(cache.kv_lengths(), _kv_windows(model), strict=True))
 
 
 def _kv_windows(model) -> list[int]:
