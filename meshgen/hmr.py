@@ -134,13 +134,14 @@ class HMRModel(nn.Module, PretrainedMixin):
         return self
 
     def forward(self, images: torch.Tensor, *, pose_keypoints: torch.Tensor | None = None,
-                pose_confidence: torch.Tensor | None = None) -> HMROutput:
+                pose_confidence: torch.Tensor | None = None, pose_rows: torch.Tensor | None = None) -> HMROutput:
         """``images`` (B, 3, S, S) float in [0, 1].
 
         ``pose_keypoints`` (B, J, 2, crop frame) and ``pose_confidence`` (B, J, in [0, 1]) replace the keypoint
         head's output as the pose tokenizer's input (the head still runs and is returned): a diagnosis of what the
         pose tokens can carry, e.g. the true keypoints of a test image as an upper bound
-        (``scripts/eval_body.py --pose-from truth``)."""
+        (``scripts/eval_body.py --pose-from truth``), or, in training, the true keypoints as a teacher
+        (``scripts/train_hmr.py --pose-teacher``); ``pose_rows`` (B,) bool limits the replacement to those rows."""
         c = self.config
         x = images - self.pixel_mean
         feats = []
@@ -156,8 +157,11 @@ class HMRModel(nn.Module, PretrainedMixin):
         pose_ids = None
         if c.pose_tokens:
             with torch.no_grad():
-                kp = keypoints.detach() if pose_keypoints is None else pose_keypoints
-                conf = visibility.detach().sigmoid() if pose_confidence is None else pose_confidence
+                kp, conf = keypoints.detach(), visibility.detach().sigmoid()
+                if pose_keypoints is not None:
+                    rows = torch.ones(kp.shape[0], dtype=torch.bool) if pose_rows is None else pose_rows
+                    kp = torch.where(rows[:, None, None], pose_keypoints, kp)
+                    conf = torch.where(rows[:, None], pose_confidence, conf)
                 z = self.tokenizer.features(kp, conf)
                 b, m = z.shape[:2]
                 pose_ids = self.tokenizer.quantizer.nearest(z.reshape(b * m, -1), 0).reshape(b, m)

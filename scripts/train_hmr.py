@@ -8,7 +8,8 @@ images with colour jitter (per-channel gain, brightness, contrast, noise), one A
 :func:`meshgen.hmr.hmr_losses`. Validation every ``--val-every`` steps on the val split: MPJPE and coarse-vertex
 error (mm) on its clean and its occluded images; ``OUT/best`` keeps the lowest mean coarse-vertex error,
 ``OUT/last`` the resumable state, ``OUT/log.csv`` the curve. ``--no-pose-tokens`` trains the ablation (the same
-model without the pose tokens, same data and budget).
+model without the pose tokens, same data and budget). ``--pose-teacher P`` feeds a share ``P`` of the training
+images' pose tokens the true keypoints instead of the head's (validation always uses the head's).
 
 Usage::
 
@@ -126,6 +127,11 @@ def main(argv=None) -> int:
     ap.add_argument("--init-from", default=None, help="start a new run from these weights (a model directory of "
                                                       "this script with the same config; a longer second stage)")
     ap.add_argument("--model", default=None, help="JSON of HMRConfig fields (besides the pose tokenizer's)")
+    ap.add_argument("--pose-teacher", type=float, default=0.0,
+                    help="share of training images whose pose tokens read the true 2D keypoints (jittered by "
+                         "--teacher-noise px; every joint in the image, hidden ones too) instead of the keypoint "
+                         "head's, so the transformer learns to rely on the tokens")
+    ap.add_argument("--teacher-noise", type=float, default=2.0, help="std of the teacher keypoints' jitter, pixels")
     args = ap.parse_args(argv)
     try:
         tokenizer = PoseTokenizer.from_pretrained(args.tokenizer)
@@ -165,7 +171,14 @@ def main(argv=None) -> int:
         for g in opt.param_groups:
             g["lr"] = lr
         b = train.batch(rng.choice(len(train), args.batch, replace=False), rng)
-        terms = hmr_losses(model(b["images"]), b, model)
+        kw = {}
+        if args.pose_teacher > 0 and config.pose_tokens:
+            n = len(b["images"])
+            noise = rng.normal(0.0, args.teacher_noise * 2 / train.size, (n, 17, 2))  # px -> crop frame [-1, 1]
+            kw = {"pose_keypoints": b["keypoints"] + torch.as_tensor(noise, dtype=torch.float32),
+                  "pose_confidence": b["inside"].float(),
+                  "pose_rows": torch.as_tensor(rng.random(n) < args.pose_teacher)}
+        terms = hmr_losses(model(b["images"], **kw), b, model)
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

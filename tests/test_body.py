@@ -259,6 +259,9 @@ def test_pose_tokens_from_given_keypoints(one_thread):
     other = model(x, pose_keypoints=far, pose_confidence=torch.ones(2, 17))
     assert torch.equal(other.keypoints, own.keypoints)  # the head still runs and is reported
     assert not torch.equal(other.pose_ids, own.pose_ids) or not torch.allclose(other.joints, own.joints)
+    mixed = model(x, pose_keypoints=far, pose_confidence=torch.ones(2, 17), pose_rows=torch.tensor([True, False]))
+    assert torch.equal(mixed.pose_ids[0], other.pose_ids[0]) and torch.equal(mixed.pose_ids[1], own.pose_ids[1])
+    assert torch.allclose(mixed.joints[1], own.joints[1], atol=1e-5)  # per-row teacher (train_hmr --pose-teacher)
 
 
 def test_eval_body_pose_sources_and_prediction(one_thread):
