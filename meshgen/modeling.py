@@ -85,10 +85,15 @@ def coord_layout(bits: int) -> TokenLayout:
 CODE_LAYOUT_KEYS = ("codebook_size", "slots", "depth")  # what a vqvae model config records besides the tokenizer's
 
 
+def _coords_entry(tok: dict | None) -> bool:
+    """Whether a config's ``tokenizer`` entry means ``coords`` (``None``, or named so)."""
+    return tok is None or tok.get("name", "coords") == "coords"
+
+
 def token_layout(config) -> TokenLayout:
     """The :class:`TokenLayout` of a generator config (its ``bits`` and ``tokenizer`` fields)."""
     tok = getattr(config, "tokenizer", None)
-    if tok is None or tok.get("name", "coords") == "coords":
+    if _coords_entry(tok):
         return coord_layout(config.bits)
     if tok.get("name") != "vqvae":
         raise ValueError(f"a generator works on 'coords' or 'vqvae' tokens, not {tok.get('name')!r}")
@@ -113,7 +118,7 @@ def sequence_tokenizer(config):
     from tokenizers3d.base import get_tokenizer
 
     tok = getattr(config, "tokenizer", None)
-    if tok is None or tok.get("name", "coords") == "coords":
+    if _coords_entry(tok):
         return get_tokenizer("coords", bits=config.bits)
     args = {k: v for k, v in tok.items() if k not in CODE_LAYOUT_KEYS and k != "name"}
     return get_tokenizer(tok["name"], **args)

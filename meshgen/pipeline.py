@@ -131,8 +131,8 @@ def load_tokenizer_generator(checkpoint: str | Path | None, tokenizer: str | Non
         checkpoint = TOKENIZER_CHECKPOINTS[tokenizer]
         if not (Path(checkpoint) / "config.json").exists():
             raise MeshInputError(checkpoint, f"no bundled generator over {tokenizer} tokens; train one with "
-                                             "`python scripts/train_generator.py --config configs/hourglass_vqvae_cpu.yaml` "
-                                             "and pass --checkpoint runs/hourglass_vqvae/best")
+                                             "`python scripts/train_generator.py --config configs/vocab/vqvae.yaml` "
+                                             "and pass --checkpoint runs/vocab_vqvae/best")
     model = load_generator(checkpoint)
     if tokenizer is not None and model.layout.name != tokenizer:
         raise MeshInputError(checkpoint, f"this generator samples {model.layout.name} tokens, not {tokenizer}")

@@ -326,6 +326,10 @@ class Trainer:
         val = {"all": float("nan"), "new_vertex": float("nan"), "first_vertex": float("nan")}
         elapsed0 = self._elapsed_before()
         try:
+            # a time budget (train.max_minutes, counted over resumed sessions) ends the run like its last step
+            def over_budget() -> bool:
+                return tc.max_minutes > 0 and elapsed0 + time.time() - t0 >= 60 * tc.max_minutes
+
             while self.step < tc.steps and not (tc.max_minutes > 0 and elapsed0 >= 60 * tc.max_minutes):
                 lr = lr_at(self.step, base=tc.lr, warmup=tc.warmup_steps, total=tc.steps, min_ratio=tc.min_lr_ratio)
                 for group in self.opt.param_groups:
@@ -342,9 +346,7 @@ class Trainer:
                 losses.append(loss.item())
                 if bar is not None:
                     bar.update(task, completed=self.step, loss=float(loss))
-                # a time budget (train.max_minutes, counted over resumed sessions) ends the run like its last step
-                final = self.step == tc.steps or (tc.max_minutes > 0 and
-                                                  elapsed0 + time.time() - t0 >= 60 * tc.max_minutes)
+                final = self.step == tc.steps or over_budget()
                 if self.step % tc.val_every == 0 or final:
                     val = self.validate()
                     if val["all"] < self.best_val:
