@@ -302,6 +302,8 @@ class ProceduralStream(IterableDataset):
     drop_points : float
         Share of examples trained without their points (classifier-free guidance).
     families : list of str or None
+        Families drawn uniformly (a name listed twice is drawn twice as often); default
+        :data:`tokenizers3d.procedural.DEFAULT_FAMILIES`.
     tokenizer : dict or None
         A generator config's ``tokenizer`` entry: ``None`` for ``coords`` at ``bits``, or a ``vqvae`` tokenizer's
         config (:func:`meshgen.modeling.vqvae_tokenizer_config`), whose face VQ-VAE then encodes every mesh (in
@@ -340,9 +342,9 @@ class ProceduralStream(IterableDataset):
 
     def mesh(self, index: int, budget: int):
         """(family, trimesh) of object ``index`` within ``budget`` faces, before augmentation."""
-        from tokenizers3d.procedural import FAMILIES, generate, object_seed
+        from tokenizers3d.procedural import DEFAULT_FAMILIES, FAMILIES, generate, object_seed
 
-        names = sorted(self.families or FAMILIES)
+        names = sorted(self.families or DEFAULT_FAMILIES)
         names = [n for n in names if FAMILIES[n].face_range[0] <= budget] or names
         rng = np.random.default_rng([self.seed, index])
         for attempt in range(16 * len(names)):

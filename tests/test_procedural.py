@@ -118,6 +118,36 @@ def test_large_meshes_reachable():
     assert P.generate("box", 0).n_faces == 12
 
 
+def test_default_families_keep_earlier_datasets():
+    # pebble came later: unnamed, it is never drawn, so datasets and streams made before it stay identical
+    assert "pebble" in P.FAMILIES and "pebble" not in P.DEFAULT_FAMILIES
+    assert set(P.DEFAULT_FAMILIES) == set(P.FAMILIES) - {"pebble"}
+    assert [P.sample_family(s) for s in range(200)] == [P.sample_family(s, P.DEFAULT_FAMILIES) for s in range(200)]
+    assert "pebble" in {P.sample_family(s, ["box", "pebble"]) for s in range(50)}
+
+
+def test_star_surface_is_embedded_and_outward():
+    rng = np.random.default_rng(0)
+    for n in (8, 40, 150):
+        d = P._sphere_directions(rng, n)
+        radius = rng.uniform(0.2, 3.0, n)  # wildly uneven radii still give a closed, outward surface
+        part = P.star_surface(d, radius)
+        m = trimesh.Trimesh(part.vertices, part.faces, process=False)
+        assert m.is_watertight and m.is_winding_consistent and m.volume > 0
+        tri = part.vertices[part.faces]
+        assert (np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])) > 0).all()  # seen from the origin
+        assert len(part.faces) == 2 * len(part.vertices) - 4
+
+
+def test_pebble_styles_and_non_convex_bones():
+    meshes = [P.generate("pebble", s) for s in range(40)]
+    styles = {pm.params["style"] for pm in meshes}
+    assert styles == {"pebble", "lump", "capsule", "bone"}
+    bent = [pm for pm in meshes if pm.params["style"] == "bone" and abs(pm.params["bend"]) > 0.2]
+    assert bent and all(pm.mesh.convex_hull.volume > 1.02 * pm.mesh.volume for pm in bent)
+    assert any(pm.n_faces <= 48 for pm in meshes) and any(pm.n_faces >= 150 for pm in meshes)
+
+
 def test_triangulate_polygon():
     u = np.array([(0, 0), (3, 0), (3, 2), (2, 2), (2, 1), (1, 1), (1, 2), (0, 2)], dtype=float)
     for poly in (u, u[::-1]):
@@ -132,8 +162,8 @@ def test_triangulate_polygon():
 def test_sample_family_uniform_and_deterministic():
     draws = [P.sample_family(s) for s in range(600)]
     assert draws == [P.sample_family(s) for s in range(600)]
-    counts = np.array([draws.count(f) for f in FAMILY_NAMES])
-    assert counts.min() > 0.4 * 600 / len(FAMILY_NAMES)
+    counts = np.array([draws.count(f) for f in P.DEFAULT_FAMILIES])
+    assert counts.min() > 0.4 * 600 / len(P.DEFAULT_FAMILIES) and counts.sum() == 600
     assert {P.sample_family(s, ["box", "torus"]) for s in range(50)} == {"box", "torus"}
 
 

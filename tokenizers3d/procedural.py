@@ -10,7 +10,7 @@ Typical use::
 
     pm = generate("chair", seed=7)            # ProceduralMesh
     pm.mesh, pm.face_labels, pm.part_names    # trimesh.Trimesh, (F,) int64, one name per label
-    family = sample_family(seed=7)            # uniform over FAMILIES
+    family = sample_family(seed=7)            # uniform over DEFAULT_FAMILIES
     make_dataset("data/procedural", 10_000, seed=0, workers=8)
 
 The same ``(family, seed)`` always gives the same arrays (numpy's PCG64 stream; no global state).
@@ -526,6 +526,81 @@ def _gen_torus(rng: np.random.Generator) -> Generated:
     return [part], {"n_major": n_major, "n_minor": n_minor, "major": 1.0, "minor": minor}
 
 
+def _sphere_directions(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` unit vectors spread over the sphere: a Fibonacci lattice, jittered and randomly rotated (n, 3)."""
+    k = np.arange(n) + 0.5
+    z = 1.0 - 2.0 * k / n
+    phi = k * math.pi * (3.0 - math.sqrt(5.0))
+    d = np.column_stack([np.sqrt(1.0 - z * z) * np.cos(phi), np.sqrt(1.0 - z * z) * np.sin(phi), z])
+    d += rng.normal(scale=_uniform(rng, 0.0, 0.5) * math.sqrt(4.0 / n), size=d.shape)
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    quat = rng.normal(size=4)
+    return d @ _quaternion_matrix(quat / np.linalg.norm(quat)).T
+
+
+def star_surface(directions: np.ndarray, radius: np.ndarray, *, name: str = "body") -> Part:
+    """The closed surface through ``directions[i] * radius[i]``, triangulated as the convex hull of the directions.
+
+    The hull of unit vectors around the origin is a triangulation of the sphere; moving every vertex along its
+    own ray by a positive factor keeps each triangle's orientation as seen from the origin (the sign of
+    ``det(a, b, c)``), so the result is an embedded, outward-wound, star-shaped polyhedron for any radii.
+    """
+    from scipy.spatial import ConvexHull
+
+    d = np.asarray(directions, dtype=np.float64)
+    faces = ConvexHull(d).simplices.astype(np.int64)
+    flip = np.einsum("ij,ij->i", d[faces[:, 0]], np.cross(d[faces[:, 1]], d[faces[:, 2]])) < 0
+    faces[flip] = faces[flip][:, ::-1]
+    used = np.unique(faces)
+    remap = np.full(len(d), -1, np.int64)
+    remap[used] = np.arange(len(used))
+    return _part(d[used] * np.asarray(radius, dtype=np.float64)[used, None], remap[faces], name)
+
+
+def _gen_pebble(rng: np.random.Generator) -> Generated:
+    """Smooth organic solids as a scan decimated to a few dozen faces leaves them: pebbles, lumps, capsules, bones.
+
+    Vertices on a jittered sphere lattice (irregular triangles), or on rings of latitude about the long axis
+    (``capsule``); a superellipsoid radius (exponent 2 = ellipsoid, 4 = a rounded box) with a few Gaussian bumps
+    and dents over the directions; an ellipsoid's axes; for ``bone`` knobs at both ends of the long axis and a
+    bend ``z += b x^2`` (volume-preserving, so the surface stays embedded).
+    """
+    style = _choice(rng, ("pebble", "lump", "capsule", "bone"))
+    if style == "capsule":
+        rings, segments = int(rng.integers(2, 10)), int(rng.integers(4, 13))
+        lat = (np.arange(rings) + 0.5) / rings * math.pi - math.pi / 2
+        lon = np.arange(segments) * 2 * math.pi / segments
+        la, lo = np.meshgrid(lat, lon, indexing="ij")
+        lo = lo + (np.arange(rings)[:, None] % 2) * (math.pi / segments) * rng.integers(0, 2)
+        ring = np.column_stack([np.sin(la).ravel(), np.cos(la).ravel() * np.cos(lo).ravel(),
+                                np.cos(la).ravel() * np.sin(lo).ravel()])
+        d = np.vstack([ring, [[1.0, 0, 0], [-1.0, 0, 0]]])
+    else:
+        d = _sphere_directions(rng, _log_int(rng, 8, 150))
+    n = len(d)
+    power = _uniform(rng, 2.0, 4.0)
+    radius = 1.0 / np.sum(np.abs(d) ** power, axis=1) ** (1.0 / power)
+    bumps = {"pebble": 0, "capsule": 0, "lump": int(rng.integers(2, 7)), "bone": 2}[style]
+    centres = rng.normal(size=(bumps, 3))
+    centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-9)
+    amps = rng.uniform(-0.25, 0.45, bumps)
+    if style == "bone":
+        centres, amps = np.array([[1.0, 0, 0], [-1.0, 0, 0]]), rng.uniform(0.3, 0.8, 2)
+    widths = rng.uniform(0.3, 0.7, bumps)
+    for c, a, w in zip(centres, amps, widths, strict=True):
+        radius = radius + a * np.exp(-np.sum((d - c) ** 2, axis=1) / (2 * w * w))
+    axes = rng.uniform(0.3, 1.0, 3)
+    if style in ("bone", "capsule"):
+        axes = np.array([1.0, _uniform(rng, 0.15, 0.5), _uniform(rng, 0.15, 0.5)])
+    part = star_surface(d, np.maximum(radius, 0.2), name="body").transformed(np.diag(axes))
+    bend = _uniform(rng, -0.4, 0.4) if style == "bone" else 0.0
+    if bend:
+        v = part.vertices.copy()
+        v[:, 2] += bend * v[:, 0] ** 2
+        part = Part(v, part.faces, part.name)
+    return [part], {"style": style, "points": n, "power": power, "bumps": bumps, "axes": axes.tolist(),
+                    "bend": bend}
+
 def _stairs_polygon(steps: int, depth: float, rise: float) -> np.ndarray:
     pts = [(0.0, 0.0), (steps * depth, 0.0)]
     for i in range(steps, 0, -1):
@@ -868,7 +943,11 @@ FAMILIES: dict[str, FamilySpec] = {s.name: s for s in (
     _spec("shelf", _gen_shelf, (48, 4024), "side panels + boards (+ back, dividers)", composite=True),
     _spec("lamp", _gen_lamp, (120, 1264), "base + stem + shade (+ bulb)", composite=True),
     _spec("mug", _gen_mug, (176, 888), "hollow lathed body + tube-arc handle", composite=True),
+    _spec("pebble", _gen_pebble, (12, 296), "smooth organic solid (pebble, lump, bent bone), irregular triangles"),
 )}
+#: The families a dataset or stream draws from when none are named: every family made before ``pebble`` (added
+#: 2026-11-30), so that earlier datasets, streams and held-out splits stay identical. Name ``pebble`` to use it.
+DEFAULT_FAMILIES: tuple[str, ...] = tuple(sorted(n for n in FAMILIES if n != "pebble"))
 
 
 def get_family(name: str) -> FamilySpec:
@@ -990,8 +1069,8 @@ def _check_clean(vertices: np.ndarray, faces: np.ndarray, family: str, seed: int
 
 
 def sample_family(seed: int, families: Sequence[str] | None = None) -> str:
-    """A family drawn uniformly from ``families`` (default: all, in sorted order) by ``seed``."""
-    names = sorted(families) if families is not None else sorted(FAMILIES)
+    """A family drawn uniformly from ``families`` (default :data:`DEFAULT_FAMILIES`, in sorted order) by ``seed``."""
+    names = sorted(families) if families is not None else list(DEFAULT_FAMILIES)
     if not names:
         raise ValueError("no family to sample from")
     for name in names:
@@ -1052,7 +1131,7 @@ def _check_splits(splits: Sequence[float]) -> tuple[float, float, float]:
 
 
 def _eligible_families(families: Sequence[str] | None, max_faces: int | None) -> tuple[str, ...]:
-    names = sorted(FAMILIES) if families is None else sorted(set(families))
+    names = list(DEFAULT_FAMILIES) if families is None else sorted(set(families))
     for name in names:
         get_family(name)
     if max_faces is not None:
@@ -1177,7 +1256,7 @@ def make_dataset(out_dir: str | Path, n: int, *, seed: int = 0, workers: int = 2
     workers : int
         Processes; ``<= 1`` works in this process.
     families : sequence of str, optional
-        Restrict to these families (sampled uniformly); default all of :data:`FAMILIES`.
+        Restrict to these families (sampled uniformly); default :data:`DEFAULT_FAMILIES`.
     splits : (3,) float
         Train, val, test fractions; the split of an id is a hash of ``(seed, id)``.
     max_faces : int, optional
@@ -1319,7 +1398,7 @@ def _part_class(name: str) -> str:
 
 
 __all__ = [
-    "FAMILIES", "FamilySpec", "Part", "ProceduralMesh", "DatasetConfig", "generate", "get_family", "sample_family",
+    "DEFAULT_FAMILIES", "FAMILIES", "FamilySpec", "Part", "ProceduralMesh", "DatasetConfig", "generate", "get_family", "sample_family",
     "object_seed", "object_id", "assign_split", "build_object", "make_dataset", "load_metadata", "write_samples",
     "sample_seed", "triangulate_polygon", "polygon_area", "signed_volume", "extrude", "box", "rounded_box", "lathe",
     "lathe_loop", "torus", "cylinder", "pyramid", "regular_polygon",
