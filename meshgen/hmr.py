@@ -134,14 +134,20 @@ class HMRModel(nn.Module, PretrainedMixin):
         return self
 
     def forward(self, images: torch.Tensor, *, pose_keypoints: torch.Tensor | None = None,
-                pose_confidence: torch.Tensor | None = None, pose_rows: torch.Tensor | None = None) -> HMROutput:
+                pose_confidence: torch.Tensor | None = None, pose_rows: torch.Tensor | None = None,
+                image_hidden: torch.Tensor | None = None) -> HMROutput:
         """``images`` (B, 3, S, S) float in [0, 1].
 
         ``pose_keypoints`` (B, J, 2, crop frame) and ``pose_confidence`` (B, J, in [0, 1]) replace the keypoint
         head's output as the pose tokenizer's input (the head still runs and is returned): a diagnosis of what the
         pose tokens can carry, e.g. the true keypoints of a test image as an upper bound
         (``scripts/eval_body.py --pose-from truth``), or, in training, the true keypoints as a teacher
-        (``scripts/train_hmr.py --pose-teacher``); ``pose_rows`` (B,) bool limits the replacement to those rows."""
+        (``scripts/train_hmr.py --pose-teacher``); ``pose_rows`` (B,) bool limits the replacement to those rows.
+
+        ``image_hidden`` (B, (S/16)^2) bool hides those image tokens from the transformer (a key padding mask; the
+        keypoint head still sees the whole image): modality dropout in training (``scripts/train_hmr.py
+        --image-drop``), so the model learns what the pose tokens carry instead of reading everything off the
+        image."""
         c = self.config
         x = images - self.pixel_mean
         feats = []
@@ -169,7 +175,12 @@ class HMRModel(nn.Module, PretrainedMixin):
             tokens.append(self.pose_proj(vectors) + self.pose_pos)
         n_ctx = sum(t.shape[1] for t in tokens)
         tokens.append(self.queries.expand(images.shape[0], -1, -1))
-        h = self.norm(self.transformer(torch.cat(tokens, dim=1)))[:, n_ctx:]
+        mask = None
+        if image_hidden is not None:
+            rest = torch.zeros(images.shape[0], n_ctx + self.queries.shape[0] - image_hidden.shape[1],
+                               dtype=torch.bool, device=images.device)
+            mask = torch.cat([image_hidden.to(device=images.device, dtype=torch.bool), rest], dim=1)
+        h = self.norm(self.transformer(torch.cat(tokens, dim=1), src_key_padding_mask=mask))[:, n_ctx:]
         cam = self.cam_head(h[:, 0])
         camera = torch.cat([F.softplus(cam[:, :1] + 0.5), cam[:, 1:]], dim=-1)
         joints = self.joint_head(h[:, 1:1 + c.n_joints])

@@ -9,7 +9,8 @@ images with colour jitter (per-channel gain, brightness, contrast, noise), one A
 error (mm) on its clean and its occluded images; ``OUT/best`` keeps the lowest mean coarse-vertex error,
 ``OUT/last`` the resumable state, ``OUT/log.csv`` the curve. ``--no-pose-tokens`` trains the ablation (the same
 model without the pose tokens, same data and budget). ``--pose-teacher P`` feeds a share ``P`` of the training
-images' pose tokens the true keypoints instead of the head's (validation always uses the head's).
+images' pose tokens the true keypoints instead of the head's (validation always uses the head's); ``--image-drop P``
+hides part of the image tokens of a share ``P`` of the training images from the transformer (modality dropout).
 
 Usage::
 
@@ -111,6 +112,12 @@ def validate(model: HMRModel, data: BodySplit, batch: int = 64) -> dict:
             "pve_occluded": float(pve[occ].mean()) if occ.any() else float("nan")}
 
 
+def hidden_image_tokens(rng: np.random.Generator, n: int, n_tokens: int, share: float) -> torch.Tensor:
+    """(n, n_tokens) bool: on a share ``share`` of the rows, a random 25-100 % of the image tokens are hidden."""
+    hide = rng.random((n, n_tokens)) < rng.uniform(0.25, 1.0, (n, 1))
+    return torch.as_tensor(hide & (rng.random((n, 1)) < share))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="data/body")
@@ -132,6 +139,9 @@ def main(argv=None) -> int:
                          "--teacher-noise px; every joint in the image, hidden ones too) instead of the keypoint "
                          "head's, so the transformer learns to rely on the tokens")
     ap.add_argument("--teacher-noise", type=float, default=2.0, help="std of the teacher keypoints' jitter, pixels")
+    ap.add_argument("--image-drop", type=float, default=0.0,
+                    help="share of training images that hide a random 25-100%% of their image tokens from the "
+                         "transformer (modality dropout: the rest must come from the pose tokens)")
     args = ap.parse_args(argv)
     try:
         tokenizer = PoseTokenizer.from_pretrained(args.tokenizer)
@@ -178,6 +188,9 @@ def main(argv=None) -> int:
             kw = {"pose_keypoints": b["keypoints"] + torch.as_tensor(noise, dtype=torch.float32),
                   "pose_confidence": b["inside"].float(),
                   "pose_rows": torch.as_tensor(rng.random(n) < args.pose_teacher)}
+        if args.image_drop > 0:
+            kw["image_hidden"] = hidden_image_tokens(rng, len(b["images"]), (config.image_size // 16) ** 2,
+                                                     args.image_drop)
         terms = hmr_losses(model(b["images"], **kw), b, model)
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()

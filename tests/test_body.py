@@ -264,6 +264,33 @@ def test_pose_tokens_from_given_keypoints(one_thread):
     assert torch.allclose(mixed.joints[1], own.joints[1], atol=1e-5)  # per-row teacher (train_hmr --pose-teacher)
 
 
+def test_hidden_image_tokens(one_thread):
+    """Modality dropout (train_hmr --image-drop): hidden image tokens cannot change the output; others can."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from train_hmr import hidden_image_tokens
+
+    torch.manual_seed(0)
+    model = tiny_model(pose_tokens=True).eval()
+    n_img = (model.config.image_size // 16) ** 2
+    x = torch.rand(2, 3, 64, 64)
+    none = torch.zeros(2, n_img, dtype=torch.bool)
+    assert torch.allclose(model(x, image_hidden=none).joints, model(x).joints, atol=1e-6)
+    hidden = none.clone()
+    hidden[:, 0] = True
+    a = model(x, image_hidden=hidden)
+    with torch.no_grad():
+        model.img_pos[0] += 5.0  # moves only the hidden token
+    assert torch.allclose(model(x, image_hidden=hidden).joints, a.joints, atol=1e-5)
+    assert not torch.allclose(model(x).joints, a.joints, atol=1e-4)
+    rows = hidden_image_tokens(np.random.default_rng(0), 400, n_img, 0.5)
+    assert rows.shape == (400, n_img) and rows.dtype == torch.bool
+    share = rows.any(1).float().mean().item()
+    assert 0.4 < share < 0.6 and rows[rows.any(1)].float().mean() > 0.5
+
+
 def test_eval_body_pose_sources_and_prediction(one_thread):
     """scripts/eval_body.py --pose-from: true keypoints (confidence 1 inside the image), another image's keypoints,
     or the head's; predictions come back as arrays whichever the tokens read."""

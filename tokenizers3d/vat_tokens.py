@@ -38,7 +38,9 @@ def _load(checkpoint, device: str):
     from .compress import DEFAULT_CHECKPOINT, load_vat_model
 
     path = DEFAULT_CHECKPOINT if checkpoint is None else Path(checkpoint)
-    key = (str(path.resolve()), device)
+    weights = path / "model.safetensors"
+    stamp = (weights.stat().st_mtime_ns, weights.stat().st_size) if weights.is_file() else None
+    key = (str(path.resolve()), stamp, device)  # weights rewritten in place (a training run's best/) load again
     if key not in _CACHE:
         _CACHE[key] = load_vat_model(checkpoint, device=device)
     return _CACHE[key], path
