@@ -7,7 +7,9 @@ For every held-out mesh: sample an oriented point cloud from its surface, genera
 * ``bbox``: the 12-triangle axis-aligned bounding box of the points;
 * ``hull``: the convex hull of the points, quadric-decimated to at most the reference face count.
 
-(The three are in :mod:`meshgen.baselines`, which the web app's Generate tab also uses.)
+(The three are in :mod:`meshgen.baselines`, which the web app's Generate tab also uses.) Beside them, ``floor``
+scores the reference against itself on independent surface samples: the value a perfect output would get, below
+which no method can go (Chamfer of two samplings is not 0), so differences smaller than its spread are ties.
 
 All are scored against the reference with :func:`tokenizers3d.metrics.evaluate_mesh` (conventions in that
 module). Per split the JSON holds
@@ -25,7 +27,7 @@ module). Per split the JSON holds
     python scripts/eval_generator.py --checkpoint assets/checkpoints/hourglass-small \\
         --procedural data/procedural --real data/real --n 24 --out runs/eval.json --markdown
 
-``--skip-baselines`` leaves out Poisson and the hull (quick ablations); the bounding box is always scored.
+``--skip-baselines`` leaves out Poisson, the hull and the floor (quick ablations); the bounding box is always scored.
 ``--cfg-scale``, ``--guidance/--no-guidance``, ``--min-coverage``, ``--guide-tol``, ``--samples``, ``--free-samples`` and
 ``--refine/--no-refine`` are passed to
 :func:`meshgen.pipeline.generate_mesh` only when given (otherwise its defaults apply; the JSON's
@@ -66,9 +68,10 @@ from tokenizers3d.metrics import evaluate_mesh
 from tokenizers3d.sample import sample_surface
 
 METRICS = ("chamfer", "normal_consistency", "fscore_002", "fscore_005", "hausdorff")
-METHODS = ("model", "baseline", "bbox", "hull")  # JSON keys; "baseline" (Poisson) keeps its old name
-LABELS = {"model": "model", "baseline": "Poisson + decimation", "bbox": "bounding box", "hull": "convex hull"}
-SHORT = {"model": "model", "baseline": "Poisson", "bbox": "bbox", "hull": "hull"}  # column headers
+METHODS = ("model", "baseline", "bbox", "hull", "floor")  # JSON keys; "baseline" (Poisson) keeps its old name
+LABELS = {"model": "model", "baseline": "Poisson + decimation", "bbox": "bounding box", "hull": "convex hull",
+          "floor": "the reference itself (metric floor)"}
+SHORT = {"model": "model", "baseline": "Poisson", "bbox": "bbox", "hull": "hull", "floor": "floor"}  # column headers
 AXES = ("x", "y", "z")
 
 
@@ -274,6 +277,7 @@ def evaluate_items(model, items: list[Item], *, n_points: int, seed: int, temper
             t0 = time.time()
             meshes["hull"] = hull_baseline(cloud.points, n_ref)
             row["hull_seconds"] = round(time.time() - t0, 2)
+            meshes["floor"] = ref  # scored on independent samples: what a perfect output would get
         for key, mesh in meshes.items():
             row[key] = evaluate_mesh(mesh, ref, seed=seed).to_dict() if mesh is not None else None
         row["extents"] = {"input": unit_extents(cloud.points, norm),

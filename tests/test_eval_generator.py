@@ -238,6 +238,13 @@ def test_evaluate_items_with_a_stub_generator(tmp_path, monkeypatch):
     assert res["tracking"]["model_extents_std"]["x"] == pytest.approx(0.0, abs=1e-9)
     assert set(res["families"]) == {"box", "cone"} and res["families"]["box"]["n"] == 2
     assert "hull" not in res["items"][0] and "baseline" not in res["items"][0]
+    full = E.evaluate_items(None, items, n_points=256, seed=0, temperature=0.5, log=lambda m: None)
+    assert list(full["summary"]) == ["model", "baseline", "bbox", "hull", "floor"]
+    for row in full["items"]:  # the reference on independent samples: above 0, not above any method
+        others = min(row[k]["chamfer"] for k in ("model", "bbox", "hull"))
+        assert 0 < row["floor"]["chamfer"] <= others and row["floor"]["fscore_005"] > 0.9
+    # a box given back exactly (its bounding box) scores the floor: the same mesh on the same samplings
+    assert all(r["bbox"]["chamfer"] == r["floor"]["chamfer"] for r in full["items"] if r["group"] == "box")
 
 
 def test_generation_kwargs_check_free_samples_against_the_samples_drawn():
