@@ -266,7 +266,8 @@ def body(inp: Path = typer.Argument(..., metavar="INPUT", help="Image of one per
 
 
 @app.command()
-def generate(inp: Path = typer.Argument(..., metavar="INPUT", help="Point cloud (.ply .pcd .xyz .npy) or mesh."),
+def generate(inp: Path = typer.Argument(None, metavar="INPUT", help="Point cloud (.ply .pcd .xyz .npy) or mesh "
+                                                                    "(or none, with --family)."),
              out: Path = typer.Option(..., "-o", "--out", help="Mesh to write (.obj, .ply, .glb)."),
              faces: int = typer.Option(None, help="Requested face count (default: the model's choice)."),
              seed: int = typer.Option(0),
@@ -300,12 +301,42 @@ def generate(inp: Path = typer.Argument(..., metavar="INPUT", help="Point cloud 
              refine: bool = typer.Option(True, "--refine/--no-refine",
                                          help="Move the vertices to fit the input points after decoding (faces kept)."),
              preview: bool = typer.Option(True, "--preview/--no-preview",
-                                          help="Write a PNG preview beside the mesh (same name, .png).")):
-    """Turn a point cloud (or a mesh's surface) into a low-poly artist-like mesh."""
+                                          help="Write a PNG preview beside the mesh (same name, .png)."),
+             family: str = typer.Option(None, help="Instead of INPUT: sample a shape of this procedural family "
+                                                   "from the VAT shape prior (--prior) and decode it."),
+             prior: Path = typer.Option(None, help="With --family: shape prior model directory "
+                                                   "(scripts/train_shape_prior.py; default: the bundled one)."),
+             vat: Path = typer.Option(None, help="With --family: the VAT model the prior was trained on (default: "
+                                                 "the one beside the prior)."),
+             artist: bool = typer.Option(False, "--artist/--no-artist",
+                                         help="With --family: turn the sampled shape into a low-poly artist mesh "
+                                              "with the point-cloud generator (--checkpoint, --faces, ...)."),
+             resolution: int = typer.Option(64, help="With --family: marching-cubes cells per side."),
+             prior_temperature: float = typer.Option(1.0, help="With --family: the prior's sampling temperature."),
+             prior_cfg: float = typer.Option(2.0, help="With --family: the prior's classifier-free guidance scale.")):
+    """Turn a point cloud (or a mesh's surface) into a low-poly artist-like mesh; or, with --family, sample a
+    shape of that family from the VAT shape prior."""
     from meshgen.guidance import GuidanceConfig
     from meshgen.pipeline import generate_file, resolve_free_samples
     from meshgen.refine import RefineConfig
     from tokenizers3d.errors import MeshInputError
+
+    if family is not None:
+        from meshgen.shape_prior import generate_shape_file, resolve_prior
+
+        if inp is not None:
+            raise MeshInputError(inp, "give a point cloud or --family, not both")
+        artist_kwargs = {"checkpoint": checkpoint, "faces": faces, "temperature": temperature, "top_p": top_p,
+                         "samples": samples, "refine": RefineConfig() if refine else None}
+        if max_faces is not None:
+            artist_kwargs["max_faces"] = max_faces
+        res = generate_shape_file(family, out, prior=resolve_prior(prior), vat=vat, seed=seed,
+                                  temperature=prior_temperature, cfg_scale=prior_cfg, resolution=resolution,
+                                  artist=artist, artist_kwargs=artist_kwargs, preview=preview)
+        print(json.dumps(vars(res), default=str))
+        return
+    if inp is None:
+        raise MeshInputError(None, "give a point cloud or mesh (INPUT), or --family to sample a shape")
 
     if faces is not None and faces <= 0:
         raise MeshInputError(None, f"--faces must be positive, got {faces}")

@@ -39,6 +39,24 @@ def load_vat_model(checkpoint: str | Path | None = None, *, device: str = "cpu")
     return model, model_digest(directory)
 
 
+def encode_mesh(model, mesh, *, n_points: int = DEFAULT_POINTS, seed: int = 0, device: str = "cpu"):
+    """``(codes, normalization)``: the per-scale ids ``(1, n_s)`` a VAT model gives ``mesh`` (a trimesh, any frame;
+    moved into the unit frame by :class:`~tokenizers3d.mesh.Normalization`, ``n_points`` surface samples drawn
+    with ``seed``)."""
+    import torch
+    import trimesh
+
+    from .mesh import Normalization
+    from .sample import sample_surface
+
+    norm = Normalization.fit(np.asarray(mesh.vertices))
+    unit = trimesh.Trimesh(norm.apply(np.asarray(mesh.vertices)), np.asarray(mesh.faces), process=False)
+    cloud = sample_surface(unit, n_points, seed=seed)
+    t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)[None]  # noqa: E731
+    with torch.no_grad():
+        return model.encode(t(cloud.points), t(cloud.normals)), norm
+
+
 @dataclass
 class CompressResult:
     out: Path
@@ -55,8 +73,6 @@ def compress_file(mesh_path: str | Path, out_path: str | Path, *, checkpoint: st
     import torch
 
     from .io import check_output_path, load_mesh, refuse_overwrite
-    from .mesh import Normalization
-    from .sample import sample_surface
 
     out_path = Path(out_path)
     refuse_overwrite(out_path, mesh_path, checkpoint)
@@ -67,13 +83,7 @@ def compress_file(mesh_path: str | Path, out_path: str | Path, *, checkpoint: st
     if not 1 <= kept <= len(q.scales):
         raise ConfigError(f"--scales must be between 1 and {len(q.scales)}, got {scales}")
     mesh = load_mesh(mesh_path, max_faces=max_faces)
-    norm = Normalization.fit(np.asarray(mesh.vertices))
-    import trimesh
-
-    unit = trimesh.Trimesh(norm.apply(np.asarray(mesh.vertices)), np.asarray(mesh.faces), process=False)
-    cloud = sample_surface(unit, n_points, seed=seed)
-    t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)[None]  # noqa: E731
-    codes = model.encode(t(cloud.points), t(cloud.normals))
+    codes, norm = encode_mesh(model, mesh, n_points=n_points, seed=seed, device=device)
     ids = torch.cat(codes[:kept], dim=-1)[0].cpu().numpy()
     f = VatFile(ids, model.config.bits_per_token, len(q.scales), kept, digest, norm)
     size = write_vat(out_path, f)
