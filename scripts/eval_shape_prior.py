@@ -117,7 +117,7 @@ def save_grid(meshes: dict, path: Path, *, per_family: int = 6, size: int = 128)
     from renderers.preview import preview_image
 
     rows = []
-    for fam, ms in meshes.items():
+    for ms in meshes.values():
         tiles = []
         for m in ms[:per_family]:
             img = np.full((size, size, 3), 255, np.uint8)
