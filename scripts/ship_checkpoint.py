@@ -51,6 +51,33 @@ def _family_verdict(res: dict) -> str:
     return "; ".join(parts) + "." if parts else ""
 
 
+def merge_evals(results: list[dict]) -> dict:
+    """One evaluation from several ``eval_generator.py`` JSONs of the same settings (one process per split)."""
+    out = dict(results[0], splits={})
+    for r in results:
+        same = {k: r.get(k) for k in ("checkpoint", "seed", "temperature", "n_points", "n", "max_faces")}
+        if same != {k: out.get(k) for k in same}:
+            raise SystemExit(f"error: evaluations with different settings cannot be merged: {same}")
+        for split, v in r["splits"].items():
+            if split in out["splits"]:
+                raise SystemExit(f"error: split {split!r} is in two of the evaluations")
+            out["splits"][split] = v
+    return out
+
+
+def _family_text(dc: dict) -> str:
+    from collections import Counter
+
+    from tokenizers3d.procedural import DEFAULT_FAMILIES
+
+    fams = dc.get("families")
+    if not fams:
+        return f"{len(DEFAULT_FAMILIES)} families"
+    counts = Counter(fams)
+    extra = ", ".join(f"`{f}` x{n}" for f, n in sorted(counts.items()) if n > 1)
+    return f"{len(counts)} families drawn from a list of {len(fams)}" + (f" ({extra})" if extra else "")
+
+
 def _eval_command(res: dict, checkpoint: str) -> str:
     gen = res.get("generation") or {}
     flags = []
@@ -80,7 +107,8 @@ def _compare(new: dict, old: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True, help="training run directory (best/, log.csv, config.yaml)")
-    p.add_argument("--eval", type=Path, required=True, help="eval_generator.py --out JSON of the run's best/")
+    p.add_argument("--eval", type=Path, nargs="+", required=True,
+                   help="eval_generator.py --out JSON of the run's best/ (several: one per split, merged)")
     p.add_argument("--config", default="configs/hourglass_cpu.yaml", help="the recipe, for the reproduce command")
     p.add_argument("--prev-eval", type=Path, default=None,
                    help="the same evaluation of the previously shipped checkpoint (a comparison table)")
@@ -106,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     val = [r for r in log if r["val_loss"] != "nan"]
     best = min(val, key=lambda r: float(r["val_loss"]))
     last = log[-1]
-    res = json.loads(args.eval.read_text())
+    res = merge_evals([json.loads(p.read_text()) for p in args.eval])
     summary = {s: r["summary"] for s, r in res["splits"].items()}
     meta = json.loads((tmp / "config.json").read_text())
     from meshgen.registry import load_model
@@ -133,8 +161,8 @@ best of 8 samples (4 guided, 4 free), each refined to the points (`meshgen/refin
 - Tokens: the `coords` sequence at {bits} bits (vocabulary {2 ** bits + 3}).
 
 ## Data
-- Fresh procedural meshes made on the fly (`meshgen.data.ProceduralStream`, stream seed {dc.get('stream_seed')}; 15
-  families, none repeated), at most {dc['max_faces']} faces, face-count curriculum {dc.get('curriculum') or 'none (the full budget from the first step)'}, augmentation
+- Fresh procedural meshes made on the fly (`meshgen.data.ProceduralStream`, stream seed {dc.get('stream_seed')}; {_family_text(dc)},
+  none repeated), at most {dc['max_faces']} faces, face-count curriculum {dc.get('curriculum') or 'none (the full budget from the first step)'}, augmentation
   {dc.get('augment')} (defaults of `AugmentConfig`: anisotropic scale, rotations about the up axis, axis
   permutations, point noise and holes), {dc['n_points']} points per mesh, windows of {dc['window']} tokens,
   {int(100 * dc.get('drop_face_count', 0))}% of examples with the face count hidden and {int(100 * dc.get('drop_points', 0))}%

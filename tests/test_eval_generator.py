@@ -362,3 +362,19 @@ def test_ablate_refine_caches_candidates_and_scores_every_setting_on_them(tmp_pa
             [(r["id"], r["chamfer"], r["fscore_005"]) for r in again[name]]
     assert "| default |" in out.with_suffix(".md").read_text()
     assert A.main(args[:6] + ["--procedural", str(tmp_path / "missing"), "--cache", str(cache)]) == 2
+
+
+def test_ship_checkpoint_merges_per_split_evaluations():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import ship_checkpoint as S
+
+    head = {"checkpoint": "c", "seed": 0, "temperature": 0.5, "n_points": 2048, "n": 24, "max_faces": 200}
+    merged = S.merge_evals([{**head, "splits": {"procedural": {"a": 1}}}, {**head, "splits": {"real": {"b": 2}}}])
+    assert merged["splits"] == {"procedural": {"a": 1}, "real": {"b": 2}} and merged["n"] == 24
+    with pytest.raises(SystemExit, match="different settings"):
+        S.merge_evals([{**head, "splits": {}}, {**head, "seed": 1, "splits": {}}])
+    with pytest.raises(SystemExit, match="two of the evaluations"):
+        S.merge_evals([{**head, "splits": {"real": {}}}, {**head, "splits": {"real": {}}}])
+    assert S._family_text({}) == "15 families"
+    assert S._family_text({"families": ["box", "cone", "pebble", "pebble"]}) == \
+        "3 families drawn from a list of 4 (`pebble` x2)"
