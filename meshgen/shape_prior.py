@@ -151,7 +151,7 @@ class ShapePrior(nn.Module, PretrainedMixin):
     def _mask(self, n: int, device) -> torch.Tensor:
         """Block-causal attention mask over the family token + the first ``n`` positions (True = blocked)."""
         scale = torch.cat([self.scale_of.new_full((1,), -1), self.scale_of[:n]]).to(device)
-        return scale[None, :] > scale[:, None].clamp_min(0)
+        return scale[None, :] > scale[:, None]  # the family token (scale -1) sees only itself
 
     def logits(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """``(B, n, code_dim)`` scale inputs and ``(B,)`` labels -> logits ``(B, n, codebook_size)``."""
