@@ -243,6 +243,10 @@ def test_evaluate_items_with_a_stub_generator(tmp_path, monkeypatch):
     for row in full["items"]:  # the reference on independent samples: above 0, not above any method
         others = min(row[k]["chamfer"] for k in ("model", "bbox", "hull"))
         assert 0 < row["floor"]["chamfer"] <= others and row["floor"]["fscore_005"] > 0.9
+    old = {"seed": 0, "methods": ["model", "bbox"], "splits": {"procedural": res}}  # written before the floor row
+    added = E.add_floor(json.loads(json.dumps(old)), tmp_path, tmp_path / "no-real")
+    assert added["methods"][-1] == "floor" and "floor" in added["splits"]["procedural"]["summary"]
+    assert [r["floor"] for r in added["splits"]["procedural"]["items"]] == [r["floor"] for r in full["items"]]
     # a box given back exactly (its bounding box) scores the floor: the same mesh on the same samplings
     assert all(r["bbox"]["chamfer"] == r["floor"]["chamfer"] for r in full["items"] if r["group"] == "box")
 
