@@ -49,6 +49,43 @@ def _run_facts(run: Path) -> dict:
             "val": val, "cfg": cfg, "sessions": sessions}
 
 
+def _stages(run: Path) -> list[tuple[Path, dict]]:
+    """``[(run dir, facts)]`` from the first training stage to ``run``, following ``--init-from``."""
+    chain, seen = [], set()
+    while run is not None and run.resolve() not in seen:
+        seen.add(run.resolve())
+        facts = _run_facts(run)
+        chain.append((run, facts))
+        init = facts["cfg"].get("init_from")
+        run = Path(init).parent if init else None
+    return chain[::-1]
+
+
+def _flag_text(cfg: dict) -> str:
+    parts = []
+    if cfg.get("pose_teacher"):
+        parts.append(f"pose teacher {cfg['pose_teacher']} ({cfg.get('teacher_noise', 2.0)} px jitter)")
+    if cfg.get("image_drop"):
+        parts.append(f"image-token drop {cfg['image_drop']}")
+    return (", " + ", ".join(parts)) if parts else ""
+
+
+def _train_cmd(run: Path, cfg: dict) -> str:
+    """The ``train_hmr.py`` command of one stage, from its ``train_config.json``."""
+    cmd = (f"python scripts/train_hmr.py --data {cfg['data']} --tokenizer {cfg['tokenizer']} --out {run} "
+           f"--steps {cfg['steps']} \\\n    --batch {cfg['batch']} --lr {cfg['lr']} --val-every {cfg['val_every']} "
+           f"--threads {cfg['threads']}")
+    if cfg.get("no_pose_tokens"):
+        cmd += " --no-pose-tokens"
+    if cfg.get("init_from"):
+        cmd += f" --init-from {cfg['init_from']}"
+    if cfg.get("pose_teacher"):
+        cmd += f" --pose-teacher {cfg['pose_teacher']} --teacher-noise {cfg.get('teacher_noise', 2.0)}"
+    if cfg.get("image_drop"):
+        cmd += f" --image-drop {cfg['image_drop']}"
+    return cmd
+
+
 def tokenizer_card(run: Path, size: int) -> str:
     f = _run_facts(run)
     v, cfg = f["val"], f["cfg"]
@@ -114,28 +151,17 @@ def hmr_card(run: Path, ablation: Path | None, ev: dict, size: int, md_table: st
                  "and the face, the parts furthest from the pelvis and hardest to place, while the 256 coarse "
                  "vertices are spread evenly over the surface; the upsampling floor (true coarse vertices "
                  "upsampled) shows the map itself costs about 2 mm.")
+    chain = _stages(run)
+    abl_chain = _stages(ablation) if ablation is not None else []
     stage1 = ""
-    train_cmds = (f"python scripts/train_hmr.py --data data/body --tokenizer runs/pose_tokenizer/best --out {run} "
-                  f"--steps {cfg['steps']} \\\n    --val-every {cfg['val_every']} --threads {cfg['threads']}")
-    abl_cmd = (f"python scripts/train_hmr.py --data data/body --tokenizer runs/pose_tokenizer/best --out "
-               f"{ablation or 'runs/hmr_nopose'} \\\n    --steps {cfg['steps']} --val-every {cfg['val_every']} "
-               f"--threads {cfg['threads']} --no-pose-tokens")
-    if cfg.get("init_from"):  # a second stage: the first stage's runs come first, then this one warm-started
-        first = Path(cfg["init_from"]).parent
-        f1 = _run_facts(first)
-        c1 = f1["cfg"]
-        stage1 = (f"* Stage 1 ({first}): {f1['steps']} steps of {c1['batch']} images, lr {c1['lr']}, "
-                  f"{f1['hours'] * 60:.1f} min; stage 2 (this run) warm-started from its best weights and stopped at "
-                  f"step {f['steps']} of a {cfg['steps']}-step schedule (resumable).")
-        abl_first = Path(_run_facts(ablation)["cfg"].get("init_from") or "runs/hmr_nopose/best").parent \
-            if ablation is not None else Path("runs/hmr_nopose")
-        stage1_cmds = [
-            f"python scripts/train_hmr.py --data data/body --tokenizer runs/pose_tokenizer/best --out {first} "
-            f"--steps {c1['steps']} \\\n    --val-every {c1['val_every']} --threads {c1['threads']}",
-            f"python scripts/train_hmr.py --data data/body --tokenizer runs/pose_tokenizer/best --out {abl_first} "
-            f"--steps {c1['steps']} \\\n    --val-every {c1['val_every']} --threads {c1['threads']} --no-pose-tokens"]
-        train_cmds = "\n".join(stage1_cmds) + "\n" + train_cmds + f" --lr {cfg['lr']} --init-from {cfg['init_from']}"
-        abl_cmd += f" --lr {cfg['lr']} --init-from {abl_first}/best"
+    if len(chain) > 1:
+        stage1 = "; ".join(
+            f"{'* Stages: ' if k == 0 else ''}{k + 1} ({d}{', warm-started from the previous stage' if k else ''}): "
+            f"{fk['steps']} steps of {fk['cfg']['batch']} images, lr {fk['cfg']['lr']}{_flag_text(fk['cfg'])}, "
+            f"{fk['hours'] * 60:.1f} min" for k, (d, fk) in enumerate(chain)) + "; the last stage is this run."
+    train_cmds = "\n".join(_train_cmd(d, fk["cfg"]) for d, fk in chain)
+    abl_cmd = "\n".join(_train_cmd(d, fk["cfg"]) for d, fk in abl_chain) if abl_chain else _train_cmd(
+        Path("runs/hmr_nopose"), {**cfg, "no_pose_tokens": True, "pose_teacher": 0.0, "init_from": None})
     abl = ""
     if ablation is not None:
         fa = _run_facts(ablation)
@@ -214,8 +240,8 @@ def main(argv=None) -> int:
     if args.ablation_run:
         a = json.loads((hmr_run / "train_config.json").read_text())
         b = json.loads((Path(args.ablation_run) / "train_config.json").read_text())
-        differ = [k for k in ("data", "tokenizer", "steps", "batch", "lr", "seed", "threads", "model", "val_every")
-                  if a.get(k) != b.get(k)]
+        differ = [k for k in ("data", "tokenizer", "steps", "batch", "lr", "seed", "threads", "model", "val_every",
+                              "image_drop") if a.get(k) != b.get(k)]
         if differ or a.get("no_pose_tokens") or not b.get("no_pose_tokens"):
             _fail(f"the ablation run differs in {differ or 'its pose tokens'}; train it with the same settings")
     md = Path(args.markdown or Path(args.eval).with_suffix(".md")).read_text()
