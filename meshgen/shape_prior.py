@@ -268,8 +268,10 @@ def generate_shape_file(family: str, out: str | Path, *, prior: str | Path, vat:
     import time
 
     from meshgen.pipeline import _write_mesh_and_preview
+    from tokenizers3d.io import check_output_path
 
     t0 = time.time()
+    check_output_path(Path(out))  # a bad target fails before any sampling
     model, vat_model = load_prior_and_vat(prior, vat)
     label = torch.tensor([model.label(family)])
     mesh = None

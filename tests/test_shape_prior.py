@@ -191,6 +191,8 @@ def test_train_script_resumes_and_cli(tmp_path, capsys):
     assert code == 2 and "not both" in err
     code, err = cli("generate", "-o", tmp_path / "t.obj")
     assert code == 2 and "--family" in err
+    code, err = cli("generate", "--family", "box", "--prior", out / "best", "-o", tmp_path / "t.xyz")
+    assert code == 2 and "t.xyz" in err and not (tmp_path / "t.xyz").exists()
     code, text = cli("generate", "--family", "box", "--prior", out / "best", "-o", tmp_path / "t.obj",
                      "--resolution", "16")
     assert code == 0, text
