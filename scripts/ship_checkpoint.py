@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="caption of the --decoding table")
     p.add_argument("--prior-minutes", type=float, default=0.0,
                    help="training minutes of the warm-start checkpoint (from its own model card)")
+    p.add_argument("--warm-note", default="; how to restore it: the comment in the config",
+                   help="appended to the warm start's description (its stages, how to restore it)")
     p.add_argument("--name", default="hourglass-small")
     args = p.parse_args(argv)
 
@@ -174,7 +176,7 @@ best of 8 samples (4 guided, 4 free), each refined to the points (`meshgen/refin
 ## Training
 - `python scripts/train_generator.py --config {args.config}` (AdamW, lr {tc['lr']}, warmup {tc['warmup_steps']}, cosine,
   batch {tc['batch_size']}, clip {tc.get('grad_clip', 1.0)}), {last['step']} steps in {minutes:.0f} min of wall time on the 2-core
-  CPU (shared with evaluation jobs){f", warm-started from `{warm}` (the previous bundled checkpoint, {args.prior_minutes:.0f} min of CPU training; how to restore it: the comment in `{args.config}`)" if warm else ""}.
+  CPU (shared with evaluation jobs){f", warm-started from `{warm}` ({args.prior_minutes:.0f} min of earlier CPU training{args.warm_note})" if warm else ""}.
 - Validation loss (nats/token) of the shipped weights (step {best['step']}): {float(best['val_loss']):.4f} overall,
   {float(best.get('val_new_vertex_loss') or 'nan'):.3f} on tokens of new vertices, {float(best.get('val_first_vertex_loss') or 'nan'):.3f}
   on the first vertex. Uniform guessing is {math.log(2 ** bits + 3):.2f}.
