@@ -207,7 +207,7 @@ longest side).
 - {_family_verdict(res)}
 - Trained on procedural shapes only; the real rows measure transfer to human-made meshes it never saw.
 - 7-bit coordinates: decoded vertices snap to a 128^3 grid of the input's bounding cube (refinement then moves them
-  by at most 0.04 of the longest side).
+  by a bounded amount, `RefineConfig.max_shift` of the longest side).
 """)
     atomic_write_text(tmp / "README.md", "\n".join(sections))
     shutil.rmtree(dest, ignore_errors=True)
