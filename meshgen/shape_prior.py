@@ -31,8 +31,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from meshgen.sampling import cfg_mix, filter_logits
 from tokenizers3d.checkpoint import PretrainedMixin
 from tokenizers3d.errors import ConfigError, MeshInputError
+from tokenizers3d.msrq import check_scales, resample
 
 
 @dataclass(frozen=True)
@@ -66,9 +68,7 @@ class ShapePriorConfig:
     vat_digest: str = ""
 
     def __post_init__(self):
-        sc = tuple(int(n) for n in self.scales)
-        if not sc or min(sc) < 1 or any(b < a for a, b in zip(sc[:-1], sc[1:], strict=True)):
-            raise ValueError(f"scales must be positive and non-decreasing, got {self.scales}")
+        check_scales(self.scales)
         if not self.families or len(set(self.families)) != len(self.families):
             raise ValueError(f"families must be distinct and at least one, got {self.families}")
         if self.dim % self.heads:
@@ -77,12 +77,6 @@ class ShapePriorConfig:
     @property
     def n_tokens(self) -> int:
         return int(sum(self.scales))
-
-
-def _resample(x: torch.Tensor, n: int) -> torch.Tensor:
-    from tokenizers3d.msrq import resample
-
-    return resample(x, n)
 
 
 @dataclass
@@ -143,9 +137,9 @@ class ShapePrior(nn.Module, PretrainedMixin):
         total = self.codebook.new_zeros(batch, length, c.code_dim)
         out = []
         for s in range(upto):
-            out.append(_resample(total, c.scales[s]))
+            out.append(resample(total, c.scales[s]))
             if s < upto - 1:
-                total = total + _resample(F.embedding(codes[s], self.codebook), length)
+                total = total + resample(F.embedding(codes[s], self.codebook), length)
         return torch.cat(out, dim=1)
 
     def _mask(self, n: int, device) -> torch.Tensor:
@@ -178,18 +172,13 @@ class ShapePrior(nn.Module, PretrainedMixin):
         for s in range(len(c.scales)):
             inputs = self.scale_inputs(codes, s + 1, b)
             lo, hi = self._starts[s], self._starts[s + 1]
-            if cfg_scale != 1.0:
+            if cfg_scale != 1.0:  # conditional rows, then the same inputs with the null label (meshgen.sampling)
                 both = self.logits(inputs.repeat(2, 1, 1), torch.cat([labels, labels.new_full((b,), self.null_label)]))
-                cond, null = both[:b, lo:hi], both[b:, lo:hi]
-                logits = null + cfg_scale * (cond - null)
+                logits = cfg_mix(both[:, lo:hi].reshape(2 * b * (hi - lo), -1), cfg_scale)
             else:
-                logits = self.logits(inputs, labels)[:, lo:hi]
-            logits = logits / max(float(temperature), 1e-4)
-            if top_k and top_k < logits.shape[-1]:
-                kth = logits.topk(top_k, dim=-1).values[..., -1:]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            probs = logits.softmax(-1).reshape(-1, logits.shape[-1])
-            codes.append(torch.multinomial(probs, 1, generator=generator).reshape(b, hi - lo))
+                logits = self.logits(inputs, labels)[:, lo:hi].reshape(b * (hi - lo), -1)
+            logits = filter_logits(logits, temperature=float(temperature), top_k=top_k or None)
+            codes.append(torch.multinomial(logits.softmax(-1), 1, generator=generator).reshape(b, hi - lo))
         return PriorSample(codes, torch.cat(codes, dim=1))
 
 
@@ -310,5 +299,5 @@ def coverage_mmd(distances: np.ndarray) -> dict:
             "n_samples": int(d.shape[0]), "n_references": int(d.shape[1])}
 
 
-__all__ = ["DEFAULT_PRIOR", "resolve_prior", "ShapePriorConfig", "ShapePrior", "PriorSample", "load_prior_and_vat", "decode_shape", "ShapeResult",
-           "generate_shape_file", "coverage_mmd"]
+__all__ = ["DEFAULT_PRIOR", "resolve_prior", "ShapePriorConfig", "ShapePrior", "PriorSample", "load_prior_and_vat",
+           "decode_shape", "ShapeResult", "generate_shape_file", "coverage_mmd"]

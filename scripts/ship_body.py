@@ -153,9 +153,9 @@ def hmr_card(run: Path, ablation: Path | None, ev: dict, size: int, md_table: st
                  "upsampled) shows the map itself costs about 2 mm.")
     chain = _stages(run)
     abl_chain = _stages(ablation) if ablation is not None else []
-    stage1 = ""
+    stages = ""
     if len(chain) > 1:
-        stage1 = "; ".join(
+        stages = "; ".join(
             f"{'* Stages: ' if k == 0 else ''}{k + 1} ({d}{', warm-started from the previous stage' if k else ''}): "
             f"{fk['steps']} steps of {fk['cfg']['batch']} images, lr {fk['cfg']['lr']}{_flag_text(fk['cfg'])}, "
             f"{fk['hours'] * 60:.1f} min" for k, (d, fk) in enumerate(chain)) + "; the last stage is this run."
@@ -164,7 +164,7 @@ def hmr_card(run: Path, ablation: Path | None, ev: dict, size: int, md_table: st
         Path("runs/hmr_nopose"), {**cfg, "no_pose_tokens": True, "pose_teacher": 0.0, "init_from": None})
     abl = ""
     if ablation is not None:
-        fa = _run_facts(ablation)
+        fa = abl_chain[-1][1]
         abl = (f"* Ablation without pose tokens (`--no-pose-tokens`, {ablation}): same data, steps ({fa['steps']}) "
                f"and threads; {fa['hours'] * 60:.1f} min.")
     return f"""# body-hmr: human mesh recovery from one image with pose tokens (PostoMETRO on Anny)
@@ -182,7 +182,7 @@ No downloaded weights: everything was trained here on the CPU.
   colours and background.
 * Training (`scripts/train_hmr.py`): {f['steps']} steps of {cfg['batch']} images, AdamW lr {cfg['lr']} (warmup
   100, cosine), colour jitter; {f['hours'] * 60:.1f} min of wall time (pauses for other jobs included) on {f['machines']}.
-{stage1}
+{stages}
 {abl}
 * Shipped: best validation, step {v['step']}: coarse-vertex error {v['pve']:.1f} mm ({v['pve_clean']:.1f} clean,
   {v['pve_occluded']:.1f} occluded), MPJPE {v['mpjpe']:.1f} mm.

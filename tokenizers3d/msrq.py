@@ -23,6 +23,13 @@ import torch.nn.functional as F
 from .rvq import ResidualVQ, RVQConfig
 
 
+def check_scales(scales) -> None:
+    """``ValueError`` unless ``scales`` (tokens per scale, coarse to fine) is non-empty, positive, non-decreasing."""
+    sc = tuple(int(n) for n in scales)
+    if not sc or min(sc) < 1 or any(b < a for a, b in zip(sc[:-1], sc[1:], strict=True)):
+        raise ValueError(f"scales must be positive and non-decreasing, got {scales}")
+
+
 @dataclass(frozen=True)
 class MSRQConfig:
     """Settings of :class:`MultiScaleRQ`.
@@ -46,9 +53,7 @@ class MSRQConfig:
     dead_threshold: float = 0.05
 
     def __post_init__(self):
-        sc = tuple(int(n) for n in self.scales)
-        if not sc or min(sc) < 1 or any(b < a for a, b in zip(sc[:-1], sc[1:], strict=True)):
-            raise ValueError(f"scales must be positive and non-decreasing, got {self.scales}")
+        check_scales(self.scales)
 
     @property
     def length(self) -> int:

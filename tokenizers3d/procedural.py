@@ -601,6 +601,7 @@ def _gen_pebble(rng: np.random.Generator) -> Generated:
     return [part], {"style": style, "points": n, "power": power, "bumps": bumps, "axes": axes.tolist(),
                     "bend": bend}
 
+
 def _stairs_polygon(steps: int, depth: float, rise: float) -> np.ndarray:
     pts = [(0.0, 0.0), (steps * depth, 0.0)]
     for i in range(steps, 0, -1):
@@ -943,7 +944,7 @@ FAMILIES: dict[str, FamilySpec] = {s.name: s for s in (
     _spec("shelf", _gen_shelf, (48, 4024), "side panels + boards (+ back, dividers)", composite=True),
     _spec("lamp", _gen_lamp, (120, 1264), "base + stem + shade (+ bulb)", composite=True),
     _spec("mug", _gen_mug, (176, 888), "hollow lathed body + tube-arc handle", composite=True),
-    _spec("pebble", _gen_pebble, (12, 296), "smooth organic solid (pebble, lump, bent bone), irregular triangles"),
+    _spec("pebble", _gen_pebble, (12, 296), "smooth organic solid (pebble, lump, capsule, bent bone), irregular triangles"),
 )}
 #: The families a dataset or stream draws from when none are named: every family made before ``pebble`` (added
 #: 2026-11-30), so that earlier datasets, streams and held-out splits stay identical. Name ``pebble`` to use it.
