@@ -82,6 +82,17 @@ def lr_at(step: int, *, base: float, warmup: int, total: int, min_ratio: float) 
     return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def optimizer_step(optimizer, loss: torch.Tensor, parameters, *, lr: float, clip: float) -> None:
+    """One update of every trainer in this project: set each parameter group's learning rate to ``lr``,
+    backpropagate ``loss``, clip the gradient norm of ``parameters`` to ``clip`` and step."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, clip)
+    optimizer.step()
+
+
 def forward_loss(model, batch: ExampleBatch, pad_id: int) -> tuple[torch.Tensor, int]:
     """Mean next-token cross entropy over non-PAD targets, and the number of targets."""
     inputs, targets = batch.tokens[:, :-1], batch.tokens[:, 1:]  # (B, T) each
@@ -332,20 +343,15 @@ class Trainer:
 
             while self.step < tc.steps and not (tc.max_minutes > 0 and elapsed0 >= 60 * tc.max_minutes):
                 lr = lr_at(self.step, base=tc.lr, warmup=tc.warmup_steps, total=tc.steps, min_ratio=tc.min_lr_ratio)
-                for group in self.opt.param_groups:
-                    group["lr"] = lr
                 batch = next(it).to(self.device)
                 with self.autocast:
                     loss, n = forward_loss(self.ddp_model, batch, self.pad_id)
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-                self.opt.step()
+                optimizer_step(self.opt, loss, self.model.parameters(), lr=lr, clip=tc.grad_clip)
                 self.step += 1
                 tokens_seen += n
                 losses.append(loss.item())
                 if bar is not None:
-                    bar.update(task, completed=self.step, loss=float(loss))
+                    bar.update(task, completed=self.step, loss=losses[-1])
                 final = self.step == tc.steps or over_budget()
                 if self.step % tc.val_every == 0 or final:
                     val = self.validate()

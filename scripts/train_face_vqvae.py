@@ -37,7 +37,7 @@ import yaml
 from torch.utils.data import DataLoader, IterableDataset
 
 from meshgen.data import AugmentConfig
-from meshgen.train import lr_at
+from meshgen.train import lr_at, optimizer_step
 from tokenizers3d.checkpoint import RunFolder, load_sections
 from tokenizers3d.errors import MeshgenError
 from tokenizers3d.face_vqvae import FaceBatch, FaceVQVAE, FaceVQVAEConfig
@@ -240,14 +240,9 @@ class FaceVQVAETrainer:
         val = {"within_one": float("nan"), "exact": float("nan"), "usage": float("nan"), "perplexity": float("nan")}
         while self.step < tc.steps:
             lr = lr_at(self.step, base=tc.lr, warmup=tc.warmup_steps, total=tc.steps, min_ratio=tc.min_lr_ratio)
-            for group in self.opt.param_groups:
-                group["lr"] = lr
             batch = next(it)
             out = self.model(batch)
-            self.opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-            self.opt.step()
+            optimizer_step(self.opt, out.loss, self.model.parameters(), lr=lr, clip=tc.grad_clip)
             self.step += 1
             faces_seen += len(batch.corners)
             usage, ppl = code_usage(out.codes.reshape(-1, out.codes.shape[-1]), rvq.codebook_size, shared=rvq.shared)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from meshgen.hmr import HMRConfig, HMRModel, hmr_losses
-from meshgen.train import lr_at
+from meshgen.train import lr_at, optimizer_step
 from tokenizers3d.checkpoint import RunFolder
 from tokenizers3d.errors import MeshgenError
 from tokenizers3d.io import atomic_write_text
@@ -178,8 +178,6 @@ def main(argv=None) -> int:
     model.train()
     while step < args.steps:
         lr = lr_at(step, base=args.lr, warmup=100, total=args.steps, min_ratio=0.05)
-        for g in opt.param_groups:
-            g["lr"] = lr
         b = train.batch(rng.choice(len(train), args.batch, replace=False), rng)
         kw = {}
         if args.pose_teacher > 0 and config.pose_tokens:
@@ -192,10 +190,7 @@ def main(argv=None) -> int:
             kw["image_hidden"] = hidden_image_tokens(rng, len(b["images"]), (config.image_size // 16) ** 2,
                                                      args.image_drop)
         terms = hmr_losses(model(b["images"], **kw), b, model)
-        opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimizer_step(opt, terms["loss"], model.parameters(), lr=lr, clip=1.0)
         step += 1
         rows.append({k: float(v.detach()) for k, v in terms.items()})
         if step % args.val_every == 0 or step == args.steps:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from meshgen.train import lr_at
+from meshgen.train import lr_at, optimizer_step
 from renderers.mask_model import PartMaskConfig, PartMaskNet, cluster_embeddings, discriminative_loss, view_features
 from tokenizers3d.checkpoint import RunFolder, config_from_dict
 from tokenizers3d.errors import MeshgenError, MeshInputError
@@ -184,16 +184,11 @@ class Trainer:
         self.model.train()
         while self.step < cfg.steps:
             lr = lr_at(self.step, base=cfg.lr, warmup=cfg.warmup, total=cfg.steps, min_ratio=cfg.min_lr_ratio)
-            for group in self.opt.param_groups:
-                group["lr"] = lr
             idx = self.rng.choice(len(self.train), cfg.batch, replace=False)
             x, parts = self.batch(self.train, idx, train=True)
             loss, terms = discriminative_loss(self.model(x), parts, delta_v=cfg.model.delta_v,
                                               delta_d=cfg.model.delta_d)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-            self.opt.step()
+            optimizer_step(self.opt, loss, self.model.parameters(), lr=lr, clip=1.0)
             self.step += 1
             rows.append({"loss": loss.item(), **terms})
             if self.step % cfg.val_every == 0 or self.step == cfg.steps:

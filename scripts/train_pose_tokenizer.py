@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from meshgen.train import lr_at
+from meshgen.train import lr_at, optimizer_step
 from tokenizers3d.checkpoint import RunFolder
 from tokenizers3d.errors import MeshgenError
 from tokenizers3d.io import atomic_write_text
@@ -104,16 +104,11 @@ def main(argv=None) -> int:
     model.train()
     while step < args.steps:
         lr = lr_at(step, base=args.lr, warmup=50, total=args.steps, min_ratio=0.05)
-        for g in opt.param_groups:
-            g["lr"] = lr
         idx = torch.randint(len(kp), (args.batch,), generator=gen)
         b_kp, b_vis = mirror(kp[idx], vis[idx], torch.rand(args.batch, generator=gen) < 0.5)
         inp, conf = mask_joints(b_kp, b_vis | (torch.rand(b_vis.shape, generator=gen) < 0.5), gen)
         out = model(inp, conf, target=b_kp)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimizer_step(opt, out.loss, model.parameters(), lr=lr, clip=1.0)
         step += 1
         rows.append({"loss": out.loss.item(), "recon": out.recon_loss.item(), "commit": out.commit_loss.item()})
         if step % args.val_every == 0 or step == args.steps:

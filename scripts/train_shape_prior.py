@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from meshgen.shape_prior import ShapePrior, ShapePriorConfig
-from meshgen.train import lr_at
+from meshgen.train import lr_at, optimizer_step
 from tokenizers3d.checkpoint import RunFolder, model_digest
 from tokenizers3d.compress import encode_mesh, load_vat_model
 from tokenizers3d.errors import MeshgenError
@@ -164,16 +164,11 @@ def main(argv=None) -> int:
     model.train()
     while step < args.steps:
         lr = lr_at(step, base=args.lr, warmup=100, total=args.steps, min_ratio=0.05)
-        for g in opt.param_groups:
-            g["lr"] = lr
         pick = rng.choice(len(train["labels"]), args.batch, replace=len(train["labels"]) < args.batch)
         labels = torch.as_tensor(train["labels"][pick])
         labels = torch.where(torch.as_tensor(rng.random(len(pick)) < args.label_drop), model.null_label, labels)
         loss = model(split_codes(train["ids"][pick], config.scales), labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimizer_step(opt, loss, model.parameters(), lr=lr, clip=1.0)
         step += 1
         rows.append({"loss": float(loss.detach())})
         if step % args.val_every == 0 or step == args.steps:

@@ -38,7 +38,7 @@ import trimesh
 import yaml
 
 from meshgen.data import AugmentConfig
-from meshgen.train import lr_at
+from meshgen.train import lr_at, optimizer_step
 from tokenizers3d.checkpoint import RunFolder, load_sections
 from tokenizers3d.errors import MeshgenError
 from tokenizers3d.io import atomic_write_text
@@ -191,8 +191,6 @@ class VATTrainer:
         self.model.train()
         while self.step < tc.steps:
             lr = lr_at(self.step, base=tc.lr, warmup=tc.warmup_steps, total=tc.steps, min_ratio=tc.min_lr_ratio)
-            for group in self.opt.param_groups:
-                group["lr"] = lr
             b = self.batch(self.step)
             noise = min(1.0, self.step / tc.noise_warmup_steps) if tc.noise_warmup_steps > 0 else 1.0
             prefix = None
@@ -202,10 +200,7 @@ class VATTrainer:
                     prefix = int(rng.integers(1, len(self.cfg.model.quantizer.scales)))
             out = self.model(b["points"], b["normals"], b["queries"], b["occupancy"], noise=noise,
                              quantize=self.step >= tc.quantize_after, prefix=prefix)
-            self.opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-            self.opt.step()
+            optimizer_step(self.opt, out.loss, self.model.parameters(), lr=lr, clip=tc.grad_clip)
             self.step += 1
             rows.append({"loss": out.loss.item(), "occupancy_loss": out.occupancy_loss.item(), "kl": out.kl.item(),
                          "commit": out.commit.item(), "accuracy": out.accuracy.item()})
