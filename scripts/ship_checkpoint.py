@@ -122,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="training minutes of the warm-start checkpoint (from its own model card)")
     p.add_argument("--warm-note", default="; how to restore it: the comment in the config",
                    help="appended to the warm start's description (its stages, how to restore it)")
+    p.add_argument("--extra-eval", type=Path, nargs="+", default=[],
+                   help="eval_generator.py JSONs of further held-out inputs of the same weights (their own section)")
+    p.add_argument("--extra-note", default="Further held-out inputs, same weights and decoding:",
+                   help="caption of the --extra-eval section (how those inputs were made and evaluated)")
     p.add_argument("--name", default="hourglass-small")
     args = p.parse_args(argv)
 
@@ -197,6 +201,9 @@ longest side).
         prev = json.loads(args.prev_eval.read_text())
         sections.append("## Against the previous checkpoint\n\nThe same evaluation of the previously bundled "
                         f"checkpoint ({args.prev_note}):\n\n" + _compare(res, prev) + "\n")
+    if args.extra_eval:
+        extra = merge_evals([json.loads(p.read_text()) for p in args.extra_eval])
+        sections.append(f"## More held-out inputs\n\n{args.extra_note}\n\n{markdown_report(extra)}\n")
     if args.decoding is not None:
         sections.append(f"## Decoding\n\n{args.decoding_note}\n\n" + args.decoding.read_text().strip() + "\n")
     if args.ablation is not None:
