@@ -49,13 +49,13 @@ def procrustes(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
 
 
 def pose_inputs(data: dict, source: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """What the pose tokens read instead of the keypoint head (``--pose-from``): ``head`` -> None (the model's own
-    keypoints); ``truth`` -> the true 2D keypoints in the crop frame, confidence 1 for every joint in the image
+    """What the pose tokens read instead of the keypoint head (``--pose-from``): ``head`` / ``head-hard`` -> None
+    (the model's own keypoints; :func:`predict` masks them for ``head-hard``); ``truth`` -> the true 2D keypoints in the crop frame, confidence 1 for every joint in the image
     (hidden ones too: a perfect 2D pose, the upper bound of what pose tokens can add); ``shuffled`` -> the true
     keypoints of another test image (a wrong pose: how much the model leans on the tokens)."""
     from tokenizers3d.pose_tokens import to_crop
 
-    if source == "head":
+    if source in ("head", "head-hard"):
         return None
     size = float(data["camera"][0, 3])
     kp = to_crop(data["keypoints"][..., :2], size).astype(np.float32)
@@ -67,12 +67,20 @@ def pose_inputs(data: dict, source: str) -> tuple[np.ndarray, np.ndarray] | None
 
 
 @torch.no_grad()
-def predict(model, images: np.ndarray, batch: int = 64, pose: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+def predict(model, images: np.ndarray, batch: int = 64, pose: tuple[np.ndarray, np.ndarray] | None = None,
+            hard_visibility: bool = False) -> dict:
+    """The model's outputs on ``images`` (uint8 NHWC), pelvis-aligned. ``pose`` replaces what the pose tokens read
+    (:func:`pose_inputs`); ``hard_visibility`` feeds them the keypoint head's own keypoints with confidence 1 where
+    its visibility logit is positive and 0 elsewhere (joints it calls hidden are masked, as in the pose tokenizer's
+    training) instead of the soft sigmoid."""
     outs = {"joints": [], "coarse": [], "full": [], "keypoints": [], "camera": []}
     for s in range(0, len(images), batch):
         x = torch.from_numpy(images[s:s + batch]).permute(0, 3, 1, 2).float() / 255.0
         kw = {} if pose is None else {"pose_keypoints": torch.from_numpy(pose[0][s:s + batch]),
                                       "pose_confidence": torch.from_numpy(pose[1][s:s + batch])}
+        if hard_visibility:
+            first = model(x)
+            kw = {"pose_keypoints": first.keypoints, "pose_confidence": (first.visibility > 0).float()}
         o = model(x, **kw)
         outs["joints"].append(o.joints.numpy())
         outs["coarse"].append(o.vertices.numpy())
@@ -142,9 +150,10 @@ def main(argv=None) -> int:
     ap.add_argument("--markdown-out", default=None)
     ap.add_argument("--grid", default=None)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--pose-from", choices=("head", "truth", "shuffled"), default="head",
-                    help="what the pose tokens read (models with pose tokens): the keypoint head (default), the true "
-                         "2D keypoints (upper bound), or another image's true keypoints (reliance on the tokens)")
+    ap.add_argument("--pose-from", choices=("head", "head-hard", "truth", "shuffled"), default="head",
+                    help="what the pose tokens read (models with pose tokens): the keypoint head (default), the head "
+                         "with the joints it calls hidden masked (head-hard), the true 2D keypoints (upper bound), or "
+                         "another image's true keypoints (reliance on the tokens)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from meshgen.body import load_body_model
@@ -173,7 +182,7 @@ def main(argv=None) -> int:
     for name, model in models.items():
         q = model.config.n_vertices
         source = args.pose_from if model.config.pose_tokens else "head"
-        preds[name] = {key: predict(model, d["image"], pose=pose_inputs(d, source))
+        preds[name] = {key: predict(model, d["image"], pose=pose_inputs(d, source), hard_visibility=source == "head-hard")
                        for key, d in (("test", clean), ("test_occluded", occ))}
         r = {key: metrics(preds[name][key], d, full_true, q) for key, d in (("test", clean), ("test_occluded", occ))}
         coarse_true = root_relative(clean["vertices"][:, :q].astype(np.float64), clean["joints"].astype(np.float64))

@@ -314,6 +314,14 @@ def test_eval_body_pose_sources_and_prediction(one_thread):
     own, given = predict(model, images), predict(model, images, pose=(truth, conf))
     assert own["joints"].shape == given["joints"].shape == (3, 17, 3)
     assert np.array_equal(own["keypoints"], given["keypoints"])  # the head is reported either way
+    # head-hard: the head's own keypoints, the joints it calls hidden masked (confidence 0)
+    assert pose_inputs(data, "head-hard") is None
+    hard = predict(model, images, hard_visibility=True)
+    with torch.no_grad():
+        out = model(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0)
+    mask = (out.visibility > 0).float().numpy()
+    explicit = predict(model, images, pose=(out.keypoints.numpy(), mask))
+    assert np.allclose(hard["joints"], explicit["joints"], atol=1e-5)
 
 
 def test_tiny_hmr_overfits_eight_images(one_thread):
