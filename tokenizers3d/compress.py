@@ -7,7 +7,8 @@ extracts the surface by marching cubes at ``resolution`` and writes the mesh bac
 the output is a closed surface near the input, not the input's triangles.
 
 Weights: ``checkpoint`` (a ``scripts/train_vat.py`` run folder's ``best``), default :data:`DEFAULT_CHECKPOINT`
-(``assets/checkpoints/vat``, not shipped yet: without it both commands say so and exit 2).
+(``assets/checkpoints/vat``, the bundled first CPU-trained model, with its card; were it removed, both commands say
+so and exit 2).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ side and returns the closed surface, quantized at ``bits`` like every other toke
 ``scripts/eval_vat.py``. Strict decoding raises :class:`~tokenizers3d.errors.TokenizationError` for a
 malformed sequence (envelope, an id outside ``0 .. K-1``, a body that is not a whole number of scales).
 
-The config names the checkpoint (None: the bundled ``assets/checkpoints/vat``, once shipped) and the SHA-256
+The config names the checkpoint (None: the bundled ``assets/checkpoints/vat``) and the SHA-256
 prefix of its weights; token files never decode with other weights than they were made with.
 """
 
