@@ -53,6 +53,7 @@ import trimesh
 from meshgen.baselines import bbox_baseline, hull_baseline, poisson_baseline
 from meshgen.guidance import GuidanceConfig
 from meshgen.pipeline import (
+    DEFAULT_CHECKPOINT,
     DEFAULT_SAMPLES,
     generate_mesh,
     has_null_context,
@@ -61,6 +62,7 @@ from meshgen.pipeline import (
     resolve_free_samples,
 )
 from meshgen.refine import RefineConfig
+from tokenizers3d.checkpoint import model_digest
 from tokenizers3d.errors import MeshInputError
 from tokenizers3d.io import atomic_write_text, load_mesh
 from tokenizers3d.mesh import Normalization
@@ -522,7 +524,9 @@ def main(argv: list[str] | None = None) -> int:
         generation["cfg_scale"] = resolve_cfg_scale(model, None)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     select = {"families": args.families, "per_family": args.per_family}
-    results = {"checkpoint": args.checkpoint or "bundled", "seed": args.seed, "temperature": args.temperature,
+    results = {"checkpoint": args.checkpoint or "bundled",
+               "digest": model_digest(args.checkpoint or DEFAULT_CHECKPOINT),  # ship_checkpoint.py checks it
+               "seed": args.seed, "temperature": args.temperature,
                "n_points": args.n_points, "n": args.n, "max_faces": args.max_faces,
                "families": args.families, "per_family": args.per_family,
                "methods": ["model", "bbox"] if args.skip_baselines else list(METHODS),

@@ -14,13 +14,12 @@ have evaluated these weights) and the commands that reproduce them.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
 
 from meshgen.body import DEFAULT_CHECKPOINT as HMR_DEST
-from tokenizers3d.checkpoint import install_model_dir, model_digest, shippable_weights
+from tokenizers3d.checkpoint import RunFolder, install_model_dir, model_digest, shippable_weights
 from tokenizers3d.errors import MeshInputError
 
 TOKENIZER_DEST = HMR_DEST.parent / "pose-tokenizer"
@@ -39,13 +38,12 @@ def _data_sizes(root: str) -> dict:
 
 
 def _run_facts(run: Path) -> dict:
-    rows = list(csv.DictReader((run / "log.csv").open(newline="")))
+    folder = RunFolder(run)
+    rows = folder.log_rows()
     sessions = [json.loads(x) for x in (run / "sessions.jsonl").read_text().splitlines() if x.strip()]
-    machines = sorted({f"{s['platform']}, {s['cpu_count']} CPUs, {s['threads']} torch threads, torch {s['torch']}"
-                       for s in sessions})
     val = json.loads((run / "best" / "val.json").read_text())
     cfg = json.loads((run / "train_config.json").read_text())
-    return {"steps": rows[-1]["step"], "hours": float(rows[-1]["elapsed_s"]) / 3600, "machines": "; ".join(machines),
+    return {"steps": rows[-1]["step"], "hours": float(rows[-1]["elapsed_s"]) / 3600, "machines": folder.machines(),
             "val": val, "cfg": cfg, "sessions": sessions}
 
 
@@ -137,7 +135,7 @@ def hmr_card(run: Path, ablation: Path | None, ev: dict, size: int, md_table: st
         met = change["test_occluded"] <= -10.0 and change["test"] <= 0.0
         lines.append(f"* The paper's claim (pose tokens lower the occluded-image PVE by at least 10 % without hurting "
                      f"clean images): **{'reproduced' if met else 'NOT reproduced'}** at this budget.")
-    rows = list(csv.DictReader((run / "log.csv").open(newline="")))
+    rows = RunFolder(run).log_rows()
     vals = [(int(r["step"]), float(r["val_pve"])) for r in rows if r.get("val_pve") not in (None, "", "nan")
             and (int(r["step"]) % cfg["val_every"] == 0 or r is rows[-1])]
     if len(vals) >= 2:

@@ -10,16 +10,14 @@ Every number in the card is read from the run's ``log.csv`` / ``config.yaml`` an
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
-import shutil
 from pathlib import Path
 
 import yaml
 from eval_generator import markdown_report  # scripts/ is on sys.path when this script runs
 
-from tokenizers3d.io import atomic_write_text
+from tokenizers3d.checkpoint import RunFolder, install_model_dir, model_digest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,7 +53,7 @@ def merge_evals(results: list[dict]) -> dict:
     """One evaluation from several ``eval_generator.py`` JSONs of the same settings (one process per split)."""
     out = dict(results[0], splits={})
     for r in results:
-        same = {k: r.get(k) for k in ("checkpoint", "seed", "temperature", "n_points", "n", "max_faces")}
+        same = {k: r.get(k) for k in ("checkpoint", "digest", "seed", "temperature", "n_points", "n", "max_faces")}
         if same != {k: out.get(k) for k in same}:
             raise SystemExit(f"error: evaluations with different settings cannot be merged: {same}")
         for split, v in r["splits"].items():
@@ -127,29 +125,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--extra-note", default="Further held-out inputs, same weights and decoding:",
                    help="caption of the --extra-eval section (how those inputs were made and evaluated)")
     p.add_argument("--name", default="hourglass-small")
+    p.add_argument("--dest", type=Path, default=None, help="where to ship (default: assets/checkpoints/NAME)")
     args = p.parse_args(argv)
 
-    dest = ROOT / "assets" / "checkpoints" / args.name
-    tmp = dest.with_name(f".{args.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for f in ("config.json", "model.safetensors"):
-        shutil.copy2(args.run / "best" / f, tmp / f)
+    dest = args.dest or ROOT / "assets" / "checkpoints" / args.name
+    src = args.run / "best"
+    res = merge_evals([json.loads(p.read_text()) for p in args.eval])
+    for path in [*args.eval, *args.extra_eval]:  # every number in the card must be of these very weights
+        digest = json.loads(path.read_text()).get("digest")
+        if digest != model_digest(src):
+            raise SystemExit(f"error: {path} evaluates weights {digest}, not {src} ({model_digest(src)}); "
+                             f"run scripts/eval_generator.py --checkpoint {src} first")
     cfg = yaml.safe_load((args.run / "config.yaml").read_text())
-    log = list(csv.DictReader(open(args.run / "log.csv")))
+    log = RunFolder(args.run).log_rows()
     val = [r for r in log if r["val_loss"] != "nan"]
     best = min(val, key=lambda r: float(r["val_loss"]))
     last = log[-1]
-    res = merge_evals([json.loads(p.read_text()) for p in args.eval])
     summary = {s: r["summary"] for s, r in res["splits"].items()}
-    meta = json.loads((tmp / "config.json").read_text())
+    meta = json.loads((src / "config.json").read_text())
     from meshgen.registry import load_model
 
-    n_params = load_model(tmp).num_params()
-    size_mb = (tmp / "model.safetensors").stat().st_size / 2**20
+    n_params = load_model(src).num_params()
+    size_mb = (src / "model.safetensors").stat().st_size / 2**20
     curve = args.run / "training.png"
-    if curve.exists():
-        shutil.copy2(curve, tmp / "training.png")
     dc, tc = cfg["data"], cfg["train"]
     minutes = float(last["elapsed_s"]) / 60
     bits = cfg["model"]["args"]["bits"]
@@ -216,9 +214,7 @@ longest side).
 - 7-bit coordinates: decoded vertices snap to a 128^3 grid of the input's bounding cube (refinement then moves them
   by a bounded amount, `RefineConfig.max_shift` of the longest side).
 """)
-    atomic_write_text(tmp / "README.md", "\n".join(sections))
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
+    install_model_dir(src, dest, "\n".join(sections), [curve] if curve.exists() else [])
     print(f"shipped {dest} ({size_mb:.1f} MB)")
     return 0
 

@@ -12,7 +12,6 @@ commands that reproduce it. Refuses weights of 30 MB or more.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import yaml
 from eval_face_vqvae import TARGETS, USAGE_TARGET, markdown  # scripts/ is on sys.path when this script runs
 
-from tokenizers3d.checkpoint import WEIGHTS_NAME, install_model_dir, shippable_weights
+from tokenizers3d.checkpoint import WEIGHTS_NAME, RunFolder, install_model_dir, shippable_weights
 from tokenizers3d.errors import MeshInputError
 from tokenizers3d.vqvae import DEFAULT_CHECKPOINT, checkpoint_digest
 
@@ -34,12 +33,8 @@ def _fail(msg: str) -> None:
 
 def card(run: Path, which: str, ev: dict, digest: str, size: int) -> str:
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    rows = list(csv.DictReader((run / "log.csv").open(newline="")))
+    rows = RunFolder(run).log_rows()
     last = rows[-1] if rows else {}
-    sessions = [json.loads(line) for line in (run / "sessions.jsonl").read_text().splitlines() if line.strip()] \
-        if (run / "sessions.jsonl").exists() else []
-    machines = sorted({f"{s['platform']}, {s['cpu_count']} CPUs, {s['threads']} torch threads, torch {s['torch']}"
-                       for s in sessions})
     m, d, t = cfg["model"], cfg["data"], cfg["train"]
     hours = float(last.get("elapsed_s", "nan")) / 3600
     vq = {split: res["rows"]["vqvae"] for split, res in ev["sets"].items()}
@@ -67,7 +62,7 @@ below). Load it with `get_tokenizer("vqvae")` or `meshgen tokenize MESH -t vqvae
   {d['faces_per_batch']:,} faces a step; never a held-out mesh.
 * Training: {last.get('step', '?')} steps ({which} weights: best validation share of faces within one cell,
   {float(last.get('val_within_one', 'nan')):.1%} at the last step), lr {t['lr']} with warmup {t['warmup_steps']} and
-  cosine decay, {hours:.2f} h wall time on {'; '.join(machines) or 'an unrecorded machine'}.
+  cosine decay, {hours:.2f} h wall time on {RunFolder(run).machines()}.
 
 ## Evaluation (`scripts/eval_face_vqvae.py`; meshes of at most {ev['max_faces']:,} faces)
 

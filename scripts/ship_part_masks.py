@@ -15,7 +15,6 @@ makes ``learned`` the default mask generator of ``meshgen segment``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 from eval_segmentation import markdown  # scripts/ is on sys.path when this script runs
 
 from renderers.mask_model import DEFAULT_CHECKPOINT
-from tokenizers3d.checkpoint import install_model_dir, shippable_weights
+from tokenizers3d.checkpoint import RunFolder, install_model_dir, shippable_weights
 from tokenizers3d.errors import MeshInputError
 
 MAX_BYTES = 10 * 1024 * 1024
@@ -62,12 +61,9 @@ def verdict(ev: dict, views: int = 12) -> str:
 
 def card(run: Path, which: str, ev: dict, size: int) -> str:
     cfg = json.loads((run / "train_config.json").read_text())
-    rows = list(csv.DictReader((run / "log.csv").open(newline="")))
+    rows = RunFolder(run).log_rows()
     last = rows[-1] if rows else {}
     val = json.loads((run / which / "val.json").read_text()) if (run / which / "val.json").exists() else {}
-    sessions = [json.loads(x) for x in (run / "sessions.jsonl").read_text().splitlines() if x.strip()]
-    machines = sorted({f"{s['platform']}, {s['cpu_count']} CPUs, {s['threads']} torch threads, torch {s['torch']}"
-                       for s in sessions})
     data = []
     for root in cfg["data"]:
         dc = json.loads((Path(root) / "config.json").read_text())
@@ -97,7 +93,7 @@ CPU cores, from renders this project makes; no downloaded weights.
 {chr(10).join(data)}
 * Training (`scripts/train_part_masks.py`): {last.get('step', '?')} steps of {cfg['batch']} views, AdamW lr {cfg['lr']}
   (warmup {cfg['warmup']}, cosine to {cfg['min_lr_ratio']}x), augmentation: scene rotation about +z, left-right flip
-  p = {cfg['flip_p']}; {hours:.2f} h wall time on {'; '.join(machines) or 'an unrecorded machine'}.
+  p = {cfg['flip_p']}; {hours:.2f} h wall time on {RunFolder(run).machines()}.
 * Shipped: the {which} weights, step {val.get('step', '?')}: validation pixel mIoU {val.get('miou', float('nan')):.3f}
   per view ({per_set}).
 

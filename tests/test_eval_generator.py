@@ -382,3 +382,22 @@ def test_ship_checkpoint_merges_per_split_evaluations():
     assert S._family_text({}) == "15 families"
     assert S._family_text({"families": ["box", "cone", "pebble", "pebble"]}) == \
         "3 families drawn from a list of 4 (`pebble` x2)"
+
+
+def test_ship_checkpoint_refuses_an_evaluation_of_other_weights(tmp_path, tiny_checkpoint):
+    """The card's numbers must be of the shipped weights: an evaluation with another digest (or none, as written
+    before the digest was recorded) stops the ship before anything is written."""
+    import shutil
+
+    from tokenizers3d.checkpoint import model_digest
+
+    sys.path.insert(0, str(SCRIPTS))
+    import ship_checkpoint as S
+
+    shutil.copytree(tiny_checkpoint, tmp_path / "run" / "best")
+    head = {"checkpoint": "c", "seed": 0, "temperature": 0.5, "n_points": 2048, "n": 24, "max_faces": 200}
+    for digest in ("0123456789abcdef", None):
+        (tmp_path / "ev.json").write_text(json.dumps({**head, "digest": digest, "splits": {"real": {}}}))
+        with pytest.raises(SystemExit, match=f"evaluates weights {digest}, not .*{model_digest(tiny_checkpoint)}"):
+            S.main(["--run", str(tmp_path / "run"), "--eval", str(tmp_path / "ev.json"), "--dest", str(tmp_path / "d")])
+        assert not (tmp_path / "d").exists()

@@ -283,6 +283,42 @@ train: {batch: 2, val_every: 2, ckpt_every: 1, log_every: 1, threads: 1, noise_w
     cfg.write_text("model: {plane_base: 8, plane_res: 24}\n")
     bad = subprocess.run([*cmd, "--steps", "1"], capture_output=True, text=True, cwd=root)
     assert bad.returncode == 2 and "power of two" in bad.stderr and "Traceback" not in bad.stderr
+    _ship_the_run(tmp_path, root)
+
+
+def _ship_the_run(tmp_path, root):
+    """scripts/ship_vat.py writes the card from the run's files and an evaluation of these very weights, and
+    refuses an evaluation of other weights without touching the destination."""
+    import subprocess
+    import sys
+
+    from tokenizers3d.checkpoint import model_digest
+
+    run, dest = tmp_path / "run", tmp_path / "dest"
+    rows = [{"scales": k + 1, "bytes": b, "tokens": n, "vat_fscore_002": 0.1 * k, "vat_fscore_005": 0.2 + 0.3 * k,
+             "vat_chamfer": 0.05, "vat_normal_consistency": 0.8, "vat_valid": 1.0, "draco_fscore_005": 0.9,
+             "draco_fits": float(k == 2)} for k, (b, n) in enumerate([(1, 1), (2, 3), (4, 7)])]
+    ev = {"checkpoint": str(run / "best"), "digest": model_digest(run / "best"),
+          "settings": {"checkpoint": str(run / "best"), "procedural": "data/procedural", "real": "data/real", "n": 2,
+                       "max_faces": 5000, "points": 2048, "resolution": 96, "threads": 1, "draco_bits": [8],
+                       "out": "runs/x.json", "markdown_out": None, "plot": None},
+          "splits": {"procedural": {"n": 2, "rows": rows, "compression_ratio": {"obj": 300.0}}}}
+    (tmp_path / "ev.json").write_text(json.dumps(ev))
+    ship = [sys.executable, str(root / "scripts" / "ship_vat.py"), "--run", str(run), "--eval", str(tmp_path / "ev.json"),
+            "--dest", str(dest), "--no-demo"]
+    done = subprocess.run(ship, capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stderr
+    card = (dest / "README.md").read_text()
+    assert "| 3 | 4 | 0.200 | 0.800 | 0.0500 | 0.900 |" in card and "| 1 | 1 | 0.000 | 0.200 | 0.0500 | -- |" in card
+    assert "F@0.05 >= 0.95 (0.800 here: not met)" in card and "--draco-bits 8 --out runs/x.json" in card
+    assert "shipped weights (best, step " in card and " with 1-3 scales kept" in card and "3 steps in" in card
+    assert VATModel.from_pretrained(dest).config.plane_res == 8
+    ev["digest"] = "0" * 16
+    (tmp_path / "ev.json").write_text(json.dumps(ev))
+    (dest / "README.md").write_text("kept")
+    refused = subprocess.run(ship, capture_output=True, text=True, cwd=root)
+    assert refused.returncode == 2 and "evaluates weights 0000000000000000" in refused.stderr
+    assert "Traceback" not in refused.stderr and (dest / "README.md").read_text() == "kept"
 
 
 # ---- the .vat file and the compress job ----------------------------------------------------------------------

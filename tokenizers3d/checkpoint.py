@@ -457,12 +457,27 @@ class RunFolder:
         if len(keep) != len(lines):
             atomic_write_text(path, "".join(keep))
 
-    def elapsed_before(self) -> float:
-        """Wall seconds of the earlier sessions (the last row's ``elapsed_s``; 0 for a new run)."""
+    def log_rows(self) -> list[dict]:
+        """The rows of ``log.csv`` as dicts of strings (empty before the first log step)."""
         import csv
 
         path = self.out / "log.csv"
-        rows = list(csv.DictReader(path.open(newline=""))) if path.exists() else []
+        if not path.exists():
+            return []
+        with path.open(newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    def machines(self) -> str:
+        """The distinct machines of ``sessions.jsonl`` in one line, as model cards state them."""
+        path = self.out / "sessions.jsonl"
+        sessions = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+        names = sorted({f"{s['platform']}, {s['cpu_count']} CPUs, {s['threads']} torch threads, torch {s['torch']}"
+                        for s in sessions})
+        return "; ".join(names) or "an unrecorded machine"
+
+    def elapsed_before(self) -> float:
+        """Wall seconds of the earlier sessions (the last row's ``elapsed_s``; 0 for a new run)."""
+        rows = self.log_rows()
         try:
             return float(rows[-1]["elapsed_s"]) if rows else 0.0
         except (KeyError, ValueError):
@@ -494,17 +509,18 @@ def shippable_weights(src: str | Path, max_bytes: int) -> int:
     return size
 
 
-def install_model_dir(src: str | Path, dest: str | Path, readme: str) -> None:
+def install_model_dir(src: str | Path, dest: str | Path, readme: str, extra_files: typing.Iterable[Path] = ()) -> None:
     """Copy the model directory ``src`` (config + weights) to ``dest`` with ``readme`` as its ``README.md`` (the
-    model card), replacing whatever was there by renames: ``dest`` is never half-written."""
+    model card) and ``extra_files`` beside it under their own names (e.g. the card's training curve), replacing
+    whatever was there by renames: ``dest`` is never half-written."""
     import shutil
 
     src, dest = Path(src), Path(dest)
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        shutil.copy2(src / name, tmp / name)
+    for path in (src / CONFIG_NAME, src / WEIGHTS_NAME, *map(Path, extra_files)):
+        shutil.copy2(path, tmp / path.name)
     atomic_write_text(tmp / "README.md", readme)
     old = dest.with_name(f".{dest.name}.old")
     shutil.rmtree(old, ignore_errors=True)
