@@ -34,20 +34,16 @@ from meshgen.shape_prior import coverage_mmd, decode_shape, load_prior_and_vat
 from tokenizers3d.compress import encode_mesh
 from tokenizers3d.errors import MeshgenError
 from tokenizers3d.io import atomic_write_text
-from tokenizers3d.mesh import Normalization
 from tokenizers3d.metrics import chamfer_distance
 from tokenizers3d.procedural import generate
-from tokenizers3d.sample import sample_surface
+from tokenizers3d.sample import sample_unit_surface
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_shape_prior import TEST_SEED, shape_seeds  # noqa: E402
 
 
 def unit_points(mesh, n: int, seed: int) -> np.ndarray:
-    import trimesh
-
-    v = Normalization.fit(np.asarray(mesh.vertices)).apply(np.asarray(mesh.vertices))
-    return sample_surface(trimesh.Trimesh(v, np.asarray(mesh.faces), process=False), n, seed=seed).points
+    return sample_unit_surface(mesh, n, seed=seed)[0].points
 
 
 def distances(samples: list[np.ndarray | None], refs: list[np.ndarray]) -> np.ndarray:

@@ -45,14 +45,10 @@ def encode_mesh(model, mesh, *, n_points: int = DEFAULT_POINTS, seed: int = 0, d
     moved into the unit frame by :class:`~tokenizers3d.mesh.Normalization`, ``n_points`` surface samples drawn
     with ``seed``)."""
     import torch
-    import trimesh
 
-    from .mesh import Normalization
-    from .sample import sample_surface
+    from .sample import sample_unit_surface
 
-    norm = Normalization.fit(np.asarray(mesh.vertices))
-    unit = trimesh.Trimesh(norm.apply(np.asarray(mesh.vertices)), np.asarray(mesh.faces), process=False)
-    cloud = sample_surface(unit, n_points, seed=seed)
+    cloud, norm = sample_unit_surface(mesh, n_points, seed=seed)
     t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)[None]  # noqa: E731
     with torch.no_grad():
         return model.encode(t(cloud.points), t(cloud.normals)), norm

@@ -63,3 +63,17 @@ def sample_surface(mesh: trimesh.Trimesh, n: int, *, method: str = "uniform", se
         idx = idx[0].numpy()
         pts, face = cand[idx], cface[idx]
     return PointCloud(pts.astype(np.float32), normals[face].astype(np.float32))
+
+
+def sample_unit_surface(mesh: trimesh.Trimesh, n: int, *, seed: int = 0):
+    """``(cloud, normalization)``: ``n`` uniform surface samples of ``mesh`` (any frame) after moving it into the
+    unit frame by :class:`~tokenizers3d.mesh.Normalization` of its vertices -- what the VAT encodes, and what its
+    evaluations compare."""
+    import trimesh
+
+    from .mesh import Normalization
+
+    vertices = np.asarray(mesh.vertices)
+    norm = Normalization.fit(vertices)
+    unit = trimesh.Trimesh(norm.apply(vertices), np.asarray(mesh.faces), process=False)
+    return sample_surface(unit, n, seed=seed), norm
