@@ -14,7 +14,9 @@ which no method can go (Chamfer of two samplings is not 0), so differences small
 All are scored against the reference with :func:`tokenizers3d.metrics.evaluate_mesh` (conventions in that
 module). Per split the JSON holds
 
-* ``summary``: per method, the metric means (the table of :func:`markdown`);
+* ``summary``: per method, the metric means (the table of :func:`markdown`), with two that surface distances
+  cannot see: the mean share of open edges (edges one face uses; 0 for a closed mesh) and the median ratio of
+  pieces to the reference's (a triangle soup has about one piece per face);
 * ``families``: per group (procedural ``family``; real source ``package``), per method mean Chamfer and
   F@0.05, and whether the model beats the bounding box and the hull there (lower mean Chamfer *and* higher
   mean F@0.05 than each);
@@ -158,6 +160,10 @@ def summarize(rows: list[dict]) -> dict:
             s[m] = _nanmean(x[m] for x in ok)
         ratios = [r[key]["n_faces"] / r["ref_faces"] for r in rows if r[key] is not None]
         s["face_ratio_median"] = float(np.median(ratios)) if ratios else float("nan")
+        # is it a mesh or loose triangles? (absent from evaluations made before 2026-11-30's tenth session)
+        s["open_edge_share"] = _nanmean(x.get("open_edge_share", float("nan")) for x in ok)
+        parts = [m["components"] / m["ref_components"] for m in ok if m.get("ref_components")]
+        s["parts_ratio_median"] = float(np.median(parts)) if parts else float("nan")
         out[key] = s
     return out
 
@@ -398,13 +404,15 @@ def _f(x: float, digits: int) -> str:
 
 def markdown(results: dict) -> str:
     """The main table: one row per split and method."""
-    lines = ["| split | method | n | valid | watertight | Chamfer | normal cons. | F@0.02 | F@0.05 | faces / ref |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| split | method | n | valid | watertight | Chamfer | normal cons. | F@0.02 | F@0.05 | faces / ref | "
+             "open edges | parts / ref |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for split, res in results["splits"].items():
         for method, s in res["summary"].items():
             lines.append(f"| {split} | {LABELS.get(method, method)} | {s['n']} | {s['valid_rate']:.2f} | "
                          f"{s['watertight_rate']:.2f} | {_f(s['chamfer'], 4)} | {_f(s['normal_consistency'], 3)} | "
-                         f"{_f(s['fscore_002'], 3)} | {_f(s['fscore_005'], 3)} | {_f(s['face_ratio_median'], 2)} |")
+                         f"{_f(s['fscore_002'], 3)} | {_f(s['fscore_005'], 3)} | {_f(s['face_ratio_median'], 2)} | "
+                         f"{_f(s.get('open_edge_share'), 2)} | {_f(s.get('parts_ratio_median'), 1)} |")
     return "\n".join(lines)
 
 

@@ -39,7 +39,7 @@ def trimesh_info(mesh: trimesh.Trimesh) -> dict:
         "bounds_min": [float(x) for x in lo], "bounds_max": [float(x) for x in hi],
         "extent": [float(x) for x in hi - lo], "area": float(mesh.area), "watertight": watertight,
         "winding_consistent": bool(mesh.is_winding_consistent), "edge_manifold": bool(counts.max(initial=0) <= 2),
-        "components": n_comp, "euler_characteristic": euler,
+        "edges": int(len(mesh.edges_unique)), "open_edges": int((counts == 1).sum()), "components": n_comp, "euler_characteristic": euler,
         "genus": (2 * n_comp - euler) // 2 if watertight else None,
     }
 

@@ -62,3 +62,19 @@ def test_mesh_info_genus():
     assert info["watertight"] and info["genus"] == 1 and info["components"] == 1
     info = mesh_info(trimesh.creation.box())
     assert info["genus"] == 0 and info["faces"] == 12
+
+
+def test_evaluate_mesh_sees_a_triangle_soup_that_surface_distances_miss():
+    """The same box surface as 12 loose triangles scores the same Chamfer as the box, but one piece per face and
+    every edge open; a box with one face missing has one piece and 3 of 18 edges open."""
+
+    box = trimesh.creation.box()
+    soup = trimesh.Trimesh(box.vertices[box.faces].reshape(-1, 3), np.arange(36).reshape(12, 3), process=False)
+    closed, loose = evaluate_mesh(box, box), evaluate_mesh(soup, box)
+    assert loose.chamfer == pytest.approx(closed.chamfer, rel=1e-6)
+    assert (closed.components, closed.ref_components, closed.open_edge_share) == (1, 1, 0.0)
+    assert (loose.components, loose.ref_components, loose.open_edge_share) == (12, 1, 1.0)
+    holed = evaluate_mesh(trimesh.Trimesh(box.vertices, box.faces[1:], process=False), box)
+    assert holed.components == 1 and holed.open_edge_share == pytest.approx(3 / 18)
+    info = mesh_info(soup)
+    assert (info["edges"], info["open_edges"]) == (36, 36)

@@ -19,7 +19,10 @@ Conventions
 * Edge Chamfer: Chamfer distance between points sampled on *sharp* edges (dihedral angle above
   ``sharp_angle`` degrees, default 30) of both meshes; NaN when either mesh has no sharp edge.
 * Topology: face and vertex counts; watertight (every edge shared by exactly two faces with consistent
-  winding, trimesh's definition); edge-manifold (no edge shared by more than two faces). :func:`mesh_info`
+  winding, trimesh's definition); edge-manifold (no edge shared by more than two faces); components (pieces of
+  faces joined across edges two faces share, beside the reference's: a triangle soup has about one per face);
+  open-edge share (edges only one face uses, over all edges: 0 for a closed mesh). Surface distances cannot see
+  whether the faces form a mesh; these can. :func:`mesh_info`
   computes trimesh's topology figures with numpy alone (``meshgen info`` loads neither trimesh nor SciPy).
 * Part segmentation (:func:`matched_part_iou`): IoU between a true part and a predicted segment is
   area-weighted over faces, ``area(P & S) / area(P | S)``; segments are matched one-to-one to parts with the
@@ -56,6 +59,9 @@ class MeshMetrics:
     ref_faces: int
     watertight: bool
     manifold: bool
+    components: int = 0  # pieces of the prediction (faces joined across shared edges, :func:`mesh_info`)
+    ref_components: int = 0
+    open_edge_share: float = 0.0  # share of the prediction's edges that only one face uses (0: closed)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -168,6 +174,7 @@ def evaluate_mesh(pred: trimesh.Trimesh, ref: trimesh.Trimesh, *, n_samples: int
         edge_cd = chamfer_distance(sample_edges(ep, n_samples // 4, rng), sample_edges(er, n_samples // 4, rng))
     else:
         edge_cd = float("nan")
+    info = mesh_info(pred)
     return MeshMetrics(
         chamfer=chamfer_distance(sp.points, sr.points),
         fscore_002=fscore(sp.points, sr.points, 0.02),
@@ -180,6 +187,9 @@ def evaluate_mesh(pred: trimesh.Trimesh, ref: trimesh.Trimesh, *, n_samples: int
         ref_faces=len(ref.faces),
         watertight=bool(pred.is_watertight),
         manifold=is_edge_manifold(pred),
+        components=info["components"],
+        ref_components=mesh_info(ref)["components"],
+        open_edge_share=info["open_edges"] / max(info["edges"], 1),
     )
 
 
@@ -229,6 +239,8 @@ def mesh_info(mesh: trimesh.Trimesh | ArrayMesh) -> dict:
         "watertight": watertight,
         "winding_consistent": winding,
         "edge_manifold": bool(counts.max(initial=0) <= 2),
+        "edges": int(len(counts)),
+        "open_edges": int((counts == 1).sum()),
         "components": n_comp,
         "euler_characteristic": euler,
         "genus": genus,
