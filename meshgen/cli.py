@@ -294,6 +294,9 @@ def generate(inp: Path = typer.Argument(None, metavar="INPUT", help="Point cloud
                                                  "input points best (Chamfer to the points)."),
              free_samples: int = typer.Option(None, help="With guidance, draw this many of --samples without it "
                                                          "(default: half); the ranking picks the better kind."),
+             open_edge_weight: float = typer.Option(None, min=0.0, help="Rank the samples by fit x (1 + w x share "
+                                                    "of open edges), so closed meshes beat loose triangles (default: "
+                                                    "meshgen.pipeline.OPEN_EDGE_WEIGHT)."),
              max_input_faces: int = typer.Option(None, help="Refuse input meshes with more faces (default "
                                                             "1,000,000)."),
              max_points: int = typer.Option(None, help="Subsample input point clouds above this many points "
@@ -361,7 +364,8 @@ def generate(inp: Path = typer.Argument(None, metavar="INPUT", help="Point cloud
                         top_p=top_p, max_faces=max_faces, constraints=constraints, preview=preview,
                         guidance=guide, cfg_scale=cfg_scale, samples=samples, free_samples=free_samples,
                         refine=RefineConfig() if refine else None, max_input_faces=max_input_faces,
-                        max_points=max_points, tokenizer=tokenizer)
+                        max_points=max_points, tokenizer=tokenizer,
+                        **({} if open_edge_weight is None else {"open_edge_weight": open_edge_weight}))
     print(json.dumps(res, default=str))
 
 

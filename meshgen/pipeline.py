@@ -46,6 +46,7 @@ TOKENIZER_CHECKPOINTS = {"coords": DEFAULT_CHECKPOINT, "vqvae": ASSETS / "checkp
 DEMO_INPUT = ASSETS / "demo" / "table_points.ply"
 N_POINTS = 2048
 DEFAULT_SAMPLES = 8  # best of 8 (4 guided + 4 free) by fit to the points: docs/model.md for its held-out effect
+OPEN_EDGE_WEIGHT = 0.0  # rank by fit x (1 + w x open-edge share): docs/model.md, "Ranking clean meshes"
 DEFAULT_CFG_SCALE = 2.0  # for models trained with a null context (measured better than 1.0: docs/model.md)
 AUTO = "auto"  # guidance: point guidance for a coords model, none for a model over learned codes
 
@@ -161,7 +162,8 @@ def generate_mesh(model: MeshGenerator, cloud: PointCloud, *, faces: int | None 
                   max_faces: int = 800, constraints: bool = True, progress: bool | Callable[[int, int], None] = False,
                   guidance: GuidanceConfig | None | str = AUTO, cfg_scale: float | None = None,
                   samples: int = DEFAULT_SAMPLES, free_samples: int | None = None,
-                  refine: RefineConfig | None = RefineConfig()) -> GeneratedMesh:
+                  refine: RefineConfig | None = RefineConfig(),
+                  open_edge_weight: float = OPEN_EDGE_WEIGHT) -> GeneratedMesh:
     """Generate one mesh for a point cloud given in any frame; the result is in that frame.
 
     ``guidance`` (default :data:`AUTO`: on for a ``coords`` model, :func:`resolve_guidance`; ``None`` turns it off)
@@ -173,6 +175,8 @@ def generate_mesh(model: MeshGenerator, cloud: PointCloud, *, faces: int | None 
     (:func:`fit_to_points`: symmetric Chamfer distance between the points and the mesh surface -- the input
     only, never a reference). ``refine`` (default on; ``None`` turns it off) moves every sample's vertices to fit
     the points, faces unchanged (:func:`meshgen.refine.refine_vertices`), *before* the samples are ranked.
+    ``open_edge_weight = w`` ranks by ``fit x (1 + w x open-edge share)`` (:func:`rank_score`): a closed mesh
+    beats loose triangles that fit the points a little better.
     ``progress``: ``True`` shows a terminal progress bar; a callable is called as
     ``progress(steps_done, max_steps)`` after every token (an exception it raises stops the generation).
     """
@@ -209,7 +213,7 @@ def generate_mesh(model: MeshGenerator, cloud: PointCloud, *, faces: int | None 
             # refine every sample, then rank: 2-3% lower held-out Chamfer than ranking first and refining only the
             # kept one, at k refinements instead of one (docs/model.md, "Best of k")
             mesh = refine_vertices(mesh, cloud.points, refine, seed=seed)
-        fit = fit_to_points(mesh, cloud.points, seed=seed) if samples > 1 else 0.0
+        fit = rank_score(mesh, cloud.points, open_edge_weight, seed=seed) if samples > 1 else 0.0
         if best is None or fit < best_fit:
             best, best_fit = (mesh, row, report), fit
     mesh, row, report = best
@@ -280,13 +284,33 @@ def fit_to_points(mesh: trimesh.Trimesh | None, points: np.ndarray, *, seed: int
     return chamfer_distance(surf.points, norm.apply(points))
 
 
+def open_edge_share(mesh: trimesh.Trimesh) -> float:
+    """Share of ``mesh``'s edges that only one face uses: 0 for a closed mesh, 1 for loose triangles."""
+    from tokenizers3d.metrics import mesh_info
+
+    info = mesh_info(mesh)
+    return info["open_edges"] / max(info["edges"], 1)
+
+
+def rank_score(mesh: trimesh.Trimesh | None, points: np.ndarray, open_edge_weight: float = OPEN_EDGE_WEIGHT, *,
+               seed: int = 0) -> float:
+    """What best-of-k decoding minimizes: :func:`fit_to_points` times ``1 + open_edge_weight x``
+    :func:`open_edge_share` (``inf`` for no mesh). The fit alone cannot tell a mesh from a triangle soup on the
+    same surface; the factor can. Uses the input points only, never a reference."""
+    fit = fit_to_points(mesh, points, seed=seed)
+    if open_edge_weight and np.isfinite(fit):
+        fit *= 1.0 + open_edge_weight * open_edge_share(mesh)
+    return fit
+
+
 def generate_file(inp: str | Path, out: str | Path, *, checkpoint: str | Path | None = None, faces: int | None = None,
                   seed: int = 0, temperature: float = 0.5, top_p: float | None = 0.95, max_faces: int = 800,
                   constraints: bool = True, preview: bool = True, progress: bool = True,
                   guidance: GuidanceConfig | None | str = AUTO, cfg_scale: float | None = None,
                   samples: int = DEFAULT_SAMPLES, free_samples: int | None = None,
                   refine: RefineConfig | None = RefineConfig(), max_input_faces: int | None = None,
-                  max_points: int | None = None, tokenizer: str | None = None) -> dict:
+                  max_points: int | None = None, tokenizer: str | None = None,
+                  open_edge_weight: float = OPEN_EDGE_WEIGHT) -> dict:
     """Read ``inp``, generate, write ``out`` (and ``out`` with suffix ``.png``); returns a summary dict.
 
     ``tokenizer`` (``coords`` or ``vqvae``): without ``checkpoint``, the bundled generator over that vocabulary
@@ -319,7 +343,7 @@ def generate_file(inp: str | Path, out: str | Path, *, checkpoint: str | Path | 
     gen = generate_mesh(model, cloud, faces=faces, seed=seed, temperature=temperature, top_p=top_p,
                         max_faces=max_faces, constraints=constraints, progress=progress, guidance=guidance,
                         cfg_scale=cfg_scale, samples=samples, free_samples=free_samples,
-                        refine=refine)
+                        refine=refine, open_edge_weight=open_edge_weight)
     if gen.mesh is None:
         raise MeshInputError(inp, f"the model produced no valid face (stopped: {gen.stopped_reason}); "
                                   "try another --seed or a lower --temperature")

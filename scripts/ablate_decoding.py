@@ -7,7 +7,9 @@ classifier-free guidance; every candidate decoded, refined (:func:`meshgen.refin
 against the reference (:func:`tokenizers3d.metrics.evaluate_mesh`) and against the input points
 (:func:`meshgen.pipeline.fit_to_points`, before and after refinement). Then, for each rule -- which rows
 (the first ``g`` guided, the first ``f`` free) and whether candidates are ranked by their fit before or after
-refinement -- the kept candidate's mean Chamfer / F@0.05, and "oracle" (the best by the reference, an upper bound no
+refinement, and whether open edges count against a candidate (``fit x (1 + w x open-edge share)``,
+:func:`meshgen.pipeline.rank_score`) -- the kept candidate's mean Chamfer / F@0.05 and how mesh-like it is (open-edge
+share, pieces over the reference's, watertight rate), and "oracle" (the best by the reference, an upper bound no
 decoder can use). Rules on subsets reuse the same candidates, so they differ only by the rule::
 
     python scripts/ablate_decoding.py --split procedural --n 24 --guided 8 --free 4 --out runs/ablate_decoding_proc.json
@@ -66,12 +68,18 @@ def candidates(model, ref: trimesh.Trimesh, *, guided: int, free: int, seed: int
         metrics = evaluate_mesh(refined, ref, seed=seed).to_dict()
         rows.append({"faces": len(mesh.faces), "fit_raw": fit_to_points(mesh, cloud.points, seed=seed),
                      "fit": fit_to_points(refined, cloud.points, seed=seed), "chamfer": metrics["chamfer"],
-                     "fscore_005": metrics["fscore_005"]})
+                     "fscore_005": metrics["fscore_005"], "open_edge_share": metrics["open_edge_share"],
+                     "components": metrics["components"], "ref_components": metrics["ref_components"],
+                     "watertight": metrics["watertight"]})
     return rows, seconds
 
 
-def rules(guided: int, free: int) -> dict[str, tuple[list[int], str]]:
-    """Selection rules: name -> (candidate rows, ranking key)."""
+OPEN_EDGE_WEIGHTS = (0.5, 1.0, 2.0, 4.0)
+
+
+def rules(guided: int, free: int) -> dict[str, tuple[list[int], str] | tuple[list[int], str, float]]:
+    """Selection rules: name -> (candidate rows, ranking key[, open-edge weight w: rank by key x (1 + w x open-edge
+    share), as :func:`meshgen.pipeline.rank_score`])."""
     g = list(range(guided))
     f = list(range(guided, guided + free))
     out = {}
@@ -87,21 +95,25 @@ def rules(guided: int, free: int) -> dict[str, tuple[list[int], str]]:
             out[f"guided {k} + free {k}"] = (g[:k] + f[:k], "fit")
     if free:
         out[f"guided {guided} + free {free}"] = (g + f, "fit")
+        for w in OPEN_EDGE_WEIGHTS:
+            out[f"guided {guided} + free {free}, open-edge weight {w:g}"] = (g + f, "fit", w)
     out["oracle (by the reference)"] = (g + f, "chamfer")
     return out
 
 
-def score(items: list[dict], rows: list[int], key: str) -> dict:
-    cds, fs = [], []
+def score(items: list[dict], rows: list[int], key: str, weight: float = 0.0) -> dict:
+    """Mean Chamfer / F@0.05 of the kept candidates, and how mesh-like they are: mean open-edge share, median pieces
+    over the reference's, watertight rate (candidates scored before those fields existed give NaN there)."""
+    kept = []
     for item in items:
         cands = [item["candidates"][i] for i in rows if item["candidates"][i] is not None]
-        if not cands:
-            continue
-        best = min(cands, key=lambda c: c[key])
-        cds.append(best["chamfer"])
-        fs.append(best["fscore_005"])
-    return {"n": len(cds), "chamfer": float(np.mean(cds)) if cds else float("nan"),
-            "fscore_005": float(np.mean(fs)) if fs else float("nan")}
+        if cands:
+            kept.append(min(cands, key=lambda c: c[key] * (1.0 + weight * c.get("open_edge_share", 0.0))))
+    mean = lambda name: float(np.mean([c[name] for c in kept])) if kept and name in kept[0] else float("nan")  # noqa: E731
+    parts = [c["components"] / c["ref_components"] for c in kept if c.get("ref_components")]
+    return {"n": len(kept), "chamfer": mean("chamfer"), "fscore_005": mean("fscore_005"),
+            "open_edge_share": mean("open_edge_share"), "watertight": mean("watertight"),
+            "parts_ratio_median": float(np.median(parts)) if parts else float("nan")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,9 +140,11 @@ def main(argv: list[str] | None = None) -> int:
                                     temperature=args.temperature)
         done.append({"id": item.id, "group": item.group, "seconds": round(seconds, 2), "candidates": cands})
         print(f"{item.id} ({item.group}): {seconds:.1f} s", file=sys.stderr, flush=True)
-    table = {name: score(done, rows, key) for name, (rows, key) in rules(args.guided, args.free).items()}
-    lines = [f"| rule ({args.split}, n = {len(done)}) | Chamfer | F@0.05 |", "|---|---|---|"]
-    lines += [f"| {name} | {r['chamfer']:.4f} | {r['fscore_005']:.3f} |" for name, r in table.items()]
+    table = {name: score(done, *rule) for name, rule in rules(args.guided, args.free).items()}
+    lines = [f"| rule ({args.split}, n = {len(done)}) | Chamfer | F@0.05 | open edges | parts / ref | watertight |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {name} | {r['chamfer']:.4f} | {r['fscore_005']:.3f} | {r['open_edge_share']:.2f} | "
+              f"{r['parts_ratio_median']:.1f} | {r['watertight']:.2f} |" for name, r in table.items()]
     md = "\n".join(lines) + "\n"
     print(md)
     if args.out:

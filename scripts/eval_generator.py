@@ -30,7 +30,7 @@ module). Per split the JSON holds
         --procedural data/procedural --real data/real --n 24 --out runs/eval.json --markdown
 
 ``--skip-baselines`` leaves out Poisson, the hull and the floor (quick ablations); the bounding box is always scored.
-``--cfg-scale``, ``--guidance/--no-guidance``, ``--min-coverage``, ``--guide-tol``, ``--samples``, ``--free-samples`` and
+``--cfg-scale``, ``--guidance/--no-guidance``, ``--min-coverage``, ``--guide-tol``, ``--samples``, ``--free-samples``, ``--open-edge-weight`` and
 ``--refine/--no-refine`` are passed to
 :func:`meshgen.pipeline.generate_mesh` only when given (otherwise its defaults apply; the JSON's
 ``generation`` records the settings used). Prints the JSON summary (and markdown tables with
@@ -342,7 +342,7 @@ def invalid_rates(model, items: list[Item], *, n_points: int, seed: int, tempera
 def generation_kwargs(*, cfg_scale: float | None = None, guidance: bool | None = None,
                       min_coverage: float | None = None, guide_tol: float | None = None,
                       samples: int | None = None, free_samples: int | None = None,
-                      refine: bool | None = None) -> dict:
+                      refine: bool | None = None, open_edge_weight: float | None = None) -> dict:
     """Keyword arguments for :func:`generate_mesh` from the options that were given (none given: ``{}``).
 
     ``guidance=False`` gives ``guidance=None`` (unguided decoding); ``guidance=True``, ``min_coverage`` or
@@ -366,6 +366,10 @@ def generation_kwargs(*, cfg_scale: float | None = None, guidance: bool | None =
         kw["free_samples"] = free_samples
     if refine is not None:
         kw["refine"] = RefineConfig() if refine else None
+    if open_edge_weight is not None:
+        if open_edge_weight < 0:
+            raise ValueError(f"--open-edge-weight must be >= 0, got {open_edge_weight}")
+        kw["open_edge_weight"] = float(open_edge_weight)
     settings = {k: v for k, v in (("tol", guide_tol), ("min_coverage", min_coverage)) if v is not None}
     if guidance is False:
         if settings:
@@ -384,7 +388,7 @@ def generation_kwargs(*, cfg_scale: float | None = None, guidance: bool | None =
 def effective_generation(kw: dict) -> dict:
     """The ``guidance`` and ``cfg_scale`` that :func:`generate_mesh` uses with ``kw``: given, else its defaults."""
     params = inspect.signature(generate_mesh).parameters
-    names = ("guidance", "cfg_scale", "samples", "free_samples", "refine")
+    names = ("guidance", "cfg_scale", "samples", "free_samples", "refine", "open_edge_weight")
     return {name: _jsonable(kw.get(name, params[name].default)) for name in names if name in params}
 
 
@@ -492,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
                    help="passed to generate_mesh as refine: the default RefineConfig, or None with --no-refine "
                         "(not given: generate_mesh's default)")
+    p.add_argument("--open-edge-weight", type=float, default=None,
+                   help="passed to generate_mesh as open_edge_weight (rank by fit x (1 + w x open-edge share))")
     p.add_argument("--invalid-rate", type=int, default=8,
                    help="inputs on which to compare sampling with and without constraints (0: skip)")
     p.add_argument("--out", default=None, help="write the JSON here too")
@@ -516,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         gen_kwargs = generation_kwargs(cfg_scale=args.cfg_scale, guidance=args.guidance,
                                        min_coverage=args.min_coverage, guide_tol=args.guide_tol,
                                        samples=args.samples, free_samples=args.free_samples,
-                                       refine=args.refine)
+                                       refine=args.refine, open_edge_weight=args.open_edge_weight)
     except ValueError as exc:
         p.error(str(exc))
     try:

@@ -342,6 +342,11 @@ def test_ablate_decoding_scores_every_rule_on_the_same_candidates(tmp_path, tiny
     cands = [c for c in res["items"][0]["candidates"] if c is not None]
     assert all(c["fit"] >= 0 and 0 <= c["fscore_005"] <= 1 for c in cands)
     assert "| guided 2 + free 2 |" in out.with_suffix(".md").read_text()
+    assert all(0 <= c["open_edge_share"] <= 1 and c["components"] >= 1 for c in cands)
+    for w in A.OPEN_EDGE_WEIGHTS:  # counting open edges never keeps a candidate with more of them
+        weighted = rules[f"guided 2 + free 2, open-edge weight {w:g}"]
+        assert weighted["open_edge_share"] <= rules["guided 2 + free 2"]["open_edge_share"] + 1e-12
+        assert weighted["chamfer"] >= oracle["chamfer"] - 1e-12
     assert A.main(["--checkpoint", str(tiny_checkpoint), "--procedural", str(tmp_path / "missing")]) == 2
 
 

@@ -81,6 +81,19 @@ def test_fit_to_points_ranks_meshes_by_how_well_they_explain_the_points():
     assert fit_to_points(None, pts) == float("inf")
 
 
+def test_rank_score_puts_a_closed_mesh_before_loose_triangles_on_the_same_surface():
+    from meshgen.pipeline import fit_to_points, open_edge_share, rank_score
+
+    box = trimesh.creation.box(extents=(2.0, 1.0, 0.5))
+    soup = trimesh.Trimesh(box.vertices[box.faces].reshape(-1, 3), np.arange(36).reshape(12, 3), process=False)
+    pts = sample_surface(box, 2048, seed=3).points
+    assert open_edge_share(box) == 0.0 and open_edge_share(soup) == 1.0
+    assert fit_to_points(soup, pts) == pytest.approx(fit_to_points(box, pts), rel=1e-6)  # the fit cannot tell them apart
+    assert rank_score(soup, pts, 0.0) == pytest.approx(rank_score(box, pts, 0.0), rel=1e-6)
+    assert rank_score(soup, pts, 1.0) == pytest.approx(2 * rank_score(box, pts, 1.0), rel=1e-6)
+    assert rank_score(None, pts, 1.0) == float("inf")
+
+
 def test_best_of_k_keeps_the_best_fitting_sample(tiny_checkpoint, cloud_file, monkeypatch):
     import meshgen.pipeline as pipeline
 
