@@ -168,6 +168,30 @@ def preview_image(mesh: trimesh.Trimesh | str | Path, **kwargs) -> np.ndarray:
     return grid(render_preview_views(mesh, **kwargs))
 
 
+def mesh_table_png(rows: list[list[trimesh.Trimesh | None]], path: str | Path, *, size: int = 128,
+                   elevation: float = 25.0) -> Path:
+    """Write a PNG table of meshes, one shaded view each (edges drawn), ``rows[r][c]`` in row ``r``, column ``c``
+    (blank where ``None``; short rows padded), atomically; for evaluation pictures (samples per family, kept
+    candidates beside their reference)."""
+    path = Path(path)
+    check_output_path(path)
+    cols = max((len(r) for r in rows), default=0)
+    blank = np.full((size, size, 3), 255, np.uint8)
+    lines = []
+    for row in rows:
+        tiles = []
+        for mesh in list(row) + [None] * (cols - len(row)):
+            tile = blank.copy()
+            if mesh is not None and len(mesh.faces):
+                view = preview_image(mesh, n_views=1, image_size=size, elevation=elevation)[..., :3]
+                tile[: view.shape[0], : view.shape[1]] = view[:size, :size]
+            tiles.append(tile)
+        lines.append(np.concatenate(tiles, axis=1))
+    with atomic_path(path, suffix=".png") as tmp:
+        write_png(tmp, np.concatenate(lines, axis=0))
+    return path
+
+
 def render_preview(mesh: trimesh.Trimesh | str | Path, path: str | Path, *, n_views: int = 4, image_size: int = 256,
                    face_colors: np.ndarray | None = None, edges: bool = True, device: str | torch.device = "cpu",
                    elevation: float = 25.0) -> Path:

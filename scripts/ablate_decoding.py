@@ -53,25 +53,29 @@ def reference_samples(model, ref: trimesh.Trimesh, cloud, *, samples: int, free:
     return decoded
 
 
-def candidates(model, ref: trimesh.Trimesh, *, guided: int, free: int, seed: int, temperature: float) -> tuple[list, float]:
-    """Per row (guided rows first): ``None`` or a dict of fits and reference metrics; and the sampling seconds."""
+def candidates(model, ref: trimesh.Trimesh, *, guided: int, free: int, seed: int,
+               temperature: float) -> tuple[list, float, list]:
+    """Per row (guided rows first): ``None`` or a dict of fits and reference metrics; the sampling seconds; and the
+    refined meshes (``None`` where nothing decoded)."""
     cloud = sample_surface(ref, N_POINTS, seed=seed)
     t0 = time.time()
     decoded = reference_samples(model, ref, cloud, samples=guided + free, free=free, seed=seed, temperature=temperature)
     seconds = time.time() - t0
-    rows = []
+    rows, meshes = [], []
     for mesh, _ in decoded:
         if mesh is None:
             rows.append(None)
+            meshes.append(None)
             continue
         refined = refine_vertices(mesh, cloud.points, RefineConfig(), seed=seed)
+        meshes.append(refined)
         metrics = evaluate_mesh(refined, ref, seed=seed).to_dict()
         rows.append({"faces": len(mesh.faces), "fit_raw": fit_to_points(mesh, cloud.points, seed=seed),
                      "fit": fit_to_points(refined, cloud.points, seed=seed), "chamfer": metrics["chamfer"],
                      "fscore_005": metrics["fscore_005"], "open_edge_share": metrics["open_edge_share"],
                      "components": metrics["components"], "ref_components": metrics["ref_components"],
                      "watertight": metrics["watertight"]})
-    return rows, seconds
+    return rows, seconds, meshes
 
 
 OPEN_EDGE_WEIGHTS = (0.5, 1.0, 2.0, 4.0)
@@ -101,14 +105,21 @@ def rules(guided: int, free: int) -> dict[str, tuple[list[int], str] | tuple[lis
     return out
 
 
+def _rank(c: dict, key: str, weight: float) -> float:
+    return c[key] * (1.0 + weight * c.get("open_edge_share", 0.0))
+
+
+def kept_row(item: dict, rows: list[int], key: str, weight: float = 0.0) -> int | None:
+    """The row a rule keeps for one mesh (``None`` when none of ``rows`` decoded)."""
+    live = [i for i in rows if item["candidates"][i] is not None]
+    return min(live, key=lambda i: _rank(item["candidates"][i], key, weight)) if live else None
+
+
 def score(items: list[dict], rows: list[int], key: str, weight: float = 0.0) -> dict:
     """Mean Chamfer / F@0.05 of the kept candidates, and how mesh-like they are: mean open-edge share, median pieces
     over the reference's, watertight rate (candidates scored before those fields existed give NaN there)."""
-    kept = []
-    for item in items:
-        cands = [item["candidates"][i] for i in rows if item["candidates"][i] is not None]
-        if cands:
-            kept.append(min(cands, key=lambda c: c[key] * (1.0 + weight * c.get("open_edge_share", 0.0))))
+    rows_kept = [(item, kept_row(item, rows, key, weight)) for item in items]
+    kept = [item["candidates"][i] for item, i in rows_kept if i is not None]
     mean = lambda name: float(np.mean([c[name] for c in kept])) if kept and name in kept[0] else float("nan")  # noqa: E731
     parts = [c["components"] / c["ref_components"] for c in kept if c.get("ref_components")]
     return {"n": len(kept), "chamfer": mean("chamfer"), "fscore_005": mean("fscore_005"),
@@ -124,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON here (and the markdown table beside it, .md)")
+    p.add_argument("--grid", default=None, help="PNG: per mesh the reference, the candidate kept by the fit alone "
+                                                "and the one kept with --grid-weight (all rows of the batch)")
+    p.add_argument("--grid-weight", type=float, default=2.0, help="open-edge weight of the grid's third column")
+    p.add_argument("--grid-n", type=int, default=8, help="meshes in the grid (the first of the split)")
     args = p.parse_args(argv)
     if args.guided < 1 or args.free < 0:
         p.error("--guided must be >= 1 and --free >= 0")
@@ -135,12 +150,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no held-out mesh found for the {args.split} split", file=sys.stderr)
         return 2
     done = []
+    pictures = []  # (reference, refined candidates) of the first --grid-n meshes
     for item in items:
-        cands, seconds = candidates(model, load_mesh(item.path), guided=args.guided, free=args.free, seed=args.seed,
-                                    temperature=args.temperature)
+        ref = load_mesh(item.path)
+        cands, seconds, meshes = candidates(model, ref, guided=args.guided, free=args.free, seed=args.seed,
+                                            temperature=args.temperature)
         done.append({"id": item.id, "group": item.group, "seconds": round(seconds, 2), "candidates": cands})
+        if args.grid and len(pictures) < args.grid_n:
+            pictures.append((ref, meshes))
         print(f"{item.id} ({item.group}): {seconds:.1f} s", file=sys.stderr, flush=True)
     table = {name: score(done, *rule) for name, rule in rules(args.guided, args.free).items()}
+    if args.grid:
+        from renderers.preview import mesh_table_png
+
+        every = list(range(args.guided + args.free))
+        pick = lambda item, meshes, w: None if (i := kept_row(item, every, "fit", w)) is None else meshes[i]  # noqa: E731
+        mesh_table_png([[ref, pick(item, meshes, 0.0), pick(item, meshes, args.grid_weight)]
+                        for item, (ref, meshes) in zip(done, pictures, strict=False)], args.grid, size=192)
     lines = [f"| rule ({args.split}, n = {len(done)}) | Chamfer | F@0.05 | open edges | parts / ref | watertight |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {name} | {r['chamfer']:.4f} | {r['fscore_005']:.3f} | {r['open_edge_share']:.2f} | "

@@ -108,25 +108,10 @@ def markdown(results: dict) -> str:
 
 def save_grid(meshes: dict, path: Path, *, per_family: int = 6, size: int = 128) -> None:
     """One row per family: its first ``per_family`` decoded samples (blank where none decoded)."""
-    from PIL import Image
+    from renderers.preview import mesh_table_png
 
-    from renderers.preview import preview_image
-
-    rows = []
-    for ms in meshes.values():
-        tiles = []
-        for m in ms[:per_family]:
-            img = np.full((size, size, 3), 255, np.uint8)
-            if m is not None:
-                view = preview_image(m, n_views=1, image_size=size)[..., :3]
-                img[: view.shape[0], : view.shape[1]] = view[:size, :size]
-            tiles.append(img)
-        tiles += [np.full((size, size, 3), 255, np.uint8)] * (per_family - len(tiles))
-        rows.append(np.concatenate(tiles, axis=1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    Image.fromarray(np.concatenate(rows, axis=0)).save(tmp)
-    tmp.rename(path)
+    mesh_table_png([list(ms[:per_family]) + [None] * (per_family - len(ms[:per_family])) for ms in meshes.values()],
+                   path, size=size)
 
 
 def main(argv=None) -> int:

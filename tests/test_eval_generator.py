@@ -329,7 +329,9 @@ def test_ablate_decoding_scores_every_rule_on_the_same_candidates(tmp_path, tiny
     _write_dataset(tmp_path / "data")
     out = tmp_path / "abl.json"
     assert A.main(["--checkpoint", str(tiny_checkpoint), "--procedural", str(tmp_path / "data"), "--n", "2",
-                   "--max-faces", "12", "--guided", "2", "--free", "2", "--out", str(out)]) == 0
+                   "--max-faces", "12", "--guided", "2", "--free", "2", "--out", str(out),
+                   "--grid", str(tmp_path / "grid.png"), "--grid-n", "1"]) == 0
+    assert Image.open(tmp_path / "grid.png").size == (3 * 192, 192)  # reference, kept by fit, kept with open edges
     res = json.loads(out.read_text())
     assert [it["id"] for it in res["items"]] == ["obj_000", "obj_002"]
     assert all(len(it["candidates"]) == 4 for it in res["items"])
