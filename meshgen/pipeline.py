@@ -46,7 +46,7 @@ TOKENIZER_CHECKPOINTS = {"coords": DEFAULT_CHECKPOINT, "vqvae": ASSETS / "checkp
 DEMO_INPUT = ASSETS / "demo" / "table_points.ply"
 N_POINTS = 2048
 DEFAULT_SAMPLES = 8  # best of 8 (4 guided + 4 free) by fit to the points: docs/model.md for its held-out effect
-OPEN_EDGE_WEIGHT = 0.0  # rank by fit x (1 + w x open-edge share): docs/model.md, "Ranking clean meshes"
+OPEN_EDGE_WEIGHT = 0.5  # rank by fit x (1 + w x open-edge share): docs/model.md, "Are the outputs meshes?"
 DEFAULT_CFG_SCALE = 2.0  # for models trained with a null context (measured better than 1.0: docs/model.md)
 AUTO = "auto"  # guidance: point guidance for a coords model, none for a model over learned codes
 

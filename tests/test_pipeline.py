@@ -110,13 +110,14 @@ def test_best_of_k_keeps_the_best_fitting_sample(tiny_checkpoint, cloud_file, mo
     best = pipeline.generate_mesh(model, cloud, max_faces=6, seed=0, samples=4, temperature=1.0, refine=None)
     assert len(seen) == 4 and best.mesh is not None
     assert len({f for _, f in seen}) > 1  # the rows differ
-    kept = min(seen, key=lambda mf: mf[1])[0]
+    rank = lambda mf: mf[1] * (1 + pipeline.OPEN_EDGE_WEIGHT * pipeline.open_edge_share(mf[0]))  # noqa: E731
+    kept = min(seen, key=rank)[0]  # the fit, with open edges counted against a sample
     assert kept is best.mesh
     raw = [m for m, _ in seen]
     seen.clear()
     refined = pipeline.generate_mesh(model, cloud, max_faces=6, seed=0, samples=4, temperature=1.0)
     assert len(seen) == 4  # every sample is refined, then ranked
-    assert refined.mesh is min(seen, key=lambda mf: mf[1])[0]
+    assert refined.mesh is min(seen, key=rank)[0]
     for (mesh, fit), before in zip(seen, raw, strict=True):  # refinement moves vertices only, and fits better
         assert np.array_equal(mesh.faces, before.faces)
         assert fit < fit_to_points(before, cloud.points)
