@@ -377,3 +377,14 @@ def test_boolean_options_old_and_new_spellings(tmp_path, inputs, tiny_checkpoint
         assert code == 0, err
     mesh = trimesh.load(tmp_path / "d--strict.obj", process=False)
     assert len(mesh.faces) == 12 and np.ptp(mesh.vertices, axis=0).max() == pytest.approx(4.0, abs=0.01)
+
+
+def test_generate_open_edge_weight_option(tmp_path, inputs, tiny_checkpoint, capfd, one_thread):
+    """--open-edge-weight reaches the ranking; a negative weight is refused before any work, nothing written."""
+    base = ["generate", inputs.mesh, "--checkpoint", tiny_checkpoint, "--max-faces", "4", "--seed", "1", "--samples", "2",
+            "--no-preview"]
+    code, _, err = run([*base, "-o", tmp_path / "a.obj", "--open-edge-weight", "4"], capfd)
+    assert code == 0, err
+    assert (tmp_path / "a.obj").exists()
+    code, _, err = run([*base, "-o", tmp_path / "b.obj", "--open-edge-weight", "-1"], capfd)
+    assert code == 2 and "open-edge-weight" in err and not (tmp_path / "b.obj").exists()
