@@ -294,7 +294,7 @@ def generate(inp: Path = typer.Argument(None, metavar="INPUT", help="Point cloud
                                                  "input points best (Chamfer to the points)."),
              free_samples: int = typer.Option(None, help="With guidance, draw this many of --samples without it "
                                                          "(default: half); the ranking picks the better kind."),
-             open_edge_weight: float = typer.Option(None, min=0.0, help="Rank the samples by fit x (1 + w x share "
+             open_edge_weight: float = typer.Option(None, help="Rank the samples by fit x (1 + w x share "
                                                     "of open edges), so closed meshes beat loose triangles (default: "
                                                     "meshgen.pipeline.OPEN_EDGE_WEIGHT)."),
              max_input_faces: int = typer.Option(None, help="Refuse input meshes with more faces (default "
@@ -343,6 +343,8 @@ def generate(inp: Path = typer.Argument(None, metavar="INPUT", help="Point cloud
 
     if faces is not None and faces <= 0:
         raise MeshInputError(None, f"--faces must be positive, got {faces}")
+    if open_edge_weight is not None and not open_edge_weight >= 0:
+        raise MeshInputError(None, f"--open-edge-weight must be >= 0, got {open_edge_weight}")
     try:
         resolve_free_samples(samples, free_samples)
     except ValueError as err:
