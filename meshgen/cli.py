@@ -320,7 +320,7 @@ def generate(inp: Path = typer.Argument(None, metavar="INPUT", help="Point cloud
     """Turn a point cloud (or a mesh's surface) into a low-poly artist-like mesh; or, with --family, sample a
     shape of that family from the VAT shape prior."""
     from meshgen.guidance import GuidanceConfig
-    from meshgen.pipeline import generate_file, resolve_free_samples
+    from meshgen.pipeline import OPEN_EDGE_WEIGHT, generate_file, resolve_free_samples
     from meshgen.refine import RefineConfig
     from tokenizers3d.errors import MeshInputError
 
@@ -367,7 +367,7 @@ def generate(inp: Path = typer.Argument(None, metavar="INPUT", help="Point cloud
                         guidance=guide, cfg_scale=cfg_scale, samples=samples, free_samples=free_samples,
                         refine=RefineConfig() if refine else None, max_input_faces=max_input_faces,
                         max_points=max_points, tokenizer=tokenizer,
-                        **({} if open_edge_weight is None else {"open_edge_weight": open_edge_weight}))
+                        open_edge_weight=OPEN_EDGE_WEIGHT if open_edge_weight is None else open_edge_weight)
     print(json.dumps(res, default=str))
 
 

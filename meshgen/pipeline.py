@@ -284,22 +284,22 @@ def fit_to_points(mesh: trimesh.Trimesh | None, points: np.ndarray, *, seed: int
     return chamfer_distance(surf.points, norm.apply(points))
 
 
-def open_edge_share(mesh: trimesh.Trimesh) -> float:
-    """Share of ``mesh``'s edges that only one face uses: 0 for a closed mesh, 1 for loose triangles."""
-    from tokenizers3d.metrics import mesh_info
-
-    info = mesh_info(mesh)
-    return info["open_edges"] / max(info["edges"], 1)
+def weighted_fit(fit: float, open_share: float, open_edge_weight: float = OPEN_EDGE_WEIGHT) -> float:
+    """The ranking value of a sample: its fit times ``1 + open_edge_weight x open_share`` (the one formula of
+    :func:`rank_score` and of ``scripts/ablate_decoding.py``, which ranks precomputed fits)."""
+    return fit * (1.0 + open_edge_weight * open_share)
 
 
 def rank_score(mesh: trimesh.Trimesh | None, points: np.ndarray, open_edge_weight: float = OPEN_EDGE_WEIGHT, *,
                seed: int = 0) -> float:
-    """What best-of-k decoding minimizes: :func:`fit_to_points` times ``1 + open_edge_weight x``
-    :func:`open_edge_share` (``inf`` for no mesh). The fit alone cannot tell a mesh from a triangle soup on the
-    same surface; the factor can. Uses the input points only, never a reference."""
+    """What best-of-k decoding minimizes: :func:`weighted_fit` of :func:`fit_to_points` and
+    :func:`tokenizers3d.metrics.open_edge_share` (``inf`` for no mesh). The fit alone cannot tell a mesh from a
+    triangle soup on the same surface; the factor can. Uses the input points only, never a reference."""
     fit = fit_to_points(mesh, points, seed=seed)
     if open_edge_weight and np.isfinite(fit):
-        fit *= 1.0 + open_edge_weight * open_edge_share(mesh)
+        from tokenizers3d.metrics import open_edge_share
+
+        fit = weighted_fit(fit, open_edge_share(mesh), open_edge_weight)
     return fit
 
 

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_generator import add_split_options, split_items  # noqa: E402
 
 from meshgen.guidance import GuidanceConfig  # noqa: E402
-from meshgen.pipeline import N_POINTS, draw_samples, fit_to_points, load_generator  # noqa: E402
+from meshgen.pipeline import N_POINTS, draw_samples, fit_to_points, load_generator, weighted_fit  # noqa: E402
 from meshgen.refine import RefineConfig, refine_vertices  # noqa: E402
 from tokenizers3d.io import atomic_write_text, load_mesh  # noqa: E402
 from tokenizers3d.metrics import evaluate_mesh  # noqa: E402
@@ -106,7 +106,7 @@ def rules(guided: int, free: int) -> dict[str, tuple[list[int], str] | tuple[lis
 
 
 def _rank(c: dict, key: str, weight: float) -> float:
-    return c[key] * (1.0 + weight * c.get("open_edge_share", 0.0))
+    return weighted_fit(c[key], c.get("open_edge_share", 0.0), weight)
 
 
 def kept_row(item: dict, rows: list[int], key: str, weight: float = 0.0) -> int | None:

@@ -133,10 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     dest = args.dest or ROOT / "assets" / "checkpoints" / args.name
     src = args.run / "best"
     res = merge_evals([json.loads(p.read_text()) for p in args.eval])
+    shipped = model_digest(src)
     for path in [*args.eval, *args.extra_eval]:  # every number in the card must be of these very weights
         digest = json.loads(path.read_text()).get("digest")
-        if digest != model_digest(src):
-            raise SystemExit(f"error: {path} evaluates weights {digest}, not {src} ({model_digest(src)}); "
+        if digest != shipped:
+            raise SystemExit(f"error: {path} evaluates weights {digest}, not {src} ({shipped}); "
                              f"run scripts/eval_generator.py --checkpoint {src} first")
     cfg = yaml.safe_load((args.run / "config.yaml").read_text())
     log = RunFolder(args.run).log_rows()

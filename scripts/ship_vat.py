@@ -38,10 +38,10 @@ def _fail(msg: str) -> None:
     sys.exit(2)
 
 
-def val_row(run: Path, which: str) -> dict:
-    """The log row of the validation the shipped weights come from: the best full-scale IoU (``best``) or the last
-    validation (``last``); empty when the run never validated."""
-    rows = [r for r in RunFolder(run).log_rows() if r.get("val_iou") not in (None, "", "nan")]
+def val_row(log: list[dict], which: str) -> dict:
+    """The row of ``log`` (the run's ``log.csv``) of the validation the shipped weights come from: the best
+    full-scale IoU (``best``) or the last validation (``last``); empty when the run never validated."""
+    rows = [r for r in log if r.get("val_iou") not in (None, "", "nan")]
     if not rows:
         return {}
     return max(rows, key=lambda r: float(r["val_iou"])) if which == "best" else rows[-1]
@@ -113,7 +113,7 @@ def card(run: Path, which: str, ev: dict, recipe: str, size: int, n_params: int,
     last = rows[-1] if rows else {}
     minutes = float(last.get("elapsed_s", "nan")) / 60
     sessions = (run / "sessions.jsonl").read_text().count("\n") if (run / "sessions.jsonl").exists() else 0
-    val = val_row(run, which)
+    val = val_row(rows, which)
     tokens = sum(q["scales"])
     full = ev["splits"][next(iter(ev["splits"]))]["rows"][-1]["bytes"]
     ratios = "; ".join(f"{split}: " + ", ".join(f"{k.replace('_', ' ')} {v:.0f}x" for k, v in

@@ -82,7 +82,8 @@ def test_fit_to_points_ranks_meshes_by_how_well_they_explain_the_points():
 
 
 def test_rank_score_puts_a_closed_mesh_before_loose_triangles_on_the_same_surface():
-    from meshgen.pipeline import fit_to_points, open_edge_share, rank_score
+    from meshgen.pipeline import fit_to_points, rank_score
+    from tokenizers3d.metrics import open_edge_share
 
     box = trimesh.creation.box(extents=(2.0, 1.0, 0.5))
     soup = trimesh.Trimesh(box.vertices[box.faces].reshape(-1, 3), np.arange(36).reshape(12, 3), process=False)
@@ -96,6 +97,7 @@ def test_rank_score_puts_a_closed_mesh_before_loose_triangles_on_the_same_surfac
 
 def test_best_of_k_keeps_the_best_fitting_sample(tiny_checkpoint, cloud_file, monkeypatch):
     import meshgen.pipeline as pipeline
+    from tokenizers3d.metrics import open_edge_share
 
     model = pipeline.load_generator(tiny_checkpoint)
     cloud = read_points(cloud_file)
@@ -110,7 +112,7 @@ def test_best_of_k_keeps_the_best_fitting_sample(tiny_checkpoint, cloud_file, mo
     best = pipeline.generate_mesh(model, cloud, max_faces=6, seed=0, samples=4, temperature=1.0, refine=None)
     assert len(seen) == 4 and best.mesh is not None
     assert len({f for _, f in seen}) > 1  # the rows differ
-    rank = lambda mf: mf[1] * (1 + pipeline.OPEN_EDGE_WEIGHT * pipeline.open_edge_share(mf[0]))  # noqa: E731
+    rank = lambda mf: mf[1] * (1 + pipeline.OPEN_EDGE_WEIGHT * open_edge_share(mf[0]))  # noqa: E731
     kept = min(seen, key=rank)[0]  # the fit, with open edges counted against a sample
     assert kept is best.mesh
     raw = [m for m, _ in seen]

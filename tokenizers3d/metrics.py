@@ -185,12 +185,19 @@ def evaluate_mesh(pred: trimesh.Trimesh, ref: trimesh.Trimesh, *, n_samples: int
         n_faces=len(pred.faces),
         n_vertices=len(pred.vertices),
         ref_faces=len(ref.faces),
-        watertight=bool(pred.is_watertight),
-        manifold=is_edge_manifold(pred),
+        watertight=info["watertight"],
+        manifold=info["edge_manifold"],
         components=info["components"],
         ref_components=mesh_info(ref)["components"],
-        open_edge_share=info["open_edges"] / max(info["edges"], 1),
+        open_edge_share=open_edge_share(pred, info),
     )
+
+
+def open_edge_share(mesh: trimesh.Trimesh | ArrayMesh, info: dict | None = None) -> float:
+    """Share of ``mesh``'s edges that only one face uses: 0 for a closed mesh, 1 for loose triangles (``info``:
+    its :func:`mesh_info`, when already computed)."""
+    info = mesh_info(mesh) if info is None else info
+    return info["open_edges"] / max(info["edges"], 1)
 
 
 def mesh_info(mesh: trimesh.Trimesh | ArrayMesh) -> dict:
