@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -82,6 +83,137 @@ def cfg_mix(logits: torch.Tensor, scale: float) -> torch.Tensor:
     return uncond + scale * (cond - uncond)
 
 
+EDGE_RULE_ROWS = ("off", "guided", "all")
+
+
+@dataclass(frozen=True)
+class MeshRules:
+    """Decoding rules that steer ``coords`` samples towards meshes rather than triangle soups.
+
+    Attributes
+    ----------
+    edges_once : str
+        Rows whose order constraint also refuses a directed edge an earlier face wrote (:class:`FaceConstraint`,
+        with a fallback to the order rules alone where that leaves nothing): ``"off"``, ``"guided"`` (rows sampled
+        with point guidance, whose narrowed masks otherwise push a face the model meant to repeat one cell over:
+        the same two first vertices and a sliver) or ``"all"``.
+    reuse_bias : float
+        Nats of log-probability (after the temperature) for every value that continues an already-written vertex
+        (:meth:`VertexReuse.values`).
+    closing_bias : float
+        Nats for every value that continues a vertex writing the missing twin of an open edge
+        (:meth:`VertexReuse.closing_values`).
+    """
+
+    edges_once: str = "off"
+    reuse_bias: float = 0.0
+    closing_bias: float = 0.0
+
+    def __post_init__(self):
+        if self.edges_once not in EDGE_RULE_ROWS:
+            raise ValueError(f"edges_once must be one of {', '.join(EDGE_RULE_ROWS)}, got {self.edges_once!r}")
+        if not (self.reuse_bias >= 0 and self.closing_bias >= 0):
+            raise ValueError(f"reuse_bias and closing_bias must be >= 0, got {self.reuse_bias}, {self.closing_bias}")
+
+    @property
+    def biased(self) -> bool:
+        return bool(self.reuse_bias or self.closing_bias)
+
+    def edges_once_for(self, guided: bool) -> bool:
+        """Whether a row (sampled with point guidance or not) gets the directed-edge rule."""
+        return self.edges_once == "all" or (self.edges_once == "guided" and guided)
+
+
+class VertexReuse:
+    """The vertices and directed edges one ``coords`` row has written, for the decoding biases of
+    :func:`meshgen.generate.sample_sequences` towards meshes rather than triangle soups.
+
+    A mesh names each vertex once and then repeats it in every face around it (a closed mesh of ``V`` vertices
+    has ``~6 V`` vertex slots, so ~5 in 6 repeat a vertex), and every directed edge ``a -> b`` of a closed,
+    oriented mesh has its twin ``b -> a`` in the neighbouring face. Before every coordinate token:
+
+    - :meth:`values` lists the values that continue some already-written vertex (its first 0-2 digits are the
+      current vertex's digits so far): the *reuse* bonus;
+    - :meth:`closing_values` lists the values that continue a vertex that would write the missing twin of an open
+      edge: ``v1 = x`` where ``x -> v0`` is open, ``v2 = x`` where ``x -> v1`` or ``v0 -> x`` is open (and ``v0``
+      an endpoint of any open edge): the *closing* bonus.
+
+    Applied at each of the three digits, a bonus ``b`` makes a target vertex up to ``e^(3 b)`` times likelier.
+    Feed the body tokens (after BOS) with :meth:`push`, as the order constraint.
+    """
+
+    def __init__(self, n: int):
+        self.n = n
+        self.next: dict[tuple[int, ...], set[int]] = {}  # digits so far -> values that continue a written vertex
+        self.out: dict[tuple, set[tuple]] = {}  # vertex -> vertices it has a written directed edge to
+        self.inn: dict[tuple, set[tuple]] = {}  # vertex -> vertices with a written directed edge to it
+        self.face: list[tuple] = []  # completed vertices of the face being written
+        self.cur: list[int] = []  # digits of the vertex being written
+        self._closing: list[tuple] | None = None  # closing targets of the vertex being written
+
+    def values(self) -> list[int]:
+        """Values that continue an earlier vertex from the current digits (empty before the first vertex)."""
+        return sorted(self.next.get(tuple(self.cur), ()))
+
+    def _open(self, a: tuple, b: tuple) -> bool:
+        """Whether ``a -> b`` is written and its twin ``b -> a`` is not."""
+        return b in self.out.get(a, ()) and a not in self.out.get(b, ())
+
+    def closing_targets(self) -> list[tuple]:
+        """Vertices ``(z, y, x)`` whose choice for the current slot writes the twin of an open edge."""
+        if self._closing is None:
+            if not self.face:
+                found = {v for a, bs in self.out.items() for b in bs if self._open(a, b) for v in (a, b)}
+            elif len(self.face) == 1:
+                v0 = self.face[0]
+                found = {x for x in self.inn.get(v0, ()) if x > v0 and self._open(x, v0)}
+            else:
+                v0, v1 = self.face
+                found = {x for x in self.inn.get(v1, ()) if self._open(x, v1)}
+                found |= {x for x in self.out.get(v0, ()) if self._open(v0, x)}
+                found = {x for x in found if x > v0 and x != v1}
+            self._closing = sorted(found)
+        return self._closing
+
+    def closing_values(self) -> list[int]:
+        """Values that continue a :meth:`closing_targets` vertex from the current digits."""
+        d, cur = len(self.cur), tuple(self.cur)
+        return sorted({v[d] for v in self.closing_targets() if v[:d] == cur})
+
+    def push(self, token: int) -> None:
+        token = int(token)
+        if token >= self.n:  # EOS / PAD: nothing more to write
+            return
+        self.cur.append(token)
+        if len(self.cur) < 3:
+            return
+        v = tuple(self.cur)
+        for depth in range(3):
+            self.next.setdefault(v[:depth], set()).add(v[depth])
+        self.face.append(v)
+        self.cur, self._closing = [], None
+        if len(self.face) == 3:
+            for a, b in zip(self.face, self.face[1:] + self.face[:1], strict=True):
+                self.out.setdefault(a, set()).add(b)
+                self.inn.setdefault(b, set()).add(a)
+            self.face = []
+
+
+def reuse_bonus(rows: Sequence[VertexReuse | None], vocab_size: int, bias: float,
+                closing: float = 0.0) -> torch.Tensor:
+    """``(B, V)`` float32: ``bias`` on the ids :meth:`VertexReuse.values` lists for each row plus ``closing`` on
+    those :meth:`VertexReuse.closing_values` lists (0 elsewhere, and on rows given as ``None``)."""
+    out = torch.zeros(len(rows), vocab_size)
+    for b, r in enumerate(rows):
+        if r is None:
+            continue
+        if bias and (vals := r.values()):
+            out[b, vals] += bias
+        if closing and (vals := r.closing_values()):
+            out[b, vals] += closing
+    return out
+
+
 # ---- geometry helpers -----------------------------------------------------------------------------
 def digit_mask(
     n: int, digits: Sequence[int], lb: int, bad: np.ndarray, candidates: np.ndarray | None = None
@@ -125,9 +257,20 @@ class FaceConstraint:
         Coordinate bits (``n = 2^bits`` values per axis). ``levels`` overrides ``n`` (tests use tiny grids).
     max_faces : int or None
         After this many faces only EOS is allowed.
+    edges_once : bool
+        Also refuse a directed edge (``v0 -> v1``, ``v1 -> v2``, ``v2 -> v0``) that an earlier face already has,
+        so every edge joins at most two faces, wound opposite ways -- what an oriented manifold mesh needs
+        (a face of the same two first vertices as the one before it is the usual start of a triangle soup). A
+        preference, never a dead end: when it would leave a vertex no allowed rank, that vertex is sampled under
+        the order rules alone (counted in :attr:`edge_fallbacks`).
     """
 
-    def __init__(self, bits: int = 7, *, max_faces: int | None = None, levels: int | None = None):
+    def __init__(self, bits: int = 7, *, max_faces: int | None = None, levels: int | None = None,
+                 edges_once: bool = False):
+        self.edges_once = edges_once
+        self.out_edges: dict[int, set[int]] = {}  # rank -> ranks it has a written directed edge to
+        self.in_edges: dict[int, set[int]] = {}  # rank -> ranks with a written directed edge to it
+        self.edge_fallbacks = 0
         self.vocab = coord_layout(bits)
         self.n = levels if levels is not None else self.vocab.n
         self.top = self.n**3  # number of ranks
@@ -220,7 +363,26 @@ class FaceConstraint:
                 self._domain = self._v1_domain(ranks[0])
             else:
                 self._domain = self._v2_domain(ranks[0], ranks[1])
+            if self.edges_once and a:
+                self._domain = self._without_written_edges(self._domain, ranks)
         return self._domain
+
+    def _without_written_edges(self, domain: tuple[int, np.ndarray], ranks: list[int]) -> tuple[int, np.ndarray]:
+        """``domain`` of vertex ``len(ranks)`` less the ranks that would repeat a written directed edge, unless that
+        leaves no rank (then ``domain`` as is: every rank of the order domain can still finish the face)."""
+        lb, bad = domain
+        if len(ranks) == 1:
+            used = self.out_edges.get(ranks[0], set())  # v0 -> v1
+        else:
+            used = self.out_edges.get(ranks[1], set()) | self.in_edges.get(ranks[0], set())  # v1 -> v2, v2 -> v0
+        used = np.fromiter((r for r in used if r >= lb), dtype=np.int64)
+        if not len(used):
+            return domain
+        merged = np.union1d(bad, used)
+        if self.top - lb - len(merged) <= 0:
+            self.edge_fallbacks += 1
+            return domain
+        return lb, merged
 
     # -- public --------------------------------------------------------------------------------------
     @property
@@ -278,6 +440,10 @@ class FaceConstraint:
             self._domain = None
         if len(self.cur) == 9:
             r = tuple(self._rank(self.cur[i : i + 3]) for i in (0, 3, 6))
+            if self.edges_once:
+                for a, b in ((r[0], r[1]), (r[1], r[2]), (r[2], r[0])):
+                    self.out_edges.setdefault(a, set()).add(b)
+                    self.in_edges.setdefault(b, set()).add(a)
             if self.prev is not None and r[0] == self.prev[0]:
                 self.group.add((r[1], r[2]))
             else:
@@ -326,10 +492,11 @@ class CodeConstraint:
             self.n_faces += 1
 
 
-def new_constraint(layout, *, max_faces: int | None = None):
-    """The order constraint of a layout: :class:`FaceConstraint` for ``coords``, :class:`CodeConstraint` else."""
+def new_constraint(layout, *, max_faces: int | None = None, edges_once: bool = False):
+    """The order constraint of a layout: :class:`FaceConstraint` for ``coords`` (``edges_once``: its directed-edge
+    rule), :class:`CodeConstraint` else."""
     if layout.is_coords:
-        return FaceConstraint(int(layout.n).bit_length() - 1, max_faces=max_faces)
+        return FaceConstraint(int(layout.n).bit_length() - 1, max_faces=max_faces, edges_once=edges_once)
     return CodeConstraint(layout, max_faces=max_faces)
 
 

@@ -38,7 +38,7 @@ import trimesh
 import yaml
 
 from meshgen.data import AugmentConfig
-from meshgen.train import lr_at, optimizer_step
+from meshgen.train import lr_at, optimizer_step, warm_start
 from tokenizers3d.checkpoint import RunFolder, load_sections
 from tokenizers3d.errors import MeshgenError
 from tokenizers3d.io import atomic_write_text
@@ -81,6 +81,7 @@ class TrainSection:
     noise_warmup_steps: int = 0  # posterior sampling noise ramps from 0 (the mean) to 1 over these steps
     quantize_after: int = 0  # before this step the decoder reads the continuous latent (quantizer bypassed)
     tail_drop: float = 0.0  # share of steps that also train the decoder on a random prefix of the scales
+    init_from: str | None = None  # a new run starts from this VAT model directory (same-named, same-shaped weights)
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,9 @@ class VATTrainer:
         self.model, self.opt, self.step, self.best = self.run.start(
             VATModel, cfg.model, lambda p: torch.optim.AdamW(p, lr=tc.lr, weight_decay=tc.weight_decay),
             threads=tc.threads, seed=tc.seed)
+        if tc.init_from and self.step == 0:  # a resumed run keeps its own weights
+            copied = warm_start(self.model, tc.init_from)
+            self.log(json.dumps({"init_from": tc.init_from, **copied}))
         d = cfg.data
         self.augment = AugmentConfig(**d.augment) if d.augment is not None else None
         self._val = None

@@ -288,6 +288,24 @@ def test_generation_kwargs_only_forward_given_options(monkeypatch):
         E.generation_kwargs(cfg_scale=3.0)
 
 
+def test_mesh_rule_options_override_only_what_is_given():
+    import argparse
+
+    from meshgen.pipeline import MESH_RULES
+    from meshgen.sampling import MeshRules
+
+    p = argparse.ArgumentParser()
+    E.add_mesh_rule_options(p)
+    assert E.mesh_rules(p.parse_args([])) is None  # nothing given: generate_mesh's default applies
+    rules = E.mesh_rules(p.parse_args(["--closing-bias", "1.5"]))
+    assert rules == MeshRules(edges_once=MESH_RULES.edges_once, reuse_bias=MESH_RULES.reuse_bias, closing_bias=1.5)
+    assert E.mesh_rules(p.parse_args(["--edges-once", "all"])).edges_once == "all"
+    assert E.generation_kwargs(rules=rules) == {"rules": rules}
+    assert E.effective_generation({"rules": rules})["rules"]["closing_bias"] == 1.5
+    with pytest.raises(ValueError, match="reuse_bias"):
+        E.mesh_rules(p.parse_args(["--reuse-bias", "-1"]))
+
+
 # ---- plot_training --------------------------------------------------------------------------------
 def test_cumulative_hours_across_resumes():
     hours = P.cumulative_hours(np.array([360.0, 720.0, 180.0, 540.0, np.nan]))

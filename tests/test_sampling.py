@@ -13,7 +13,17 @@ from meshgen.encoder import EncoderConfig
 from meshgen.generate import generate, measure_invalid_rate, sample_sequences
 from meshgen.hourglass import HourglassConfig, HourglassTransformer
 from meshgen.modeling import Conditioning, coord_layout
-from meshgen.sampling import FaceConstraint, _collinear, filter_logits, invalid_rate, sample_next, validate_coords
+from meshgen.sampling import (
+    FaceConstraint,
+    MeshRules,
+    VertexReuse,
+    _collinear,
+    filter_logits,
+    invalid_rate,
+    reuse_bonus,
+    sample_next,
+    validate_coords,
+)
 from tokenizers3d.base import get_tokenizer
 
 VOCAB = coord_layout(7)
@@ -60,6 +70,50 @@ def test_constraint_is_exact_on_tiny_grids(n, seeds):
                 assert got == expected, (n, seed, emitted, face[:i])
                 fc.push(face[i])
             emitted.append(face)
+
+
+def _directed_edges(faces: list[tuple[int, ...]]) -> list[tuple]:
+    return [e for f in faces for e in ((f[:3], f[3:6]), (f[3:6], f[6:9]), (f[6:9], f[:3]))]
+
+
+@pytest.mark.parametrize("n,seeds", [(3, range(6)), (4, range(3))])
+def test_edges_once_narrows_the_order_rules_and_never_stalls(n, seeds):
+    """Random walks on tiny grids: the edge rule allows a subset of what the order rules allow, is never empty
+    mid-face, and a directed edge repeats only where a vertex fell back to the order rules (tiny grids run out of
+    fresh edges, so fallbacks happen here)."""
+    longest = 0
+    for seed in seeds:
+        rng = random.Random(seed)
+        fc, plain, faces, face = FaceConstraint(7, levels=n, edges_once=True), FaceConstraint(7, levels=n), [], []
+        while True:
+            got, ref = fc.allowed_values(), plain.allowed_values()
+            assert not (got & ~ref).any()
+            if not got.any():
+                assert not face and not ref.any()  # only at a face boundary, when the order rules are done too
+                break
+            values = np.flatnonzero(got).tolist()
+            t = values[0] if rng.random() < 0.7 else rng.choice(values)  # mostly low values: long meshes
+            fc.push(t)
+            plain.push(t)
+            face.append(t)
+            if len(face) == 9:
+                faces.append(tuple(face))
+                face = []
+        edges = _directed_edges(faces)
+        assert len(edges) - len(set(edges)) <= 2 * fc.edge_fallbacks  # a v2 fallback may repeat two edges
+        small = coord_layout(2)
+        assert validate_coords([small.bos, *[t for f in faces for t in f], small.eos], 2) is None
+        longest = max(longest, len(faces))
+    assert longest > 20
+
+
+def test_edges_once_refuses_the_previous_faces_first_edge():
+    face = (0, 0, 0, 0, 1, 0, 1, 0, 0)
+    for edges_once in (False, True):
+        fc = FaceConstraint(7, edges_once=edges_once)
+        for t in (*face, 0, 0, 0, 0, 1):
+            fc.push(t)
+        assert bool(fc.allowed_values()[0]) is not edges_once  # v1 = (0, 1, 0) again would repeat 0 -> v1
 
 
 def test_eos_only_at_face_boundary_and_max_faces():
@@ -114,6 +168,82 @@ def test_biased_random_logits_stay_valid_and_never_stall():
             assert check(ids), validate_coords(ids, 7)
     assert set(res.stopped_reason) <= {"eos", "max_faces"}
     assert max(res.n_faces) > 20
+
+
+def test_vertex_reuse_trie_lists_values_that_continue_a_written_vertex():
+    r = VertexReuse(128)
+    assert r.values() == []
+    for t in (1, 2, 3, 1, 5, 6, 9, 9):  # two vertices and the first two digits of a third
+        r.push(t)
+    assert r.values() == []  # no written vertex starts (9, 9)
+    r.push(0)
+    assert r.values() == [1, 9]
+    r.push(1)
+    assert r.values() == [2, 5]
+    r.push(5)
+    assert r.values() == [6]
+    r.push(VOCAB.eos)  # EOS ends nothing and adds nothing
+    assert r.values() == [6]
+    bonus = reuse_bonus([r, None], VOCAB.size, 2.5)
+    assert bonus.shape == (2, VOCAB.size) and bonus[0, 6] == 2.5 and bonus.sum() == 2.5
+
+
+def test_mesh_rules_pick_the_rows_of_the_edge_rule():
+    assert [MeshRules(edges_once=m).edges_once_for(g) for m in ("off", "guided", "all") for g in (False, True)] == [
+        False, False, False, True, True, True]
+    with pytest.raises(ValueError, match="edges_once"):
+        MeshRules(edges_once="yes")
+
+
+def test_closing_targets_write_the_twins_of_open_edges():
+    a, b, c = (0, 0, 0), (0, 1, 0), (1, 0, 0)
+    r = VertexReuse(128)
+    for t in (*a, *b, *c):  # edges a -> b -> c -> a, all open
+        r.push(t)
+    assert r.closing_targets() == [a, b, c]
+    for t in a:
+        r.push(t)
+    assert r.closing_targets() == [c]  # v1 = c writes a -> c, the twin of c -> a
+    assert r.closing_values() == [1]
+    for t in c:
+        r.push(t)
+    assert r.closing_targets() == [b]  # v2 = b writes c -> b and b -> a
+    for t in b:
+        r.push(t)
+    assert r.closing_targets() == [] and r.closing_values() == []  # every edge has its twin
+    bonus = reuse_bonus([r], VOCAB.size, 0.0, closing=1.0)
+    assert bonus.sum() == 0
+
+
+def _vertex_repeat_share(ids: np.ndarray) -> float:
+    """Share of vertex slots that repeat a vertex written earlier in the sequence."""
+    verts = [tuple(v) for v in np.asarray(ids[1:-1]).reshape(-1, 3)]
+    return 1.0 - len(set(verts)) / len(verts)
+
+
+def test_reuse_bias_makes_repeated_vertices_likelier_and_stays_valid():
+    """Random logits write a soup (almost every vertex new); the bonus makes rows repeat their vertices, and every
+    row is still a valid canonical mesh."""
+    eos_off = torch.zeros(VOCAB.size)
+    eos_off[VOCAB.eos] = -4.0
+
+    def run(bias: float) -> list[np.ndarray]:
+        gen = torch.Generator().manual_seed(0)
+
+        def step(tokens: torch.Tensor) -> torch.Tensor:
+            return eos_off + torch.randn(tokens.shape[0], VOCAB.size, generator=gen)
+
+        res = sample_sequences(step, batch=4, bits=7, max_faces=40, generator=torch.Generator().manual_seed(1),
+                               temperature=1.0, rules=MeshRules(reuse_bias=bias))
+        return res.ids
+
+    plain, reused = run(0.0), run(4.0)
+    for ids in reused:
+        assert validate_coords(ids, 7) is None
+    share = lambda rows: float(np.mean([_vertex_repeat_share(ids) for ids in rows]))  # noqa: E731
+    assert share(plain) < 0.2 and share(reused) > share(plain) + 0.3  # measured 0.10 and 0.56
+    with pytest.raises(ValueError, match="reuse_bias"):
+        MeshRules(reuse_bias=-1.0)
 
 
 def _tiny_model() -> HourglassTransformer:
