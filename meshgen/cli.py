@@ -7,7 +7,6 @@ heavy modules are imported inside the commands so ``--help`` is fast.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -299,7 +298,7 @@ def generate(inp: Path = typer.Argument(None, metavar="INPUT", help="Point cloud
                                                     "of open edges), so closed meshes beat loose triangles (default: "
                                                     "meshgen.pipeline.OPEN_EDGE_WEIGHT)."),
              edges_once: str = typer.Option(None, help="Samples that may not repeat a directed edge: off, guided "
-                                                       "or all (default: meshgen.pipeline.MESH_RULES)."),
+                                                       "or all (default: meshgen.pipeline.EDGES_ONCE)."),
              max_input_faces: int = typer.Option(None, help="Refuse input meshes with more faces (default "
                                                             "1,000,000)."),
              max_points: int = typer.Option(None, help="Subsample input point clouds above this many points "
@@ -323,8 +322,9 @@ def generate(inp: Path = typer.Argument(None, metavar="INPUT", help="Point cloud
     """Turn a point cloud (or a mesh's surface) into a low-poly artist-like mesh; or, with --family, sample a
     shape of that family from the VAT shape prior."""
     from meshgen.guidance import GuidanceConfig
-    from meshgen.pipeline import MESH_RULES, OPEN_EDGE_WEIGHT, generate_file, resolve_free_samples
+    from meshgen.pipeline import EDGES_ONCE, OPEN_EDGE_WEIGHT, generate_file, resolve_free_samples
     from meshgen.refine import RefineConfig
+    from meshgen.sampling import edges_once_for
     from tokenizers3d.errors import MeshInputError
 
     if family is not None:
@@ -350,7 +350,8 @@ def generate(inp: Path = typer.Argument(None, metavar="INPUT", help="Point cloud
         raise MeshInputError(None, f"--open-edge-weight must be >= 0, got {open_edge_weight}")
     try:
         resolve_free_samples(samples, free_samples)
-        rules = MESH_RULES if edges_once is None else dataclasses.replace(MESH_RULES, edges_once=edges_once)
+        edges_once = EDGES_ONCE if edges_once is None else edges_once
+        edges_once_for(edges_once, False)  # checks the value
     except ValueError as err:
         raise MeshInputError(None, str(err).replace("edges_once", "--edges-once")) from None
     if max_faces is None:
@@ -372,7 +373,7 @@ def generate(inp: Path = typer.Argument(None, metavar="INPUT", help="Point cloud
                         refine=RefineConfig() if refine else None, max_input_faces=max_input_faces,
                         max_points=max_points, tokenizer=tokenizer,
                         open_edge_weight=OPEN_EDGE_WEIGHT if open_edge_weight is None else open_edge_weight,
-                        rules=rules)
+                        edges_once=edges_once)
     print(json.dumps(res, default=str))
 
 

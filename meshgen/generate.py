@@ -23,7 +23,7 @@ import torch
 
 from .guidance import GuidanceConfig, GuidanceStats, GuidedConstraint, PointGuide, build_guides
 from .modeling import Conditioning, Context, MeshGenerator, TokenLayout, coord_layout, token_layout
-from .sampling import MeshRules, VertexReuse, cfg_mix, invalid_rate, new_constraint, reuse_bonus, sample_next
+from .sampling import cfg_mix, edges_once_for, invalid_rate, new_constraint, sample_next
 
 FACE_TOKENS = 9  # coords; other layouts pass their own (TokenLayout.face_tokens)
 
@@ -111,7 +111,7 @@ def sample_sequences(
     device: str | torch.device = "cpu",
     guides: Sequence[PointGuide | None] | None = None,
     layout: TokenLayout | None = None,
-    rules: MeshRules | None = None,
+    edges_once: str = "off",
 ) -> GenerationResult:
     """Autoregressive loop around ``step(tokens (B, 1)) -> logits (B, V)`` (the model plus its cache).
 
@@ -119,19 +119,18 @@ def sample_sequences(
     whole number of faces (codes: :class:`~meshgen.sampling.CodeConstraint`). ``guides`` (one
     :class:`~meshgen.guidance.PointGuide` or ``None`` per row; needs ``constraints`` and ``coords``) narrow each
     row's masks to its point cloud. ``layout``: the sequence's ids (default ``coords`` at ``bits``).
-    ``rules`` (``coords`` only): :class:`~meshgen.sampling.MeshRules` -- the directed-edge rule joins the order
-    constraint, and the reuse / closing bonuses are added to the logits (scaled by the temperature, so they are
-    nats of the sampling distribution; greedy: logits).
+    ``edges_once`` (``off``, ``guided`` or ``all`` rows; ``coords`` with constraints): those rows' order constraint
+    also refuses a directed edge written before (:class:`~meshgen.sampling.FaceConstraint`,
+    :func:`~meshgen.sampling.edges_once_for`).
     """
     if max_faces < 1:
         raise ValueError("max_faces must be >= 1")
     vocab = coord_layout(bits) if layout is None else layout
     if guides is not None and (not constraints or len(guides) != batch or not vocab.is_coords):
         raise ValueError(f"guides need coords tokens, constraints=True and one entry per row ({batch})")
-    rules = rules or MeshRules()
-    if rules != MeshRules() and not vocab.is_coords:
-        raise ValueError(f"mesh rules work on coords tokens, not {vocab.name!r} codes")
-    reuse = [VertexReuse(vocab.n) for _ in range(batch)] if rules.biased else None
+    edges_once_for(edges_once, False)  # checks the value
+    if edges_once != "off" and not vocab.is_coords:
+        raise ValueError(f"the directed-edge rule works on coords tokens, not {vocab.name!r} codes")
     face_tokens = vocab.face_tokens
     seqs = [[vocab.bos] for _ in range(batch)]
     reasons = ["max_length"] * batch
@@ -139,7 +138,7 @@ def sample_sequences(
     states: list | None = None
     if constraints:
         guided = [guides is not None and guides[b] is not None for b in range(batch)]
-        states = [new_constraint(vocab, max_faces=max_faces, edges_once=rules.edges_once_for(g)) for g in guided]
+        states = [new_constraint(vocab, max_faces=max_faces, edges_once=edges_once_for(edges_once, g)) for g in guided]
         if guides is not None:
             states = [s if g is None else g.state(s) for s, g in zip(states, guides, strict=True)]
     pad_only = np.zeros(vocab.size, dtype=bool)
@@ -150,10 +149,6 @@ def sample_sequences(
     n_steps = 0
     for n_steps in range(1, max_steps + 1):
         logits = step(cur)  # (B, V)
-        if reuse is not None:  # in nats after the temperature division (greedy: in logits)
-            scale = temperature if temperature > 0 else 1.0
-            bonus = reuse_bonus(reuse, logits.shape[-1], rules.reuse_bias * scale, rules.closing_bias * scale)
-            logits = logits.float() + bonus.to(logits.device)
         allowed = None
         if states is not None:
             rows = [pad_only if done[b] else states[b].allowed() for b in range(batch)]
@@ -169,8 +164,6 @@ def sample_sequences(
             seqs[b].append(t)
             if states is not None:
                 states[b].push(t)
-            if reuse is not None:
-                reuse[b].push(t)
             if t == vocab.eos:
                 done[b] = True
                 full = states is not None and states[b].n_faces >= max_faces
@@ -220,7 +213,7 @@ def generate(
     points: np.ndarray | torch.Tensor | None = None,
     cfg_scale: float = 1.0,
     unguided_rows: int = 0,
-    rules: MeshRules | None = None,
+    edges_once: str = "off",
 ) -> GenerationResult:
     """Sample one mesh per conditioning row with a sliding-window cache.
 
@@ -240,8 +233,8 @@ def generate(
         ``l_u + cfg_scale (l_c - l_u)``; needs a :class:`Conditioning` with points.
     unguided_rows : with ``guidance``, the last ``unguided_rows`` rows are sampled without it (order
         constraints only): best-of-k decoding mixes both kinds of sample (:func:`meshgen.pipeline.generate_mesh`).
-    rules : :class:`~meshgen.sampling.MeshRules` towards meshes rather than soups (``coords`` only;
-        :func:`sample_sequences`).
+    edges_once : rows whose constraint refuses directed edges written before: ``off``, ``guided`` or ``all``
+        (:func:`sample_sequences`).
     """
     device = next(model.parameters()).device
     use_cfg = cfg_scale != 1.0
@@ -290,7 +283,7 @@ def generate(
             device=device,
             guides=guides,
             layout=layout,
-            rules=rules,
+            edges_once=edges_once,
         )
     finally:
         model.train(was_training)

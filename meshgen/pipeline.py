@@ -38,7 +38,6 @@ from .guidance import GuidanceConfig, GuidanceStats
 from .modeling import Conditioning, MeshGenerator, sequence_tokenizer
 from .refine import RefineConfig, refine_vertices
 from .registry import load_model
-from .sampling import MeshRules
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_CHECKPOINT = ASSETS / "checkpoints" / "hourglass-small"
@@ -47,7 +46,7 @@ TOKENIZER_CHECKPOINTS = {"coords": DEFAULT_CHECKPOINT, "vqvae": ASSETS / "checkp
 DEMO_INPUT = ASSETS / "demo" / "table_points.ply"
 N_POINTS = 2048
 DEFAULT_SAMPLES = 8  # best of 8 (4 guided + 4 free) by fit to the points: docs/model.md for its held-out effect
-MESH_RULES = MeshRules()  # decoding rules towards meshes rather than soups: docs/model.md, "Vertex reuse"
+EDGES_ONCE = "guided"  # rows that may not repeat a directed edge (sampling.edges_once_for): docs/model.md, "Soups"
 OPEN_EDGE_WEIGHT = 0.5  # rank by fit x (1 + w x open-edge share): docs/model.md, "Are the outputs meshes?"
 DEFAULT_CFG_SCALE = 2.0  # for models trained with a null context (measured better than 1.0: docs/model.md)
 AUTO = "auto"  # guidance: point guidance for a coords model, none for a model over learned codes
@@ -165,7 +164,7 @@ def generate_mesh(model: MeshGenerator, cloud: PointCloud, *, faces: int | None 
                   guidance: GuidanceConfig | None | str = AUTO, cfg_scale: float | None = None,
                   samples: int = DEFAULT_SAMPLES, free_samples: int | None = None,
                   refine: RefineConfig | None = RefineConfig(),
-                  open_edge_weight: float = OPEN_EDGE_WEIGHT, rules: MeshRules = MESH_RULES) -> GeneratedMesh:
+                  open_edge_weight: float = OPEN_EDGE_WEIGHT, edges_once: str = EDGES_ONCE) -> GeneratedMesh:
     """Generate one mesh for a point cloud given in any frame; the result is in that frame.
 
     ``guidance`` (default :data:`AUTO`: on for a ``coords`` model, :func:`resolve_guidance`; ``None`` turns it off)
@@ -178,8 +177,9 @@ def generate_mesh(model: MeshGenerator, cloud: PointCloud, *, faces: int | None 
     only, never a reference). ``refine`` (default on; ``None`` turns it off) moves every sample's vertices to fit
     the points, faces unchanged (:func:`meshgen.refine.refine_vertices`), *before* the samples are ranked.
     ``open_edge_weight = w`` ranks by ``fit x (1 + w x open-edge share)`` (:func:`rank_score`): a closed mesh
-    beats loose triangles that fit the points a little better. ``rules`` (``coords`` models;
-    :class:`meshgen.sampling.MeshRules`): the directed-edge rule and the vertex reuse / edge closing bonuses.
+    beats loose triangles that fit the points a little better. ``edges_once`` (``coords`` models with the
+    constraints): the rows whose faces may not repeat a directed edge -- ``"off"``, ``"guided"`` (default) or
+    ``"all"`` (:func:`meshgen.sampling.edges_once_for`).
     ``progress``: ``True`` shows a terminal progress bar; a callable is called as
     ``progress(steps_done, max_steps)`` after every token (an exception it raises stops the generation).
     """
@@ -206,7 +206,7 @@ def generate_mesh(model: MeshGenerator, cloud: PointCloud, *, faces: int | None 
         decoded, res = draw_samples(model, cloud, faces=faces, seed=seed, temperature=temperature, top_p=top_p,
                                     top_k=top_k, max_faces=max_faces, constraints=constraints, progress=callback,
                                     guidance=guidance, cfg_scale=cfg_scale, samples=samples,
-                                    free_samples=free_samples, rules=rules)
+                                    free_samples=free_samples, edges_once=edges_once)
     finally:
         if bar is not None:
             bar.stop()
@@ -227,7 +227,7 @@ def generate_mesh(model: MeshGenerator, cloud: PointCloud, *, faces: int | None 
 def draw_samples(model: MeshGenerator, cloud: PointCloud, *, faces: int | None, seed: int, temperature: float,
                  top_p: float | None, top_k: int | None, max_faces: int, constraints: bool,
                  progress: Callable[[int, int], None] | None, guidance: GuidanceConfig | None,
-                 cfg_scale: float | None, samples: int, free_samples: int, rules: MeshRules = MESH_RULES):
+                 cfg_scale: float | None, samples: int, free_samples: int, edges_once: str = EDGES_ONCE):
     """The sampling half of :func:`generate_mesh` (arguments checked there): ``samples`` rows in one batch, the last
     ``free_samples`` without ``guidance``, each decoded (:func:`decode_sample`). Returns ``[(mesh | None, report)]``
     per row, in the input's frame, and the :class:`~meshgen.generate.GenerationResult` (stop reasons, guide stats).
@@ -250,7 +250,7 @@ def draw_samples(model: MeshGenerator, cloud: PointCloud, *, faces: int | None, 
             res = generate(model, cond, max_faces=max_faces, temperature=temperature, top_k=top_k, top_p=top_p,
                            seed=seed, constraints=constraints, progress=progress, guidance=guidance, points=pts,
                            cfg_scale=cfg_scale, unguided_rows=free_samples if guidance is not None else 0,
-                           rules=rules if model.layout.is_coords and constraints else None)
+                           edges_once=edges_once if model.layout.is_coords and constraints else "off")
     finally:
         torch.set_num_threads(threads)
     tok = sequence_tokenizer(model.config)
@@ -314,7 +314,7 @@ def generate_file(inp: str | Path, out: str | Path, *, checkpoint: str | Path | 
                   samples: int = DEFAULT_SAMPLES, free_samples: int | None = None,
                   refine: RefineConfig | None = RefineConfig(), max_input_faces: int | None = None,
                   max_points: int | None = None, tokenizer: str | None = None,
-                  open_edge_weight: float = OPEN_EDGE_WEIGHT, rules: MeshRules = MESH_RULES) -> dict:
+                  open_edge_weight: float = OPEN_EDGE_WEIGHT, edges_once: str = EDGES_ONCE) -> dict:
     """Read ``inp``, generate, write ``out`` (and ``out`` with suffix ``.png``); returns a summary dict.
 
     ``tokenizer`` (``coords`` or ``vqvae``): without ``checkpoint``, the bundled generator over that vocabulary
@@ -347,7 +347,7 @@ def generate_file(inp: str | Path, out: str | Path, *, checkpoint: str | Path | 
     gen = generate_mesh(model, cloud, faces=faces, seed=seed, temperature=temperature, top_p=top_p,
                         max_faces=max_faces, constraints=constraints, progress=progress, guidance=guidance,
                         cfg_scale=cfg_scale, samples=samples, free_samples=free_samples,
-                        refine=refine, open_edge_weight=open_edge_weight, rules=rules)
+                        refine=refine, open_edge_weight=open_edge_weight, edges_once=edges_once)
     if gen.mesh is None:
         raise MeshInputError(inp, f"the model produced no valid face (stopped: {gen.stopped_reason}); "
                                   "try another --seed or a lower --temperature")

@@ -17,13 +17,17 @@ some valid face starts with the prefix so far plus that value. Vertices are hand
 interval of ranks; a value is allowed iff its interval holds an allowed rank. The allowed ranks of a
 vertex are always "at least a bound, minus a short sorted list of exceptions", so one mask costs
 ``O(n)`` numpy work, and EOS at a face boundary means generation never gets stuck.
+
+With ``edges_once`` the constraint also prefers what an oriented manifold mesh needs: no directed edge
+(``v0 -> v1``, ``v1 -> v2``, ``v2 -> v0``) twice, so an edge joins at most two faces, wound opposite ways. It is a
+narrowing of the exact sets above, dropped for a vertex where it would leave nothing, so it never makes a sequence
+invalid or stuck (:func:`edges_once_for` picks the rows of a batch that get it).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -83,135 +87,22 @@ def cfg_mix(logits: torch.Tensor, scale: float) -> torch.Tensor:
     return uncond + scale * (cond - uncond)
 
 
-EDGE_RULE_ROWS = ("off", "guided", "all")
+EDGE_RULE_ROWS = ("off", "guided", "all")  # which rows of a batch get FaceConstraint's directed-edge rule
 
 
-@dataclass(frozen=True)
-class MeshRules:
-    """Decoding rules that steer ``coords`` samples towards meshes rather than triangle soups.
+def edges_once_for(edges_once: str, guided: bool) -> bool:
+    """Whether a row (sampled with point guidance or not) gets the directed-edge rule under ``edges_once``:
+    ``"off"``, ``"guided"`` (rows with point guidance, whose narrowed masks otherwise turn a face the model meant to
+    repeat into a sliver one cell over: the same two first vertices, the third moved) or ``"all"``.
 
-    Attributes
-    ----------
-    edges_once : str
-        Rows whose order constraint also refuses a directed edge an earlier face wrote (:class:`FaceConstraint`,
-        with a fallback to the order rules alone where that leaves nothing): ``"off"``, ``"guided"`` (rows sampled
-        with point guidance, whose narrowed masks otherwise push a face the model meant to repeat one cell over:
-        the same two first vertices and a sliver) or ``"all"``.
-    reuse_bias : float
-        Nats of log-probability (after the temperature) for every value that continues an already-written vertex
-        (:meth:`VertexReuse.values`).
-    closing_bias : float
-        Nats for every value that continues a vertex writing the missing twin of an open edge
-        (:meth:`VertexReuse.closing_values`).
+    Raises
+    ------
+    ValueError
+        ``edges_once`` is none of :data:`EDGE_RULE_ROWS`.
     """
-
-    edges_once: str = "off"
-    reuse_bias: float = 0.0
-    closing_bias: float = 0.0
-
-    def __post_init__(self):
-        if self.edges_once not in EDGE_RULE_ROWS:
-            raise ValueError(f"edges_once must be one of {', '.join(EDGE_RULE_ROWS)}, got {self.edges_once!r}")
-        if not (self.reuse_bias >= 0 and self.closing_bias >= 0):
-            raise ValueError(f"reuse_bias and closing_bias must be >= 0, got {self.reuse_bias}, {self.closing_bias}")
-
-    @property
-    def biased(self) -> bool:
-        return bool(self.reuse_bias or self.closing_bias)
-
-    def edges_once_for(self, guided: bool) -> bool:
-        """Whether a row (sampled with point guidance or not) gets the directed-edge rule."""
-        return self.edges_once == "all" or (self.edges_once == "guided" and guided)
-
-
-class VertexReuse:
-    """The vertices and directed edges one ``coords`` row has written, for the decoding biases of
-    :func:`meshgen.generate.sample_sequences` towards meshes rather than triangle soups.
-
-    A mesh names each vertex once and then repeats it in every face around it (a closed mesh of ``V`` vertices
-    has ``~6 V`` vertex slots, so ~5 in 6 repeat a vertex), and every directed edge ``a -> b`` of a closed,
-    oriented mesh has its twin ``b -> a`` in the neighbouring face. Before every coordinate token:
-
-    - :meth:`values` lists the values that continue some already-written vertex (its first 0-2 digits are the
-      current vertex's digits so far): the *reuse* bonus;
-    - :meth:`closing_values` lists the values that continue a vertex that would write the missing twin of an open
-      edge: ``v1 = x`` where ``x -> v0`` is open, ``v2 = x`` where ``x -> v1`` or ``v0 -> x`` is open (and ``v0``
-      an endpoint of any open edge): the *closing* bonus.
-
-    Applied at each of the three digits, a bonus ``b`` makes a target vertex up to ``e^(3 b)`` times likelier.
-    Feed the body tokens (after BOS) with :meth:`push`, as the order constraint.
-    """
-
-    def __init__(self, n: int):
-        self.n = n
-        self.next: dict[tuple[int, ...], set[int]] = {}  # digits so far -> values that continue a written vertex
-        self.out: dict[tuple, set[tuple]] = {}  # vertex -> vertices it has a written directed edge to
-        self.inn: dict[tuple, set[tuple]] = {}  # vertex -> vertices with a written directed edge to it
-        self.face: list[tuple] = []  # completed vertices of the face being written
-        self.cur: list[int] = []  # digits of the vertex being written
-        self._closing: list[tuple] | None = None  # closing targets of the vertex being written
-
-    def values(self) -> list[int]:
-        """Values that continue an earlier vertex from the current digits (empty before the first vertex)."""
-        return sorted(self.next.get(tuple(self.cur), ()))
-
-    def _open(self, a: tuple, b: tuple) -> bool:
-        """Whether ``a -> b`` is written and its twin ``b -> a`` is not."""
-        return b in self.out.get(a, ()) and a not in self.out.get(b, ())
-
-    def closing_targets(self) -> list[tuple]:
-        """Vertices ``(z, y, x)`` whose choice for the current slot writes the twin of an open edge."""
-        if self._closing is None:
-            if not self.face:
-                found = {v for a, bs in self.out.items() for b in bs if self._open(a, b) for v in (a, b)}
-            elif len(self.face) == 1:
-                v0 = self.face[0]
-                found = {x for x in self.inn.get(v0, ()) if x > v0 and self._open(x, v0)}
-            else:
-                v0, v1 = self.face
-                found = {x for x in self.inn.get(v1, ()) if self._open(x, v1)}
-                found |= {x for x in self.out.get(v0, ()) if self._open(v0, x)}
-                found = {x for x in found if x > v0 and x != v1}
-            self._closing = sorted(found)
-        return self._closing
-
-    def closing_values(self) -> list[int]:
-        """Values that continue a :meth:`closing_targets` vertex from the current digits."""
-        d, cur = len(self.cur), tuple(self.cur)
-        return sorted({v[d] for v in self.closing_targets() if v[:d] == cur})
-
-    def push(self, token: int) -> None:
-        token = int(token)
-        if token >= self.n:  # EOS / PAD: nothing more to write
-            return
-        self.cur.append(token)
-        if len(self.cur) < 3:
-            return
-        v = tuple(self.cur)
-        for depth in range(3):
-            self.next.setdefault(v[:depth], set()).add(v[depth])
-        self.face.append(v)
-        self.cur, self._closing = [], None
-        if len(self.face) == 3:
-            for a, b in zip(self.face, self.face[1:] + self.face[:1], strict=True):
-                self.out.setdefault(a, set()).add(b)
-                self.inn.setdefault(b, set()).add(a)
-            self.face = []
-
-
-def reuse_bonus(rows: Sequence[VertexReuse | None], vocab_size: int, bias: float,
-                closing: float = 0.0) -> torch.Tensor:
-    """``(B, V)`` float32: ``bias`` on the ids :meth:`VertexReuse.values` lists for each row plus ``closing`` on
-    those :meth:`VertexReuse.closing_values` lists (0 elsewhere, and on rows given as ``None``)."""
-    out = torch.zeros(len(rows), vocab_size)
-    for b, r in enumerate(rows):
-        if r is None:
-            continue
-        if bias and (vals := r.values()):
-            out[b, vals] += bias
-        if closing and (vals := r.closing_values()):
-            out[b, vals] += closing
-    return out
+    if edges_once not in EDGE_RULE_ROWS:
+        raise ValueError(f"edges_once must be one of {', '.join(EDGE_RULE_ROWS)}, got {edges_once!r}")
+    return edges_once == "all" or (edges_once == "guided" and guided)
 
 
 # ---- geometry helpers -----------------------------------------------------------------------------

@@ -31,37 +31,38 @@ import torch
 import trimesh
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval_generator import add_mesh_rule_options, add_split_options, mesh_rules, split_items  # noqa: E402
+from eval_generator import add_split_options, split_items  # noqa: E402
 
 from meshgen.guidance import GuidanceConfig  # noqa: E402
-from meshgen.pipeline import MESH_RULES, N_POINTS, draw_samples, fit_to_points, load_generator, weighted_fit  # noqa: E402
+from meshgen.pipeline import EDGES_ONCE, N_POINTS, draw_samples, fit_to_points, load_generator, weighted_fit  # noqa: E402
 from meshgen.refine import RefineConfig, refine_vertices  # noqa: E402
-from meshgen.sampling import MeshRules  # noqa: E402
+from meshgen.sampling import EDGE_RULE_ROWS  # noqa: E402
 from tokenizers3d.io import atomic_write_text, load_mesh  # noqa: E402
 from tokenizers3d.metrics import evaluate_mesh  # noqa: E402
 from tokenizers3d.sample import sample_surface  # noqa: E402
 
 
 def reference_samples(model, ref: trimesh.Trimesh, cloud, *, samples: int, free: int, seed: int,
-                      temperature: float, rules: MeshRules = MESH_RULES) -> list:
+                      temperature: float, edges_once: str = EDGES_ONCE) -> list:
     """:func:`meshgen.pipeline.draw_samples` for ``cloud`` (points of the held-out ``ref``) with the settings
     :mod:`scripts.eval_generator` generates with: the reference's face count, ``max(2 F, 32)`` faces at most,
     top-p 0.95, point guidance, the default classifier-free guidance. ``[(mesh | None, report)]`` per row."""
     n_ref = len(ref.faces)
     decoded, _ = draw_samples(model, cloud, faces=n_ref, seed=seed, temperature=temperature, top_p=0.95, top_k=None,
                               max_faces=max(2 * n_ref, 32), constraints=True, progress=None, guidance=GuidanceConfig(),
-                              cfg_scale=None, samples=samples, free_samples=free, rules=rules)
+                              cfg_scale=None, samples=samples, free_samples=free,
+                              edges_once=edges_once)
     return decoded
 
 
 def candidates(model, ref: trimesh.Trimesh, *, guided: int, free: int, seed: int,
-               temperature: float, rules: MeshRules = MESH_RULES) -> tuple[list, float, list]:
+               temperature: float, edges_once: str = EDGES_ONCE) -> tuple[list, float, list]:
     """Per row (guided rows first): ``None`` or a dict of fits and reference metrics; the sampling seconds; and the
     refined meshes (``None`` where nothing decoded)."""
     cloud = sample_surface(ref, N_POINTS, seed=seed)
     t0 = time.time()
     decoded = reference_samples(model, ref, cloud, samples=guided + free, free=free, seed=seed, temperature=temperature,
-                                rules=rules)
+                                edges_once=edges_once)
     seconds = time.time() - t0
     rows, meshes = [], []
     for mesh, _ in decoded:
@@ -136,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--free", type=int, default=4)
     p.add_argument("--temperature", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
-    add_mesh_rule_options(p)
+    p.add_argument("--edges-once", choices=EDGE_RULE_ROWS, default=EDGES_ONCE,
+                   help="rows that may not repeat a directed edge (meshgen.sampling.edges_once_for)")
     p.add_argument("--out", default=None, help="JSON here (and the markdown table beside it, .md)")
     p.add_argument("--grid", default=None, help="PNG: per mesh the reference, the candidate kept by the fit alone "
                                                 "and the one kept with --grid-weight (all rows of the batch)")
@@ -145,10 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.guided < 1 or args.free < 0:
         p.error("--guided must be >= 1 and --free >= 0")
-    try:
-        decoding = mesh_rules(args) or MESH_RULES
-    except ValueError as exc:
-        p.error(str(exc))
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)  # one-token steps: one thread is fastest (meshgen.pipeline)
     model = load_generator(args.checkpoint)
@@ -161,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     for item in items:
         ref = load_mesh(item.path)
         cands, seconds, meshes = candidates(model, ref, guided=args.guided, free=args.free, seed=args.seed,
-                                            temperature=args.temperature, rules=decoding)
+                                            temperature=args.temperature,
+                                            edges_once=args.edges_once)
         done.append({"id": item.id, "group": item.group, "seconds": round(seconds, 2), "candidates": cands})
         if args.grid and len(pictures) < args.grid_n:
             pictures.append((ref, meshes))

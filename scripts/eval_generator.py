@@ -31,7 +31,7 @@ module). Per split the JSON holds
 
 ``--skip-baselines`` leaves out Poisson, the hull and the floor (quick ablations); the bounding box is always scored.
 ``--cfg-scale``, ``--guidance/--no-guidance``, ``--min-coverage``, ``--guide-tol``, ``--samples``, ``--free-samples``,
-``--open-edge-weight``, ``--reuse-bias`` and ``--refine/--no-refine`` are passed to
+``--open-edge-weight``, ``--edges-once`` and ``--refine/--no-refine`` are passed to
 :func:`meshgen.pipeline.generate_mesh` only when given (otherwise its defaults apply; the JSON's
 ``generation`` records the settings used). Prints the JSON summary (and markdown tables with
 --markdown).
@@ -40,7 +40,6 @@ module). Per split the JSON holds
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import inspect
 import json
@@ -58,7 +57,6 @@ from meshgen.guidance import GuidanceConfig
 from meshgen.pipeline import (
     DEFAULT_CHECKPOINT,
     DEFAULT_SAMPLES,
-    MESH_RULES,
     generate_mesh,
     has_null_context,
     load_generator,
@@ -66,7 +64,7 @@ from meshgen.pipeline import (
     resolve_free_samples,
 )
 from meshgen.refine import RefineConfig
-from meshgen.sampling import EDGE_RULE_ROWS, MeshRules
+from meshgen.sampling import EDGE_RULE_ROWS, edges_once_for
 from tokenizers3d.checkpoint import model_digest
 from tokenizers3d.errors import MeshInputError
 from tokenizers3d.io import atomic_write_text, load_mesh
@@ -250,25 +248,6 @@ def add_split_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-faces", type=int, default=200)
 
 
-def add_mesh_rule_options(p: argparse.ArgumentParser) -> None:
-    """``--edges-once {off,guided,all}``, ``--reuse-bias``, ``--closing-bias``: :class:`meshgen.sampling.MeshRules`
-    over the pipeline's default (:func:`mesh_rules`)."""
-    p.add_argument("--edges-once", choices=EDGE_RULE_ROWS, default=None,
-                   help="rows that refuse directed edges written before (MeshRules.edges_once)")
-    p.add_argument("--reuse-bias", type=float, default=None,
-                   help="nats for values that continue a written vertex (MeshRules.reuse_bias)")
-    p.add_argument("--closing-bias", type=float, default=None,
-                   help="nats for values that continue a vertex closing an open edge (MeshRules.closing_bias)")
-
-
-def mesh_rules(args: argparse.Namespace) -> MeshRules | None:
-    """The :class:`meshgen.sampling.MeshRules` that :func:`add_mesh_rule_options`' options name, the pipeline's
-    default for those not given; ``None`` when none is given. Raises ``ValueError`` for a negative bias."""
-    given = {k: getattr(args, k) for k in ("edges_once", "reuse_bias", "closing_bias")}
-    given = {k: v for k, v in given.items() if v is not None}
-    return dataclasses.replace(MESH_RULES, **given) if given else None
-
-
 def split_items(args: argparse.Namespace) -> list[Item]:
     """The held-out items :func:`add_split_options`' options name."""
     if args.split == "procedural":
@@ -365,7 +344,7 @@ def generation_kwargs(*, cfg_scale: float | None = None, guidance: bool | None =
                       min_coverage: float | None = None, guide_tol: float | None = None,
                       samples: int | None = None, free_samples: int | None = None,
                       refine: bool | None = None, open_edge_weight: float | None = None,
-                      rules: MeshRules | None = None) -> dict:
+                      edges_once: str | None = None) -> dict:
     """Keyword arguments for :func:`generate_mesh` from the options that were given (none given: ``{}``).
 
     ``guidance=False`` gives ``guidance=None`` (unguided decoding); ``guidance=True``, ``min_coverage`` or
@@ -393,8 +372,9 @@ def generation_kwargs(*, cfg_scale: float | None = None, guidance: bool | None =
         if open_edge_weight < 0:
             raise ValueError(f"--open-edge-weight must be >= 0, got {open_edge_weight}")
         kw["open_edge_weight"] = float(open_edge_weight)
-    if rules is not None:
-        kw["rules"] = rules
+    if edges_once is not None:
+        edges_once_for(edges_once, False)  # checks the value
+        kw["edges_once"] = edges_once
     settings = {k: v for k, v in (("tol", guide_tol), ("min_coverage", min_coverage)) if v is not None}
     if guidance is False:
         if settings:
@@ -413,7 +393,7 @@ def generation_kwargs(*, cfg_scale: float | None = None, guidance: bool | None =
 def effective_generation(kw: dict) -> dict:
     """The ``guidance`` and ``cfg_scale`` that :func:`generate_mesh` uses with ``kw``: given, else its defaults."""
     params = inspect.signature(generate_mesh).parameters
-    names = ("guidance", "cfg_scale", "samples", "free_samples", "refine", "open_edge_weight", "rules")
+    names = ("guidance", "cfg_scale", "samples", "free_samples", "refine", "open_edge_weight", "edges_once")
     return {name: _jsonable(kw.get(name, params[name].default)) for name in names if name in params}
 
 
@@ -523,7 +503,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(not given: generate_mesh's default)")
     p.add_argument("--open-edge-weight", type=float, default=None,
                    help="passed to generate_mesh as open_edge_weight (rank by fit x (1 + w x open-edge share))")
-    add_mesh_rule_options(p)
+    p.add_argument("--edges-once", choices=EDGE_RULE_ROWS, default=None,
+                   help="passed to generate_mesh as edges_once (rows that may not repeat a directed edge)")
     p.add_argument("--invalid-rate", type=int, default=8,
                    help="inputs on which to compare sampling with and without constraints (0: skip)")
     p.add_argument("--out", default=None, help="write the JSON here too")
@@ -549,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
                                        min_coverage=args.min_coverage, guide_tol=args.guide_tol,
                                        samples=args.samples, free_samples=args.free_samples,
                                        refine=args.refine, open_edge_weight=args.open_edge_weight,
-                                       rules=mesh_rules(args))
+                                       edges_once=args.edges_once)
     except ValueError as exc:
         p.error(str(exc))
     try:

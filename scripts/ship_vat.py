@@ -121,6 +121,8 @@ def card(run: Path, which: str, ev: dict, recipe: str, size: int, n_params: int,
                        for split, res in ev["splits"].items())
     by_scales = " / ".join(f"{float(x):.2f}" for x in val.get("val_iou_by_scales", "").split())
     families = ", ".join(d["families"]) if d.get("families") else "the 15 default families"
+    warm = (f"\n- The run started from the weights then in `{t['init_from']}` (every tensor copied); their own training"
+            " is not counted above (its recipe is named in that checkpoint's card of the time)") if t.get("init_from") else ""
     return f"""# vat
 
 The VAT shape tokenizer (`tokenizers3d/vat.py`): a shape's surface points become {tokens} discrete tokens in
@@ -147,7 +149,7 @@ surface. It is the default checkpoint of `meshgen compress` / `meshgen decompres
 ## Training
 - `python scripts/train_vat.py --config {recipe}` (resumable; AdamW lr {t['lr']}, warm-up {t['warmup_steps']}, cosine
   to {t['steps']:,} steps, batch {t['batch']}, tail drop {t['tail_drop']}), {last.get('step', '?')} steps in
-  {minutes:.0f} min of wall time over {sessions} session(s) on {RunFolder(run).machines()}.
+  {minutes:.0f} min of wall time over {sessions} session(s) on {RunFolder(run).machines()}.{warm}
 - Validation occupancy IoU of the shipped weights ({which}, step {val.get('step', '?')}):
   {float(val.get('val_iou', 'nan')):.2f} with every scale ({by_scales} with 1-{len(q['scales'])} scales kept);
   {float(val.get('val_iou_continuous', 'nan')):.2f} from the continuous latent.

@@ -391,16 +391,16 @@ def test_generate_open_edge_weight_option(tmp_path, inputs, tiny_checkpoint, cap
 
 
 def test_generate_edges_once_option(tmp_path, inputs, tiny_checkpoint, capfd, one_thread, monkeypatch):
-    """--edges-once reaches the sampler's rules; an unknown value is refused before any work, nothing written."""
+    """--edges-once reaches the sampler; an unknown value is refused before any work, nothing written."""
     import meshgen.generate as G
 
     seen = []
     real = G.sample_sequences
-    monkeypatch.setattr(G, "sample_sequences", lambda *a, **kw: seen.append(kw["rules"]) or real(*a, **kw))
+    monkeypatch.setattr(G, "sample_sequences", lambda *a, **kw: seen.append(kw["edges_once"]) or real(*a, **kw))
     base = ["generate", inputs.mesh, "--checkpoint", tiny_checkpoint, "--max-faces", "4", "--seed", "1",
             "--samples", "2", "--no-preview"]
     code, _, err = run([*base, "-o", tmp_path / "a.obj", "--edges-once", "all"], capfd)
     assert code == 0, err
-    assert (tmp_path / "a.obj").exists() and [r.edges_once for r in seen] == ["all"]
+    assert (tmp_path / "a.obj").exists() and seen == ["all"]
     code, _, err = run([*base, "-o", tmp_path / "b.obj", "--edges-once", "maybe"], capfd)
     assert code == 2 and "--edges-once" in err and not (tmp_path / "b.obj").exists()

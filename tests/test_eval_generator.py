@@ -288,22 +288,11 @@ def test_generation_kwargs_only_forward_given_options(monkeypatch):
         E.generation_kwargs(cfg_scale=3.0)
 
 
-def test_mesh_rule_options_override_only_what_is_given():
-    import argparse
-
-    from meshgen.pipeline import MESH_RULES
-    from meshgen.sampling import MeshRules
-
-    p = argparse.ArgumentParser()
-    E.add_mesh_rule_options(p)
-    assert E.mesh_rules(p.parse_args([])) is None  # nothing given: generate_mesh's default applies
-    rules = E.mesh_rules(p.parse_args(["--closing-bias", "1.5"]))
-    assert rules == MeshRules(edges_once=MESH_RULES.edges_once, reuse_bias=MESH_RULES.reuse_bias, closing_bias=1.5)
-    assert E.mesh_rules(p.parse_args(["--edges-once", "all"])).edges_once == "all"
-    assert E.generation_kwargs(rules=rules) == {"rules": rules}
-    assert E.effective_generation({"rules": rules})["rules"]["closing_bias"] == 1.5
-    with pytest.raises(ValueError, match="reuse_bias"):
-        E.mesh_rules(p.parse_args(["--reuse-bias", "-1"]))
+def test_edges_once_option_is_checked_and_recorded():
+    assert E.generation_kwargs(edges_once="all") == {"edges_once": "all"}
+    assert E.effective_generation({"edges_once": "off"})["edges_once"] == "off"
+    with pytest.raises(ValueError, match="edges_once"):
+        E.generation_kwargs(edges_once="some")
 
 
 # ---- plot_training --------------------------------------------------------------------------------

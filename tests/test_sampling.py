@@ -15,12 +15,10 @@ from meshgen.hourglass import HourglassConfig, HourglassTransformer
 from meshgen.modeling import Conditioning, coord_layout
 from meshgen.sampling import (
     FaceConstraint,
-    MeshRules,
-    VertexReuse,
     _collinear,
+    edges_once_for,
     filter_logits,
     invalid_rate,
-    reuse_bonus,
     sample_next,
     validate_coords,
 )
@@ -170,80 +168,11 @@ def test_biased_random_logits_stay_valid_and_never_stall():
     assert max(res.n_faces) > 20
 
 
-def test_vertex_reuse_trie_lists_values_that_continue_a_written_vertex():
-    r = VertexReuse(128)
-    assert r.values() == []
-    for t in (1, 2, 3, 1, 5, 6, 9, 9):  # two vertices and the first two digits of a third
-        r.push(t)
-    assert r.values() == []  # no written vertex starts (9, 9)
-    r.push(0)
-    assert r.values() == [1, 9]
-    r.push(1)
-    assert r.values() == [2, 5]
-    r.push(5)
-    assert r.values() == [6]
-    r.push(VOCAB.eos)  # EOS ends nothing and adds nothing
-    assert r.values() == [6]
-    bonus = reuse_bonus([r, None], VOCAB.size, 2.5)
-    assert bonus.shape == (2, VOCAB.size) and bonus[0, 6] == 2.5 and bonus.sum() == 2.5
-
-
-def test_mesh_rules_pick_the_rows_of_the_edge_rule():
-    assert [MeshRules(edges_once=m).edges_once_for(g) for m in ("off", "guided", "all") for g in (False, True)] == [
+def test_edges_once_picks_the_rows_of_the_edge_rule():
+    assert [edges_once_for(m, g) for m in ("off", "guided", "all") for g in (False, True)] == [
         False, False, False, True, True, True]
     with pytest.raises(ValueError, match="edges_once"):
-        MeshRules(edges_once="yes")
-
-
-def test_closing_targets_write_the_twins_of_open_edges():
-    a, b, c = (0, 0, 0), (0, 1, 0), (1, 0, 0)
-    r = VertexReuse(128)
-    for t in (*a, *b, *c):  # edges a -> b -> c -> a, all open
-        r.push(t)
-    assert r.closing_targets() == [a, b, c]
-    for t in a:
-        r.push(t)
-    assert r.closing_targets() == [c]  # v1 = c writes a -> c, the twin of c -> a
-    assert r.closing_values() == [1]
-    for t in c:
-        r.push(t)
-    assert r.closing_targets() == [b]  # v2 = b writes c -> b and b -> a
-    for t in b:
-        r.push(t)
-    assert r.closing_targets() == [] and r.closing_values() == []  # every edge has its twin
-    bonus = reuse_bonus([r], VOCAB.size, 0.0, closing=1.0)
-    assert bonus.sum() == 0
-
-
-def _vertex_repeat_share(ids: np.ndarray) -> float:
-    """Share of vertex slots that repeat a vertex written earlier in the sequence."""
-    verts = [tuple(v) for v in np.asarray(ids[1:-1]).reshape(-1, 3)]
-    return 1.0 - len(set(verts)) / len(verts)
-
-
-def test_reuse_bias_makes_repeated_vertices_likelier_and_stays_valid():
-    """Random logits write a soup (almost every vertex new); the bonus makes rows repeat their vertices, and every
-    row is still a valid canonical mesh."""
-    eos_off = torch.zeros(VOCAB.size)
-    eos_off[VOCAB.eos] = -4.0
-
-    def run(bias: float) -> list[np.ndarray]:
-        gen = torch.Generator().manual_seed(0)
-
-        def step(tokens: torch.Tensor) -> torch.Tensor:
-            return eos_off + torch.randn(tokens.shape[0], VOCAB.size, generator=gen)
-
-        res = sample_sequences(step, batch=4, bits=7, max_faces=40, generator=torch.Generator().manual_seed(1),
-                               temperature=1.0, rules=MeshRules(reuse_bias=bias))
-        return res.ids
-
-    plain, reused = run(0.0), run(4.0)
-    for ids in reused:
-        assert validate_coords(ids, 7) is None
-    share = lambda rows: float(np.mean([_vertex_repeat_share(ids) for ids in rows]))  # noqa: E731
-    assert share(plain) < 0.2 and share(reused) > share(plain) + 0.3  # measured 0.10 and 0.56
-    with pytest.raises(ValueError, match="reuse_bias"):
-        MeshRules(reuse_bias=-1.0)
+        edges_once_for("yes", True)
 
 
 def _tiny_model() -> HourglassTransformer:
