@@ -324,7 +324,7 @@ def generate(inp: Path = typer.Argument(None, metavar="INPUT", help="Point cloud
     from meshgen.guidance import GuidanceConfig
     from meshgen.pipeline import EDGES_ONCE, OPEN_EDGE_WEIGHT, generate_file, resolve_free_samples
     from meshgen.refine import RefineConfig
-    from meshgen.sampling import edges_once_for
+    from meshgen.sampling import check_edges_once
     from tokenizers3d.errors import MeshInputError
 
     if family is not None:
@@ -350,10 +350,9 @@ def generate(inp: Path = typer.Argument(None, metavar="INPUT", help="Point cloud
         raise MeshInputError(None, f"--open-edge-weight must be >= 0, got {open_edge_weight}")
     try:
         resolve_free_samples(samples, free_samples)
-        edges_once = EDGES_ONCE if edges_once is None else edges_once
-        edges_once_for(edges_once, False)  # checks the value
+        edges_once = EDGES_ONCE if edges_once is None else check_edges_once(edges_once, "--edges-once")
     except ValueError as err:
-        raise MeshInputError(None, str(err).replace("edges_once", "--edges-once")) from None
+        raise MeshInputError(None, str(err)) from None
     if max_faces is None:
         max_faces = max(800, 2 * faces) if faces else 800
     elif faces is not None and faces > max_faces:

@@ -23,7 +23,7 @@ import torch
 
 from .guidance import GuidanceConfig, GuidanceStats, GuidedConstraint, PointGuide, build_guides
 from .modeling import Conditioning, Context, MeshGenerator, TokenLayout, coord_layout, token_layout
-from .sampling import cfg_mix, edges_once_for, invalid_rate, new_constraint, sample_next
+from .sampling import cfg_mix, check_edges_once, edges_once_for, invalid_rate, new_constraint, sample_next
 
 FACE_TOKENS = 9  # coords; other layouts pass their own (TokenLayout.face_tokens)
 
@@ -128,8 +128,7 @@ def sample_sequences(
     vocab = coord_layout(bits) if layout is None else layout
     if guides is not None and (not constraints or len(guides) != batch or not vocab.is_coords):
         raise ValueError(f"guides need coords tokens, constraints=True and one entry per row ({batch})")
-    edges_once_for(edges_once, False)  # checks the value
-    if edges_once != "off" and not vocab.is_coords:
+    if check_edges_once(edges_once) != "off" and not vocab.is_coords:
         raise ValueError(f"the directed-edge rule works on coords tokens, not {vocab.name!r} codes")
     face_tokens = vocab.face_tokens
     seqs = [[vocab.bos] for _ in range(batch)]

@@ -90,6 +90,13 @@ def cfg_mix(logits: torch.Tensor, scale: float) -> torch.Tensor:
 EDGE_RULE_ROWS = ("off", "guided", "all")  # which rows of a batch get FaceConstraint's directed-edge rule
 
 
+def check_edges_once(edges_once: str, name: str = "edges_once") -> str:
+    """``edges_once`` if it is one of :data:`EDGE_RULE_ROWS`; else a ``ValueError`` naming the option ``name``."""
+    if edges_once not in EDGE_RULE_ROWS:
+        raise ValueError(f"{name} must be one of {', '.join(EDGE_RULE_ROWS)}, got {edges_once!r}")
+    return edges_once
+
+
 def edges_once_for(edges_once: str, guided: bool) -> bool:
     """Whether a row (sampled with point guidance or not) gets the directed-edge rule under ``edges_once``:
     ``"off"``, ``"guided"`` (rows with point guidance, whose narrowed masks otherwise turn a face the model meant to
@@ -98,10 +105,9 @@ def edges_once_for(edges_once: str, guided: bool) -> bool:
     Raises
     ------
     ValueError
-        ``edges_once`` is none of :data:`EDGE_RULE_ROWS`.
+        ``edges_once`` is none of :data:`EDGE_RULE_ROWS` (:func:`check_edges_once`).
     """
-    if edges_once not in EDGE_RULE_ROWS:
-        raise ValueError(f"edges_once must be one of {', '.join(EDGE_RULE_ROWS)}, got {edges_once!r}")
+    check_edges_once(edges_once)
     return edges_once == "all" or (edges_once == "guided" and guided)
 
 

@@ -64,7 +64,7 @@ from meshgen.pipeline import (
     resolve_free_samples,
 )
 from meshgen.refine import RefineConfig
-from meshgen.sampling import EDGE_RULE_ROWS, edges_once_for
+from meshgen.sampling import EDGE_RULE_ROWS, check_edges_once
 from tokenizers3d.checkpoint import model_digest
 from tokenizers3d.errors import MeshInputError
 from tokenizers3d.io import atomic_write_text, load_mesh
@@ -373,8 +373,7 @@ def generation_kwargs(*, cfg_scale: float | None = None, guidance: bool | None =
             raise ValueError(f"--open-edge-weight must be >= 0, got {open_edge_weight}")
         kw["open_edge_weight"] = float(open_edge_weight)
     if edges_once is not None:
-        edges_once_for(edges_once, False)  # checks the value
-        kw["edges_once"] = edges_once
+        kw["edges_once"] = check_edges_once(edges_once, "--edges-once")
     settings = {k: v for k, v in (("tol", guide_tol), ("min_coverage", min_coverage)) if v is not None}
     if guidance is False:
         if settings:

@@ -291,7 +291,7 @@ def test_generation_kwargs_only_forward_given_options(monkeypatch):
 def test_edges_once_option_is_checked_and_recorded():
     assert E.generation_kwargs(edges_once="all") == {"edges_once": "all"}
     assert E.effective_generation({"edges_once": "off"})["edges_once"] == "off"
-    with pytest.raises(ValueError, match="edges_once"):
+    with pytest.raises(ValueError, match="--edges-once must be one of"):
         E.generation_kwargs(edges_once="some")
 
 
