@@ -74,6 +74,7 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads on CPU (0: leave PyTorch's default)
     init_from: str | None = None  # warm start: copy every same-named, same-shaped weight from this model directory
     max_minutes: float = 0.0  # stop (validate, save) once the logged training time reaches this; 0 = steps only
+    train_only: tuple[str, ...] = ()  # train only parameters whose names start with one of these (e.g. pointer.)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import torch
 
 from .guidance import GuidanceConfig, GuidanceStats, GuidedConstraint, PointGuide, build_guides
 from .modeling import Conditioning, Context, MeshGenerator, TokenLayout, coord_layout, token_layout
+from .pointer import PointerMixer
 from .sampling import cfg_mix, check_edges_once, edges_once_for, invalid_rate, new_constraint, sample_next
 
 FACE_TOKENS = 9  # coords; other layouts pass their own (TokenLayout.face_tokens)
@@ -262,11 +263,18 @@ def generate(
         if seed is not None:
             generator = torch.Generator(device=device).manual_seed(seed)
 
+        mixer = None
+        if getattr(model, "pointer", None) is not None:  # the copy head folds into the next token's log-probs
+            mixer = PointerMixer(model.pointer, batch, n_values=layout.n, window=window or model.config.window)
+
         def step(tokens: torch.Tensor) -> torch.Tensor:
-            if not use_cfg:
-                return model(tokens, cache=cache).logits[:, -1]  # (B, V)
-            logits = model(torch.cat([tokens, tokens]), cache=cache).logits[:, -1]  # (2B, V)
-            return cfg_mix(logits, cfg_scale)  # (B, V)
+            out = model(torch.cat([tokens, tokens]) if use_cfg else tokens, cache=cache)
+            logits = out.logits[:, -1]  # (B or 2B, V)
+            if use_cfg:
+                logits = cfg_mix(logits, cfg_scale)  # (B, V)
+            if mixer is None:
+                return logits
+            return mixer(tokens[:, 0], logits, out.hidden[:batch, -1])  # conditional rows' hidden
 
         return sample_sequences(
             step,

@@ -65,6 +65,7 @@ class HourglassConfig:
     n_face_buckets: int = 32
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     tokenizer: dict | None = None  # None: coords at `bits`; else meshgen.modeling.vqvae_tokenizer_config(...)
+    pointer_dim: int = 0  # > 0: a copy head over written vertices of this key width (meshgen.pointer; coords only)
 
     def __post_init__(self):
         if not 6 <= self.bits <= 12:
@@ -235,7 +236,7 @@ class HourglassTransformer(MeshGenerator):
         start = start_positions(start_pos, B, tokens.device, multiple=self.config.group)  # (1 or B, 1)
         x = self.tok_emb(tokens) + ctx.cond_emb[:, None, :]  # (B, T, D)
         h = self._level(0, x, start=start, ctx=ctx, states=states, windows=windows)
-        return self._output(h, targets)
+        return self._output(h, targets, tokens)
 
     def _level(
         self,

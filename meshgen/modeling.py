@@ -174,10 +174,14 @@ class Context:
 
 @dataclass
 class ModelOutput:
-    """``logits (B, T, V)``; ``loss`` (mean cross entropy over non-PAD targets) when targets were given."""
+    """``logits (B, T, V)``; ``loss`` (mean negative log-likelihood over non-PAD targets) when targets were given;
+    ``hidden (B, T, D)`` the final hidden states the head reads; ``token_nll (B, T)`` per target (0 at PAD) when
+    targets were given (with a copy head: the mixture's, :func:`meshgen.pointer.pointer_token_nll`)."""
 
     logits: torch.Tensor
     loss: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
+    token_nll: torch.Tensor | None = None
 
 
 # ---- config (de)serialization ----------------------------------------------------------------------
@@ -206,6 +210,14 @@ class MeshGenerator(nn.Module, PretrainedMixin):
         self.ln_f = nn.LayerNorm(config.dim)
         self.head = nn.Linear(config.dim, self.vocab.size, bias=False)
         self.head.weight = self.tok_emb.weight  # tied
+        self.pointer = None
+        if getattr(config, "pointer_dim", 0) > 0:
+            if not self.layout.is_coords:
+                raise ValueError(f"pointer_dim: the copy head points at written vertices of coords tokens, not "
+                                 f"{self.layout.name!r} codes")
+            from .pointer import PointerHead
+
+            self.pointer = PointerHead(config.dim, config.pointer_dim, self.layout.n)
         if config.encoder.point_embedding == "grid":
             # the points in the decoder's language: (z, y, x) cell ids through the coordinate-token table
             self.point_grid_proj = nn.Linear(3 * config.dim, config.encoder.dim)
@@ -222,6 +234,8 @@ class MeshGenerator(nn.Module, PretrainedMixin):
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Embedding):
                 nn.init.normal_(m.weight, std=0.02)
+        if self.pointer is not None:
+            self.pointer.reset_parameters()
 
     @property
     def context_dim(self) -> int:
@@ -271,16 +285,21 @@ class MeshGenerator(nn.Module, PretrainedMixin):
         q = torch.floor((xyz + 0.5) * n).long().clamp_(0, n - 1)
         return q.flip(-1)
 
-    def _output(self, h: torch.Tensor, targets: torch.Tensor | None) -> ModelOutput:
-        logits = self.head(self.ln_f(h))  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(
-                logits.float().reshape(-1, logits.shape[-1]),  # (B T, V)
-                targets.reshape(-1),  # (B T,)
-                ignore_index=self.vocab.pad,
-            )
-        return ModelOutput(logits, loss)
+    def _output(self, h: torch.Tensor, targets: torch.Tensor | None, inputs: torch.Tensor | None = None) -> ModelOutput:
+        hidden = self.ln_f(h)  # (B, T, D)
+        logits = self.head(hidden)  # (B, T, V)
+        if targets is None:
+            return ModelOutput(logits, None, hidden)
+        pad = self.vocab.pad
+        if self.pointer is not None and inputs is not None:
+            from .pointer import pointer_token_nll
+
+            nll = pointer_token_nll(self.pointer, hidden, logits, inputs, targets, n_values=self.vocab.n, pad=pad,
+                                    eos=self.vocab.eos)  # (B, T)
+        else:
+            nll = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=pad, reduction="none")
+        loss = nll.sum() / (targets != pad).sum().clamp(min=1)
+        return ModelOutput(logits, loss, hidden, nll)
 
 
 def start_positions(start_pos: int | torch.Tensor, batch: int, device, *, multiple: int = 1) -> torch.Tensor:

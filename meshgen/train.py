@@ -103,15 +103,19 @@ def forward_loss(model, batch: ExampleBatch, pad_id: int) -> tuple[torch.Tensor,
 
 
 def loss_by_kind(model, batch: ExampleBatch, pad_id: int) -> dict[str, tuple[float, int]]:
-    """Summed cross entropy and token count over all targets, new-vertex targets and first-vertex targets."""
-    import torch.nn.functional as F
-
+    """Summed negative log-likelihood and token count over all targets, new-vertex, repeated-vertex and first-vertex
+    targets (``coords``: a repeated vertex is one whose (z, y, x) occurred earlier in the sequence). With a copy head
+    a vertex's whole NLL sits on its first token (:func:`meshgen.pointer.pointer_token_nll`), so per-kind sums over
+    the three tokens of a vertex stay exact."""
     inputs, targets = batch.tokens[:, :-1], batch.tokens[:, 1:]  # (B, T)
-    out = model(inputs, cond=Conditioning(points=batch.points, n_faces=batch.n_faces), start_pos=batch.start)
-    nll = F.cross_entropy(out.logits.float().transpose(1, 2), targets, ignore_index=pad_id, reduction="none")  # (B, T)
+    out = model(inputs, cond=Conditioning(points=batch.points, n_faces=batch.n_faces), start_pos=batch.start,
+                targets=targets)
+    nll = out.token_nll  # (B, T)
     valid = targets != pad_id
     kinds = batch.kinds if batch.kinds is not None else torch.zeros_like(targets, dtype=torch.uint8)
+    body = targets < pad_id  # value tokens (PAD is the first id past the body values)
     masks = {"all": valid, "new_vertex": valid & ((kinds & NEW_VERTEX) > 0),
+             "repeat_vertex": valid & body & ((kinds & NEW_VERTEX) == 0),
              "first_vertex": valid & ((kinds & FIRST_VERTEX) > 0)}
     return {k: (float(nll[m].sum()), int(m.sum())) for k, m in masks.items()}
 
@@ -161,8 +165,14 @@ class Trainer:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if kind == "cuda" else None,
                 find_unused_parameters=bool(self.model.config.encoder.null_context))  # null context: CFG rows only
-        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
-        no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2]
+        if tc.train_only:  # e.g. a copy head on frozen weights: the rest runs without gradients
+            for name, p in self.model.named_parameters():
+                p.requires_grad_(name.startswith(tuple(tc.train_only)))
+            if not any(p.requires_grad for p in self.model.parameters()):
+                raise MeshInputError(tc.out_dir, f"train.train_only {list(tc.train_only)} matches no parameter")
+        params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        decay = [p for n, p in params if p.ndim >= 2]
+        no_decay = [p for n, p in params if p.ndim < 2]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
                                       {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=tc.betas)
         if (last / "trainer_state.pt").exists():
@@ -274,9 +284,9 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mean validation loss over all targets, new-vertex targets and first-vertex targets (nats)."""
+        """Mean validation loss over all targets, new-vertex, repeated-vertex and first-vertex targets (nats)."""
         self.model.eval()
-        keys = ("all", "new_vertex", "first_vertex")
+        keys = ("all", "new_vertex", "repeat_vertex", "first_vertex")
         stats = torch.zeros(2 * len(keys), dtype=torch.float64)
         for batch in self._val_batches():
             with self.autocast:
@@ -301,7 +311,7 @@ class Trainer:
             atomic_write_text(path, "".join(keep))
 
     LOG_FIELDS = ("step", "lr", "loss", "tokens_per_s", "val_loss", "elapsed_s", "val_new_vertex_loss",
-                  "val_first_vertex_loss")
+                  "val_first_vertex_loss", "val_repeat_vertex_loss")
 
     def _log(self, row: dict) -> None:
         if not self.dist.is_main:
@@ -334,7 +344,7 @@ class Trainer:
                            TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn())
             bar.start()
             task = bar.add_task("train", total=tc.steps, completed=self.step, loss=float("nan"))
-        val = {"all": float("nan"), "new_vertex": float("nan"), "first_vertex": float("nan")}
+        val = {k: float("nan") for k in ("all", "new_vertex", "repeat_vertex", "first_vertex")}
         elapsed0 = self._elapsed_before()
         try:
             # a time budget (train.max_minutes, counted over resumed sessions) ends the run like its last step
@@ -364,7 +374,8 @@ class Trainer:
                                "tokens_per_s": f"{tokens_seen * self.dist.world_size / elapsed:.1f}",
                                "val_loss": f"{val['all']:.4f}", "elapsed_s": f"{elapsed0 + elapsed:.1f}",
                                "val_new_vertex_loss": f"{val['new_vertex']:.4f}",
-                               "val_first_vertex_loss": f"{val['first_vertex']:.4f}"})
+                               "val_first_vertex_loss": f"{val['first_vertex']:.4f}",
+                               "val_repeat_vertex_loss": f"{val['repeat_vertex']:.4f}"})
                     losses = []
                 if self.step % tc.ckpt_every == 0 or final:
                     self.save("last")

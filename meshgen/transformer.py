@@ -34,6 +34,7 @@ class TransformerConfig:
     n_face_buckets: int = 32
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     tokenizer: dict | None = None  # None: coords at `bits`; else meshgen.modeling.vqvae_tokenizer_config(...)
+    pointer_dim: int = 0  # > 0: a copy head over written vertices of this key width (meshgen.pointer; coords only)
 
     def __post_init__(self):
         if not 6 <= self.bits <= 12:
@@ -115,7 +116,7 @@ class Transformer(MeshGenerator):
         h = run_blocks(self.blocks, x, rope=self.rotary(pos), window=window, context=ctx.latents, caches=caches)
         if cache is not None:
             cache.pos += T
-        return self._output(h, targets)
+        return self._output(h, targets, tokens)
 
 
 def _meta_params(module_fn) -> int:
