@@ -221,7 +221,8 @@ def generate(
     ----------
     cond : Conditioning (B rows) or an encoded Context; ``None`` with ``batch_size`` for unconditional.
     max_faces : stop (EOS) after this many faces.
-    temperature, top_k, top_p : sampling controls; ``temperature=0`` is greedy.
+    temperature, top_k, top_p : sampling controls; ``temperature=0`` is greedy. With a copy head
+        (:mod:`meshgen.pointer`) the temperature applies to the token branch alone (:class:`PointerMixer`).
     seed : seeds a ``torch.Generator``, so the same seed gives the same meshes.
     constraints : mask logits so the output is a valid canonical mesh (:mod:`meshgen.sampling`).
     window : attention window in tokens at inference (multiple of 9); default the model's.
@@ -265,7 +266,12 @@ def generate(
 
         mixer = None
         if getattr(model, "pointer", None) is not None:  # the copy head folds into the next token's log-probs
-            mixer = PointerMixer(model.pointer, batch, n_values=layout.n, window=window or model.config.window)
+            # the temperature sharpens the token branch inside the mixture; the mixture is then drawn as it is
+            branch_t = temperature if temperature > 0 else 1.0
+            mixer = PointerMixer(model.pointer, batch, n_values=layout.n, window=window or model.config.window,
+                                 temperature=branch_t)
+            if temperature > 0:
+                temperature = 1.0
 
         def step(tokens: torch.Tensor) -> torch.Tensor:
             out = model(torch.cat([tokens, tokens]) if use_cfg else tokens, cache=cache)

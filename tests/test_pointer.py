@@ -78,6 +78,39 @@ def test_sampler_marginalizes_exactly_what_training_scores():
     assert mixer.copy_steps > 0
 
 
+def test_temperature_sharpens_the_token_branch_but_keeps_the_copy_odds():
+    """At every vertex start the share of the token branch is the model's whatever the temperature; values no copy
+    holds get that share times the token branch taken at the temperature; the mixture stays normalized."""
+    from meshgen.pointer import PointerMixer
+
+    seq = _sequence()
+    model = _model(gate_bias=0.0)
+    cache = model.init_cache(_cond())
+    mixers = {t: PointerMixer(model.pointer, 1, n_values=VOCAB.n, window=model.config.window, temperature=t)
+              for t in (1.0, 0.5)}
+    checked = 0
+    with torch.no_grad():
+        for t in range(seq.shape[1] - 1):
+            tok = seq[:, t : t + 1]
+            out = model(tok, cache=cache)
+            logits, hidden = out.logits[:, -1], out.hidden[:, -1]
+            lps = {temp: m(tok[:, 0], logits, hidden) for temp, m in mixers.items()}
+            if t % 3 or mixers[1.0].copy_logw[0] is None:
+                continue
+            w1, w5 = float(mixers[1.0].tok_logw[0]), float(mixers[0.5].tok_logw[0])
+            assert w1 == pytest.approx(w5, abs=1e-5) and w1 < -0.01  # copies hold some mass, the same at both
+            held = torch.zeros(VOCAB.n + 8, dtype=torch.bool)
+            held[mixers[0.5].copy_coords[0][:, 0]] = True
+            branch = (logits.float() / 0.5).log_softmax(-1)[0]
+            lp = lps[0.5][0]
+            assert torch.allclose(lp[~held[: lp.numel()]], w5 + branch[~held[: lp.numel()]], atol=1e-4)
+            assert float(lp.logsumexp(0)) == pytest.approx(0.0, abs=1e-4)
+            checked += 1
+    assert checked >= 10
+    with pytest.raises(ValueError, match="temperature"):
+        PointerMixer(model.pointer, 1, n_values=VOCAB.n, window=9, temperature=0.0)
+
+
 def test_sampling_with_copies_gives_valid_meshes():
     model = _model(gate_bias=-3.0)  # the copies hold most of the mass at every vertex start
     cond = Conditioning(torch.rand(3, 8, 6, generator=torch.Generator().manual_seed(1)) - 0.5, torch.tensor([30] * 3))
