@@ -113,6 +113,7 @@ def sample_sequences(
     guides: Sequence[PointGuide | None] | None = None,
     layout: TokenLayout | None = None,
     edges_once: str = "off",
+    on_states: Callable[[list], None] | None = None,
 ) -> GenerationResult:
     """Autoregressive loop around ``step(tokens (B, 1)) -> logits (B, V)`` (the model plus its cache).
 
@@ -123,6 +124,8 @@ def sample_sequences(
     ``edges_once`` (``off``, ``guided`` or ``all`` rows; ``coords`` with constraints): those rows' order constraint
     also refuses a directed edge written before (:class:`~meshgen.sampling.FaceConstraint`,
     :func:`~meshgen.sampling.edges_once_for`).
+    ``on_states`` is called once with the per-row constraint states (``coords`` with constraints), which ``step``
+    may then read: they hold every token fed so far (the copy head keeps only copies the rules allow).
     """
     if max_faces < 1:
         raise ValueError("max_faces must be >= 1")
@@ -141,6 +144,8 @@ def sample_sequences(
         states = [new_constraint(vocab, max_faces=max_faces, edges_once=edges_once_for(edges_once, g)) for g in guided]
         if guides is not None:
             states = [s if g is None else g.state(s) for s, g in zip(states, guides, strict=True)]
+        if on_states is not None and vocab.is_coords:
+            on_states(states)
     pad_only = np.zeros(vocab.size, dtype=bool)
     pad_only[vocab.pad] = True
     max_steps = face_tokens * max_faces + 1
@@ -297,6 +302,7 @@ def generate(
             guides=guides,
             layout=layout,
             edges_once=edges_once,
+            on_states=None if mixer is None else mixer.use_constraints,
         )
     finally:
         model.train(was_training)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -151,6 +152,28 @@ class PointerMixer:
         self.tok_logw: torch.Tensor | None = None  # (B,) log weight of the token branch so far
         self.last_logp: torch.Tensor | None = None  # (B, V) token-branch log-probs of the previous step
         self.copy_steps = 0  # vertex starts where a copy held >= half the mass (a diagnostic)
+        self.constraints: list | None = None  # per-row order constraints (use_constraints), or None
+        self.refused_copies = 0  # copies left out at vertex starts because the order rules refuse them
+
+    def use_constraints(self, states: list) -> None:
+        """Leave out, at every vertex start, the written vertices the row's order rules refuse as the next vertex
+        (``states``: one :class:`~meshgen.sampling.FaceConstraint`, or a guided state around one, per row; read
+        when called, so they must already hold the tokens fed before each step, as ``sample_sequences`` keeps
+        them). Without this the token-by-token marginal draws a refused copy's ``z``, the copy then dies at ``y``
+        or ``x``, and the token branch writes a vertex next to it: a near-duplicate vertex and a sliver."""
+        self.constraints = [getattr(s, "constraint", s) for s in states]
+
+    def _legal(self, b: int, coords: list[tuple[int, int, int]]) -> list[bool] | None:
+        """Per written vertex: may it be row ``b``'s next vertex under its order rules? ``None``: no rules known."""
+        if self.constraints is None:
+            return None
+        c = self.constraints[b]
+        if not c.can_continue or c.cur and len(c.cur) % 3:
+            return None
+        lb, bad = c.vertex_domain()
+        n = self.n
+        ranks = np.asarray([(z * n + y) * n + x for z, y, x in coords], dtype=np.int64)
+        return ((ranks >= lb) & ~np.isin(ranks, bad)).tolist()
 
     @torch.no_grad()
     def __call__(self, fed: torch.Tensor, logits: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
@@ -177,6 +200,10 @@ class PointerMixer:
             self.tok_logw = torch.empty(B, device=logits.device)
             for b in range(B):
                 live = [i for i, e in enumerate(self.key_end[b]) if e > a - self.window]
+                legal = self._legal(b, [self.key_coords[b][i] for i in live])
+                if legal is not None:
+                    self.refused_copies += legal.count(False)
+                    live = [i for i, ok in zip(live, legal, strict=True) if ok]
                 if not live:
                     self.copy_logw[b], self.copy_coords[b] = None, None
                     self.tok_logw[b] = 0.0

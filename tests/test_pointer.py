@@ -123,6 +123,36 @@ def test_sampling_with_copies_gives_valid_meshes():
     assert len(qm.vertices) < 3 * qm.n_faces
 
 
+def test_copies_the_order_rules_refuse_are_left_out():
+    """With the row's constraint attached, every copy alive at a vertex start is a vertex the rules allow next; a
+    sequence that repeats vertices meets refused ones (earlier faces' lower vertices) and leaves them out."""
+    from meshgen.pointer import PointerMixer
+    from meshgen.sampling import FaceConstraint
+
+    seq = _sequence()
+    model = _model(gate_bias=0.0)
+    cache = model.init_cache(_cond())
+    mixer = PointerMixer(model.pointer, 1, n_values=VOCAB.n, window=model.config.window)
+    rules = FaceConstraint(7)
+    mixer.use_constraints([rules])
+    n = VOCAB.n
+    checked = 0
+    with torch.no_grad():
+        for t in range(seq.shape[1] - 1):
+            tok = seq[:, t : t + 1]
+            if t:
+                rules.push(int(tok))
+            out = model(tok, cache=cache)
+            mixer(tok[:, 0], out.logits[:, -1], out.hidden[:, -1])
+            if t % 3 or mixer.copy_coords[0] is None or not rules.can_continue:
+                continue
+            lb, bad = rules.vertex_domain()
+            ranks = [(z * n + y) * n + x for z, y, x in mixer.copy_coords[0].tolist()]
+            assert all(r >= lb and r not in set(bad.tolist()) for r in ranks)
+            checked += 1
+    assert checked >= 10 and mixer.refused_copies > 0
+
+
 def test_save_load_keeps_the_head(tmp_path):
     model = _model(gate_bias=0.5)
     model.save_pretrained(tmp_path / "m")
