@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -163,18 +162,6 @@ class PointerMixer:
         or ``x``, and the token branch writes a vertex next to it: a near-duplicate vertex and a sliver."""
         self.constraints = [getattr(s, "constraint", s) for s in states]
 
-    def _legal(self, b: int, coords: list[tuple[int, int, int]]) -> list[bool] | None:
-        """Per written vertex: may it be row ``b``'s next vertex under its order rules? ``None``: no rules known."""
-        if self.constraints is None:
-            return None
-        c = self.constraints[b]
-        if not c.can_continue or c.cur and len(c.cur) % 3:
-            return None
-        lb, bad = c.vertex_domain()
-        n = self.n
-        ranks = np.asarray([(z * n + y) * n + x for z, y, x in coords], dtype=np.int64)
-        return ((ranks >= lb) & ~np.isin(ranks, bad)).tolist()
-
     @torch.no_grad()
     def __call__(self, fed: torch.Tensor, logits: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """``fed (B,)`` the tokens just fed, ``logits (B, V)`` the token branch, ``hidden (B, D)`` -> ``(B, V)``."""
@@ -200,10 +187,10 @@ class PointerMixer:
             self.tok_logw = torch.empty(B, device=logits.device)
             for b in range(B):
                 live = [i for i, e in enumerate(self.key_end[b]) if e > a - self.window]
-                legal = self._legal(b, [self.key_coords[b][i] for i in live])
-                if legal is not None:
-                    self.refused_copies += legal.count(False)
-                    live = [i for i, ok in zip(live, legal, strict=True) if ok]
+                if self.constraints is not None and live:
+                    legal = self.constraints[b].allows_next_vertex([self.key_coords[b][i] for i in live])
+                    self.refused_copies += int((~legal).sum())
+                    live = [i for i, ok in zip(live, legal.tolist(), strict=True) if ok]
                 if not live:
                     self.copy_logw[b], self.copy_coords[b] = None, None
                     self.tok_logw[b] = 0.0

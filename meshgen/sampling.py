@@ -301,6 +301,16 @@ class FaceConstraint:
         (sorted, unique int64). Only meaningful while :attr:`can_continue`."""
         return self._vertex_domain()
 
+    def allows_next_vertex(self, coords: np.ndarray) -> np.ndarray:
+        """``(K,)`` bool: may each of ``coords (K, 3)`` (``z, y, x``) be the next vertex, at a vertex boundary
+        (none may once no coordinate can follow)?"""
+        coords = np.asarray(coords, dtype=np.int64).reshape(-1, 3)
+        if not self.can_continue or len(self.cur) % 3:
+            return np.zeros(len(coords), dtype=bool)
+        lb, bad = self._vertex_domain()
+        ranks = (coords[:, 0] * self.n + coords[:, 1]) * self.n + coords[:, 2]
+        return (ranks >= lb) & ~np.isin(ranks, bad)
+
     def v1_domain(self, r0: int) -> tuple[int, np.ndarray]:
         """``(lb, bad)`` that ``v1`` would have after ``v0`` of rank ``r0`` (in the current state)."""
         return self._v1_domain(r0)
