@@ -34,9 +34,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_generator import add_split_options, split_items  # noqa: E402
 
 from meshgen.guidance import GuidanceConfig  # noqa: E402
-from meshgen.pipeline import EDGES_ONCE, N_POINTS, draw_samples, fit_to_points, load_generator, weighted_fit  # noqa: E402
+from meshgen.pipeline import (  # noqa: E402
+    EDGES_ONCE,
+    N_POINTS,
+    OPEN_EDGE_WEIGHT,
+    draw_samples,
+    fit_to_points,
+    load_generator,
+    weighted_fit,
+)
 from meshgen.refine import RefineConfig, refine_vertices  # noqa: E402
 from meshgen.sampling import EDGE_RULE_ROWS  # noqa: E402
+from meshgen.subdivide import split_to_budget  # noqa: E402
 from tokenizers3d.io import atomic_write_text, load_mesh  # noqa: E402
 from tokenizers3d.metrics import evaluate_mesh  # noqa: E402
 from tokenizers3d.sample import sample_surface  # noqa: E402
@@ -55,10 +64,26 @@ def reference_samples(model, ref: trimesh.Trimesh, cloud, *, samples: int, free:
     return decoded
 
 
+FILL_VARIANTS = ("fill", "refine-fill")
+
+
+def scored(mesh: trimesh.Trimesh, raw: trimesh.Trimesh, ref: trimesh.Trimesh, cloud, seed: int) -> dict:
+    """Fits (``raw``: the decoded mesh before refinement) and reference metrics of one candidate."""
+    metrics = evaluate_mesh(mesh, ref, seed=seed).to_dict()
+    return {"faces": len(mesh.faces), "fit_raw": fit_to_points(raw, cloud.points, seed=seed),
+            "fit": fit_to_points(mesh, cloud.points, seed=seed), "chamfer": metrics["chamfer"],
+            "fscore_005": metrics["fscore_005"], "open_edge_share": metrics["open_edge_share"],
+            "components": metrics["components"], "ref_components": metrics["ref_components"],
+            "watertight": metrics["watertight"]}
+
+
 def candidates(model, ref: trimesh.Trimesh, *, guided: int, free: int, seed: int,
-               temperature: float, edges_once: str = EDGES_ONCE) -> tuple[list, float, list]:
+               temperature: float, edges_once: str = EDGES_ONCE, fill: bool = False) -> tuple[list, float, list]:
     """Per row (guided rows first): ``None`` or a dict of fits and reference metrics; the sampling seconds; and the
-    refined meshes (``None`` where nothing decoded)."""
+    refined meshes (``None`` where nothing decoded). ``fill`` also scores, under the keys of
+    :data:`FILL_VARIANTS`, the candidate with its face budget (the reference's count) filled by
+    :func:`meshgen.subdivide.split_to_budget`: split then refined (``"fill"``), or refined, split and refined
+    again (``"refine-fill"``)."""
     cloud = sample_surface(ref, N_POINTS, seed=seed)
     t0 = time.time()
     decoded = reference_samples(model, ref, cloud, samples=guided + free, free=free, seed=seed, temperature=temperature,
@@ -72,12 +97,16 @@ def candidates(model, ref: trimesh.Trimesh, *, guided: int, free: int, seed: int
             continue
         refined = refine_vertices(mesh, cloud.points, RefineConfig(), seed=seed)
         meshes.append(refined)
-        metrics = evaluate_mesh(refined, ref, seed=seed).to_dict()
-        rows.append({"faces": len(mesh.faces), "fit_raw": fit_to_points(mesh, cloud.points, seed=seed),
-                     "fit": fit_to_points(refined, cloud.points, seed=seed), "chamfer": metrics["chamfer"],
-                     "fscore_005": metrics["fscore_005"], "open_edge_share": metrics["open_edge_share"],
-                     "components": metrics["components"], "ref_components": metrics["ref_components"],
-                     "watertight": metrics["watertight"]})
+        row = scored(refined, mesh, ref, cloud, seed)
+        if fill:
+            n_ref = len(ref.faces)
+            split = split_to_budget(mesh, n_ref, cloud.points, cloud.normals)
+            row["fill"] = scored(refine_vertices(split, cloud.points, RefineConfig(), seed=seed), mesh, ref, cloud,
+                                 seed)
+            split = split_to_budget(refined, n_ref, cloud.points, cloud.normals)
+            row["refine-fill"] = scored(refine_vertices(split, cloud.points, RefineConfig(), seed=seed), mesh, ref,
+                                        cloud, seed)
+        rows.append(row)
     return rows, seconds, meshes
 
 
@@ -112,20 +141,26 @@ def _rank(c: dict, key: str, weight: float) -> float:
     return weighted_fit(c[key], c.get("open_edge_share", 0.0), weight)
 
 
-def kept_row(item: dict, rows: list[int], key: str, weight: float = 0.0) -> int | None:
-    """The row a rule keeps for one mesh (``None`` when none of ``rows`` decoded)."""
+def _variant(c: dict | None, variant: str | None) -> dict | None:
+    return c if c is None or variant is None else c[variant]
+
+
+def kept_row(item: dict, rows: list[int], key: str, weight: float = 0.0, variant: str | None = None) -> int | None:
+    """The row a rule keeps for one mesh (``None`` when none of ``rows`` decoded); ``variant``: rank the candidates
+    as post-processed that way (a key of :data:`FILL_VARIANTS`)."""
     live = [i for i in rows if item["candidates"][i] is not None]
-    return min(live, key=lambda i: _rank(item["candidates"][i], key, weight)) if live else None
+    return min(live, key=lambda i: _rank(_variant(item["candidates"][i], variant), key, weight)) if live else None
 
 
-def score(items: list[dict], rows: list[int], key: str, weight: float = 0.0) -> dict:
+def score(items: list[dict], rows: list[int], key: str, weight: float = 0.0, variant: str | None = None) -> dict:
     """Mean Chamfer / F@0.05 of the kept candidates, and how mesh-like they are: mean open-edge share, median pieces
     over the reference's, watertight rate (candidates scored before those fields existed give NaN there)."""
-    rows_kept = [(item, kept_row(item, rows, key, weight)) for item in items]
-    kept = [item["candidates"][i] for item, i in rows_kept if i is not None]
+    rows_kept = [(item, kept_row(item, rows, key, weight, variant)) for item in items]
+    kept = [_variant(item["candidates"][i], variant) for item, i in rows_kept if i is not None]
     mean = lambda name: float(np.mean([c[name] for c in kept])) if kept and name in kept[0] else float("nan")  # noqa: E731
     parts = [c["components"] / c["ref_components"] for c in kept if c.get("ref_components")]
     return {"n": len(kept), "chamfer": mean("chamfer"), "fscore_005": mean("fscore_005"),
+            "faces": mean("faces"),
             "open_edge_share": mean("open_edge_share"), "watertight": mean("watertight"),
             "parts_ratio_median": float(np.median(parts)) if parts else float("nan")}
 
@@ -139,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--edges-once", choices=EDGE_RULE_ROWS, default=EDGES_ONCE,
                    help="rows that may not repeat a directed edge (meshgen.sampling.edges_once_for)")
+    p.add_argument("--fill", action="store_true",
+                   help="also score every candidate with its face budget filled (meshgen.subdivide), both variants")
     p.add_argument("--out", default=None, help="JSON here (and the markdown table beside it, .md)")
     p.add_argument("--grid", default=None, help="PNG: per mesh the reference, the candidate kept by the fit alone "
                                                 "and the one kept with --grid-weight (all rows of the batch)")
@@ -160,12 +197,19 @@ def main(argv: list[str] | None = None) -> int:
         ref = load_mesh(item.path)
         cands, seconds, meshes = candidates(model, ref, guided=args.guided, free=args.free, seed=args.seed,
                                             temperature=args.temperature,
-                                            edges_once=args.edges_once)
+                                            edges_once=args.edges_once, fill=args.fill)
         done.append({"id": item.id, "group": item.group, "seconds": round(seconds, 2), "candidates": cands})
         if args.grid and len(pictures) < args.grid_n:
             pictures.append((ref, meshes))
         print(f"{item.id} ({item.group}): {seconds:.1f} s", file=sys.stderr, flush=True)
     table = {name: score(done, *rule) for name, rule in rules(args.guided, args.free).items()}
+    if args.fill and args.free:
+        every = list(range(args.guided + args.free))
+        for variant in FILL_VARIANTS:
+            table[f"guided {args.guided} + free {args.free}, budget filled ({variant})"] = score(done, every, "fit",
+                                                                                                  0.0, variant)
+            table[f"guided {args.guided} + free {args.free}, open-edge weight {OPEN_EDGE_WEIGHT:g}, budget filled "
+                  f"({variant})"] = score(done, every, "fit", OPEN_EDGE_WEIGHT, variant)
     if args.grid:
         from renderers.preview import mesh_table_png
 
@@ -173,10 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         pick = lambda item, meshes, w: None if (i := kept_row(item, every, "fit", w)) is None else meshes[i]  # noqa: E731
         mesh_table_png([[ref, pick(item, meshes, 0.0), pick(item, meshes, args.grid_weight)]
                         for item, (ref, meshes) in zip(done, pictures, strict=False)], args.grid, size=192)
-    lines = [f"| rule ({args.split}, n = {len(done)}) | Chamfer | F@0.05 | open edges | parts / ref | watertight |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"| rule ({args.split}, n = {len(done)}) | Chamfer | F@0.05 | open edges | parts / ref | watertight | "
+             "faces |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {name} | {r['chamfer']:.4f} | {r['fscore_005']:.3f} | {r['open_edge_share']:.2f} | "
-              f"{r['parts_ratio_median']:.1f} | {r['watertight']:.2f} |" for name, r in table.items()]
+              f"{r['parts_ratio_median']:.1f} | {r['watertight']:.2f} | {r['faces']:.0f} |" for name, r in table.items()]
     md = "\n".join(lines) + "\n"
     print(md)
     if args.out:

@@ -104,8 +104,9 @@ def draco_baseline(unit, budget: int, bits_options, *, seed: int = 0) -> dict:
 
 
 # ---- VAT ---------------------------------------------------------------------------------------------
-def vat_rows(model, unit, *, n_points: int, resolution: int, seed: int = 0) -> list[dict]:
-    """One row per number of scales kept: bytes and scores of the decoded mesh (zeros when it is empty)."""
+def vat_rows(model, unit, *, n_points: int, resolution: int, seed: int = 0, fit=None) -> list[dict]:
+    """One row per number of scales kept: bytes and scores of the decoded mesh (zeros when it is empty); ``fit``
+    (a :class:`~tokenizers3d.vat_fit.FitSettings`) fits the ids to the mesh first, as ``meshgen compress --fit``."""
     import torch
     import trimesh
 
@@ -116,8 +117,15 @@ def vat_rows(model, unit, *, n_points: int, resolution: int, seed: int = 0) -> l
     cloud = sample_surface(unit, n_points, seed=seed)
     t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)[None]  # noqa: E731
     rows = []
-    with torch.no_grad():
+    if fit is not None:
+        from tokenizers3d.vat_fit import fit_codes
+
+        with torch.no_grad():
+            mean = model.encode_gaussian(t(cloud.points), t(cloud.normals))[0]
+        codes, _ = fit_codes(model, np.asarray(unit.vertices), np.asarray(unit.faces), mean, fit)
+    else:
         codes = model.encode(t(cloud.points), t(cloud.normals))
+    with torch.no_grad():
         for k in range(1, len(codes) + 1):
             v, f = grid_to_mesh(model.occupancy_grid(model.decode_ids(codes, scales=k), resolution))
             row = {"scales": k, "tokens": int(sum(c.shape[-1] for c in codes[:k])), "bytes": model.config.bytes_for(k)}
@@ -132,7 +140,7 @@ def vat_rows(model, unit, *, n_points: int, resolution: int, seed: int = 0) -> l
 
 
 def evaluate(model, paths: list[Path], *, n_points: int, resolution: int, draco: tuple[int, ...] | None,
-             log=print) -> dict:
+             log=print, fit=None) -> dict:
     """Per mesh: VAT rows per scale count, Draco rows at the same byte budgets, input sizes."""
     import trimesh
 
@@ -147,7 +155,7 @@ def evaluate(model, paths: list[Path], *, n_points: int, resolution: int, draco:
         obj = mesh.export(file_type="obj")
         item = {"path": str(path), "faces": int(len(unit.faces)),
                 "obj_bytes": len(obj.encode() if isinstance(obj, str) else obj),
-                "vat": vat_rows(model, unit, n_points=n_points, resolution=resolution)}
+                "vat": vat_rows(model, unit, n_points=n_points, resolution=resolution, fit=fit)}
         if draco:
             item["draco_lossless_bytes"] = len(draco_bytes(unit.vertices, unit.faces, 0))
             item["draco"] = [draco_baseline(unit, r["bytes"], draco) for r in item["vat"]]
@@ -268,6 +276,9 @@ def main(argv=None) -> int:
     ap.add_argument("--resolution", type=int, default=96, help="marching-cubes cells per side")
     ap.add_argument("--draco-bits", type=int, nargs="*", default=[6, 8, 10, 12],
                     help="Draco quantization settings tried per budget (none: no Draco baseline)")
+    ap.add_argument("--fit-steps", type=int, default=0,
+                    help="fit the ids to each mesh first (meshgen compress --fit; 0: the encoder's ids)")
+    ap.add_argument("--fit-lr", type=float, default=None, help="learning rate of the fit (default: FitSettings')")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
     ap.add_argument("--markdown-out", default=None)
@@ -297,11 +308,16 @@ def main(argv=None) -> int:
             return 2
     splits = {"procedural": [it.path for it in procedural_items(Path(args.procedural), args.n, args.max_faces)],
               "real": [it.path for it in real_items(Path(args.real), args.n, args.max_faces)]}
+    fit = None
+    if args.fit_steps > 0:
+        from tokenizers3d.vat_fit import FitSettings
+
+        fit = FitSettings(steps=args.fit_steps, **({} if args.fit_lr is None else {"lr": args.fit_lr}))
     results = {}
     for name, paths in splits.items():
         if paths:
             results[name] = evaluate(model, paths, n_points=args.points, resolution=args.resolution,
-                                     draco=tuple(args.draco_bits) or None)
+                                     draco=tuple(args.draco_bits) or None, fit=fit)
     md = "\n".join(markdown(name, res) for name, res in results.items())
     print(md)
     out = {"checkpoint": args.checkpoint, "digest": digest, "settings": vars(args), "splits": results}

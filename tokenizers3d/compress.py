@@ -1,8 +1,9 @@
 """The compress job: a mesh to a ``.vat`` file of VAT tokens and back (``meshgen compress`` / ``decompress``).
 
 :func:`compress_file` reads a mesh, moves it into the unit cube, samples ``n_points`` surface points with
-normals, encodes them with the VAT model (:mod:`tokenizers3d.vat`), keeps the first ``scales`` scales and writes
-the ids (:mod:`tokenizers3d.vatfile`). :func:`decompress_file` decodes the ids into an occupancy field,
+normals, encodes them with the VAT model (:mod:`tokenizers3d.vat`), by default fits the ids to the mesh itself
+(:mod:`tokenizers3d.vat_fit`: analysis by synthesis through the frozen decoder), keeps the first ``scales``
+scales and writes the ids (:mod:`tokenizers3d.vatfile`). :func:`decompress_file` decodes the ids into an occupancy field,
 extracts the surface by marching cubes at ``resolution`` and writes the mesh back in the input's frame. Lossy:
 the output is a closed surface near the input, not the input's triangles.
 
@@ -23,6 +24,7 @@ from .vatfile import VatFile, read_vat, write_vat
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "checkpoints" / "vat"
 DEFAULT_POINTS = 2048
+DEFAULT_FIT_STEPS = 150  # encode-time fitting (tokenizers3d.vat_fit): docs/tokenizers.md, "Encode-time fitting"
 
 
 def load_vat_model(checkpoint: str | Path | None = None, *, device: str = "cpu"):
@@ -54,6 +56,23 @@ def encode_mesh(model, mesh, *, n_points: int = DEFAULT_POINTS, seed: int = 0, d
         return model.encode(t(cloud.points), t(cloud.normals)), norm
 
 
+def encode_mesh_fitted(model, mesh, settings, *, n_points: int = DEFAULT_POINTS, seed: int = 0, device: str = "cpu"):
+    """``(codes, normalization, report)``: as :func:`encode_mesh`, then the ids fitted to the mesh itself
+    (:func:`tokenizers3d.vat_fit.fit_codes` with ``settings``, a :class:`~tokenizers3d.vat_fit.FitSettings`)."""
+    import torch
+
+    from .sample import sample_unit_surface
+    from .vat_fit import fit_codes
+
+    cloud, norm = sample_unit_surface(mesh, n_points, seed=seed)
+    t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)[None]  # noqa: E731
+    with torch.no_grad():
+        mean = model.encode_gaussian(t(cloud.points), t(cloud.normals))[0]
+    unit = norm.apply(np.asarray(mesh.vertices, dtype=np.float64))
+    codes, report = fit_codes(model, unit, np.asarray(mesh.faces), mean, settings)
+    return codes, norm, report
+
+
 @dataclass
 class CompressResult:
     out: Path
@@ -61,12 +80,15 @@ class CompressResult:
     payload_bytes: int
     tokens: int
     scales: int
+    fit: dict | None = None  # what the encode-time fit did (FitReport's fields), when it ran
 
 
 def compress_file(mesh_path: str | Path, out_path: str | Path, *, checkpoint: str | Path | None = None,
                   scales: int | None = None, n_points: int = DEFAULT_POINTS, seed: int = 0, max_faces: int | None = None,
-                  device: str = "cpu") -> CompressResult:
-    """Write the VAT ids of ``mesh_path`` (its first ``scales`` scales, default all) to ``out_path``."""
+                  device: str = "cpu", fit_steps: int = DEFAULT_FIT_STEPS) -> CompressResult:
+    """Write the VAT ids of ``mesh_path`` (its first ``scales`` scales, default all) to ``out_path``; with
+    ``fit_steps > 0`` the ids are fitted to the mesh first (:mod:`tokenizers3d.vat_fit`; same decoder and
+    format, closer shapes, about 0.13 s a step on one core)."""
     import torch
 
     from .io import check_output_path, load_mesh, refuse_overwrite
@@ -79,12 +101,24 @@ def compress_file(mesh_path: str | Path, out_path: str | Path, *, checkpoint: st
     kept = len(q.scales) if scales is None else int(scales)
     if not 1 <= kept <= len(q.scales):
         raise ConfigError(f"--scales must be between 1 and {len(q.scales)}, got {scales}")
+    if fit_steps < 0:
+        raise ConfigError(f"--fit-steps must be 0 or more, got {fit_steps}")
     mesh = load_mesh(mesh_path, max_faces=max_faces)
-    codes, norm = encode_mesh(model, mesh, n_points=n_points, seed=seed, device=device)
+    report = None
+    if fit_steps:
+        from dataclasses import asdict
+
+        from .vat_fit import FitSettings
+
+        codes, norm, fitted = encode_mesh_fitted(model, mesh, FitSettings(steps=fit_steps, seed=seed),
+                                                 n_points=n_points, seed=seed, device=device)
+        report = asdict(fitted)
+    else:
+        codes, norm = encode_mesh(model, mesh, n_points=n_points, seed=seed, device=device)
     ids = torch.cat(codes[:kept], dim=-1)[0].cpu().numpy()
     f = VatFile(ids, model.config.bits_per_token, len(q.scales), kept, digest, norm)
     size = write_vat(out_path, f)
-    return CompressResult(out_path, size, f.payload_bytes, len(ids), kept)
+    return CompressResult(out_path, size, f.payload_bytes, len(ids), kept, report)
 
 
 def decompress_file(vat_path: str | Path, out_path: str | Path, *, checkpoint: str | Path | None = None,

@@ -371,13 +371,7 @@ def occupancy_targets(vertices: np.ndarray, faces: np.ndarray, rng: np.random.Ge
     """Query points ``(M, 3)`` float32 and their occupancy ``(M,)`` float32 for a mesh of closed pieces in the
     normalized frame: ``n_uniform`` uniform in ``[-BOX, BOX]^3`` and ``n_near`` surface samples moved by
     ``N(0, sigma)``. A point is inside when it is inside any connected piece (Open3D's ray parity per piece, so
-    overlapping parts -- a chair's legs through its seat -- count as their union)."""
-    import open3d as o3d
-    import trimesh
-
-    from .mesh import ArrayMesh
-    from .part_sets import raycasting_scene
-
+    overlapping parts -- a chair's legs through its seat -- count as their union: :func:`mesh_occupancy`)."""
     v = np.asarray(vertices, dtype=np.float32)
     f = np.asarray(faces, dtype=np.int64)
     tri = v[f]
@@ -388,10 +382,24 @@ def occupancy_targets(vertices: np.ndarray, faces: np.ndarray, rng: np.random.Ge
     near = (tri[pick] * w[:, :, None]).sum(1) + rng.normal(scale=sigma, size=(n_near, 3))
     uniform = rng.uniform(-BOX, BOX, size=(n_uniform, 3))
     queries = np.concatenate([uniform, near]).astype(np.float32)
+    return queries, mesh_occupancy(v, f, queries).astype(np.float32)
+
+
+def mesh_occupancy(vertices: np.ndarray, faces: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Whether each of ``queries (M, 3)`` lies inside the mesh ``(M,)`` bool: inside any connected piece (Open3D's
+    ray parity per piece, so overlapping parts count as their union; meaningful for closed pieces)."""
+    import open3d as o3d
+    import trimesh
+
+    from .mesh import ArrayMesh
+    from .part_sets import raycasting_scene
+
+    v = np.asarray(vertices, dtype=np.float32)
+    f = np.asarray(faces, dtype=np.int64)
     mesh = trimesh.Trimesh(v, f, process=False)
     pieces = trimesh.graph.connected_components(mesh.face_adjacency, nodes=np.arange(len(f)), min_len=1)
     occ = np.zeros(len(queries), dtype=bool)
-    q = o3d.core.Tensor(queries)
+    q = o3d.core.Tensor(np.asarray(queries, dtype=np.float32))
     for piece in pieces:
         occ |= raycasting_scene(ArrayMesh(v, f[np.asarray(piece)])).compute_occupancy(q).numpy().astype(bool)
-    return queries, occ.astype(np.float32)
+    return occ
