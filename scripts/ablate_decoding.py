@@ -64,7 +64,7 @@ def reference_samples(model, ref: trimesh.Trimesh, cloud, *, samples: int, free:
     return decoded
 
 
-FILL_VARIANTS = ("fill", "refine-fill")
+FILL_VARIANTS = ("fill", "refine-fill", "refine-twice")
 
 
 def scored(mesh: trimesh.Trimesh, raw: trimesh.Trimesh, ref: trimesh.Trimesh, cloud, seed: int) -> dict:
@@ -83,7 +83,7 @@ def candidates(model, ref: trimesh.Trimesh, *, guided: int, free: int, seed: int
     refined meshes (``None`` where nothing decoded). ``fill`` also scores, under the keys of
     :data:`FILL_VARIANTS`, the candidate with its face budget (the reference's count) filled by
     :func:`meshgen.subdivide.split_to_budget`: split then refined (``"fill"``), or refined, split and refined
-    again (``"refine-fill"``)."""
+    again (``"refine-fill"``), and the control of the latter without the split (``"refine-twice"``)."""
     cloud = sample_surface(ref, N_POINTS, seed=seed)
     t0 = time.time()
     decoded = reference_samples(model, ref, cloud, samples=guided + free, free=free, seed=seed, temperature=temperature,
@@ -106,6 +106,8 @@ def candidates(model, ref: trimesh.Trimesh, *, guided: int, free: int, seed: int
             split = split_to_budget(refined, n_ref, cloud.points, cloud.normals)
             row["refine-fill"] = scored(refine_vertices(split, cloud.points, RefineConfig(), seed=seed), mesh, ref,
                                         cloud, seed)
+            row["refine-twice"] = scored(refine_vertices(refined, cloud.points, RefineConfig(), seed=seed), mesh,
+                                         ref, cloud, seed)
         rows.append(row)
     return rows, seconds, meshes
 

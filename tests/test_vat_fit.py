@@ -75,6 +75,10 @@ def test_fit_is_deterministic_and_skips_an_unreliable_inside(model, one_thread):
     codes, report = fit_codes(model, box.vertices, box.faces[:, ::-1], mean, FAST)
     assert report.skipped is not None and "not reliable" in report.skipped
     assert all(torch.equal(x, y) for x, y in zip(codes, model.codes_of(mean), strict=True))
+    soup = np.random.default_rng(0).uniform(-0.4, 0.4, (3 * 600, 3))
+    codes, report = fit_codes(model, soup, np.arange(len(soup)).reshape(-1, 3), mean, FAST)
+    assert "600 separate pieces" in report.skipped
+    assert all(torch.equal(x, y) for x, y in zip(codes, model.codes_of(mean), strict=True))
 
 
 def test_compress_command_fits_by_default_and_refuses_negative_steps(tmp_path, model):

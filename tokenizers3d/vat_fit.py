@@ -42,6 +42,7 @@ class FitSettings:
     check_every: int = 25
     prefix_weight: float = 1.0
     min_agreement: float = 0.9  # below this share of consistent probes the targets are not trusted: no fit
+    max_pieces: int = 512       # the inside is ray-cast per connected piece: a soup of more is not fitted
     seed: int = 0
 
 
@@ -103,6 +104,15 @@ def fit_codes(model, vertices: np.ndarray, faces: np.ndarray, mean, settings: Fi
 
     s = settings or FitSettings()
     t0 = time.perf_counter()
+    import trimesh
+
+    mesh = trimesh.Trimesh(vertices, faces, process=False)
+    pieces = len(trimesh.graph.connected_components(mesh.face_adjacency, nodes=np.arange(len(mesh.faces)),
+                                                    min_len=1))
+    if pieces > s.max_pieces:
+        return model.codes_of(mean), FitReport(float("nan"), float("nan"), float("nan"), 0, time.perf_counter() - t0,
+                                               f"{pieces} separate pieces (more than {s.max_pieces}): the inside "
+                                               "is not defined; the encoder's ids kept")
     agreement = inside_agreement(vertices, faces, seed=s.seed)
     if agreement < s.min_agreement:
         return model.codes_of(mean), FitReport(agreement, float("nan"), float("nan"), 0, time.perf_counter() - t0,
