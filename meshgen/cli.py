@@ -312,6 +312,9 @@ def generate(inp: Path = typer.Argument(None, metavar="INPUT", help="Point cloud
                                                        "(default 1,000,000; the model reads 2,048)."),
              refine: bool = typer.Option(True, "--refine/--no-refine",
                                          help="Move the vertices to fit the input points after decoding (faces kept)."),
+             fill: bool = typer.Option(True, "--fill/--no-fill",
+                                       help="With --refine: split edges that cut across the points' surface up to "
+                                            "--faces, then refine again (a second round even without --faces)."),
              preview: bool = typer.Option(True, "--preview/--no-preview",
                                           help="Write a PNG preview beside the mesh (same name, .png)."),
              family: str = typer.Option(None, help="Instead of INPUT: sample a shape of this procedural family "
@@ -379,7 +382,7 @@ def generate(inp: Path = typer.Argument(None, metavar="INPUT", help="Point cloud
                         refine=RefineConfig() if refine else None, max_input_faces=max_input_faces,
                         max_points=max_points, tokenizer=tokenizer,
                         open_edge_weight=OPEN_EDGE_WEIGHT if open_edge_weight is None else open_edge_weight,
-                        edges_once=edges_once)
+                        edges_once=edges_once, fill_budget=fill)
     print(json.dumps(res, default=str))
 
 

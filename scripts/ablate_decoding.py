@@ -41,6 +41,7 @@ from meshgen.pipeline import (  # noqa: E402
     draw_samples,
     fit_to_points,
     load_generator,
+    refine_candidate,
     weighted_fit,
 )
 from meshgen.refine import RefineConfig, refine_vertices  # noqa: E402
@@ -103,9 +104,8 @@ def candidates(model, ref: trimesh.Trimesh, *, guided: int, free: int, seed: int
             split = split_to_budget(mesh, n_ref, cloud.points, cloud.normals)
             row["fill"] = scored(refine_vertices(split, cloud.points, RefineConfig(), seed=seed), mesh, ref, cloud,
                                  seed)
-            split = split_to_budget(refined, n_ref, cloud.points, cloud.normals)
-            row["refine-fill"] = scored(refine_vertices(split, cloud.points, RefineConfig(), seed=seed), mesh, ref,
-                                        cloud, seed)
+            row["refine-fill"] = scored(refine_candidate(mesh, cloud, RefineConfig(), faces=n_ref, seed=seed), mesh,
+                                        ref, cloud, seed)  # the default decoding since 2026-12-01
             row["refine-twice"] = scored(refine_vertices(refined, cloud.points, RefineConfig(), seed=seed), mesh,
                                          ref, cloud, seed)
         rows.append(row)

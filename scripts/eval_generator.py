@@ -344,7 +344,7 @@ def generation_kwargs(*, cfg_scale: float | None = None, guidance: bool | None =
                       min_coverage: float | None = None, guide_tol: float | None = None,
                       samples: int | None = None, free_samples: int | None = None,
                       refine: bool | None = None, open_edge_weight: float | None = None,
-                      edges_once: str | None = None) -> dict:
+                      edges_once: str | None = None, fill: bool | None = None) -> dict:
     """Keyword arguments for :func:`generate_mesh` from the options that were given (none given: ``{}``).
 
     ``guidance=False`` gives ``guidance=None`` (unguided decoding); ``guidance=True``, ``min_coverage`` or
@@ -374,6 +374,8 @@ def generation_kwargs(*, cfg_scale: float | None = None, guidance: bool | None =
         kw["open_edge_weight"] = float(open_edge_weight)
     if edges_once is not None:
         kw["edges_once"] = check_edges_once(edges_once, "--edges-once")
+    if fill is not None:
+        kw["fill_budget"] = bool(fill)
     settings = {k: v for k, v in (("tol", guide_tol), ("min_coverage", min_coverage)) if v is not None}
     if guidance is False:
         if settings:
@@ -392,7 +394,8 @@ def generation_kwargs(*, cfg_scale: float | None = None, guidance: bool | None =
 def effective_generation(kw: dict) -> dict:
     """The ``guidance`` and ``cfg_scale`` that :func:`generate_mesh` uses with ``kw``: given, else its defaults."""
     params = inspect.signature(generate_mesh).parameters
-    names = ("guidance", "cfg_scale", "samples", "free_samples", "refine", "open_edge_weight", "edges_once")
+    names = ("guidance", "cfg_scale", "samples", "free_samples", "refine", "open_edge_weight", "edges_once",
+             "fill_budget")
     return {name: _jsonable(kw.get(name, params[name].default)) for name in names if name in params}
 
 
@@ -504,6 +507,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="passed to generate_mesh as open_edge_weight (rank by fit x (1 + w x open-edge share))")
     p.add_argument("--edges-once", choices=EDGE_RULE_ROWS, default=None,
                    help="passed to generate_mesh as edges_once (rows that may not repeat a directed edge)")
+    p.add_argument("--fill", action=argparse.BooleanOptionalAction, default=None,
+                   help="passed to generate_mesh as fill_budget (refine, split up to the face count, refine again)")
     p.add_argument("--invalid-rate", type=int, default=8,
                    help="inputs on which to compare sampling with and without constraints (0: skip)")
     p.add_argument("--out", default=None, help="write the JSON here too")
@@ -529,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
                                        min_coverage=args.min_coverage, guide_tol=args.guide_tol,
                                        samples=args.samples, free_samples=args.free_samples,
                                        refine=args.refine, open_edge_weight=args.open_edge_weight,
-                                       edges_once=args.edges_once)
+                                       edges_once=args.edges_once, fill=args.fill)
     except ValueError as exc:
         p.error(str(exc))
     try:

@@ -51,3 +51,22 @@ def test_loose_triangles_and_no_budget():
     assert split_to_budget(tri, 1, points, normals) is tri
     without = split_to_budget(tri, 9, points, None)  # no normals: midpoints, split by distance to the points
     assert 1 < len(without.faces) <= 9
+
+
+def test_refine_candidate_fills_the_requested_faces_only():
+    from meshgen.pipeline import refine_candidate
+    from meshgen.refine import RefineConfig
+    from tokenizers3d.metrics import evaluate_mesh
+    from tokenizers3d.sample import PointCloud
+
+    sphere = trimesh.creation.icosphere(4)
+    points, normals = _cloud(sphere)
+    cloud = PointCloud(points, normals)
+    coarse = trimesh.creation.icosphere(0)
+    cfg = RefineConfig(steps=60, affine_steps=20)
+    once = refine_candidate(coarse, cloud, cfg, faces=120, fill_budget=False)
+    filled = refine_candidate(coarse, cloud, cfg, faces=120)
+    unasked = refine_candidate(coarse, cloud, cfg, faces=None)
+    assert len(once.faces) == len(unasked.faces) == 20 and 20 < len(filled.faces) <= 120
+    assert filled.is_watertight
+    assert evaluate_mesh(filled, sphere).chamfer < evaluate_mesh(once, sphere).chamfer
