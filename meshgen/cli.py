@@ -150,8 +150,10 @@ def compress(mesh: Path = typer.Argument(..., help="Mesh file (closed surfaces w
              seed: int = typer.Option(0, help="Seeds the surface sampling."),
              max_faces: int = typer.Option(None, "--max-faces", help="Refuse meshes with more faces "
                                                                      "(default 1,000,000)."),
-             fit_steps: int = typer.Option(150, "--fit-steps", help="Fit the ids to this mesh through the decoder "
-                                                                    "(about 20 s; 0: the encoder's ids, fast).")):
+             fit_steps: int = typer.Option(None, "--fit-steps", help="Fit the ids to this mesh through the decoder "
+                                                                     "in this many steps (default: tokenizers3d."
+                                                                     "compress.DEFAULT_FIT_STEPS, 150, about 20-35 s; "
+                                                                     "0: the encoder's ids, fast).")):
     """Compress a shape into VAT tokens (lossy: a closed surface near the input; docs/tokenizers.md)."""
     from tokenizers3d.compress import compress_file
 

@@ -3,14 +3,14 @@
 On smooth inputs (the real split's bones and handles) the model stops early -- a median 0.58 of the requested
 faces -- and a coarse polygon cannot follow a curved surface however well its vertices are fitted. After the
 first refinement (:func:`meshgen.refine.refine_vertices`), :func:`split_to_budget` spends the unused budget where it
-buys the most: it repeatedly splits the edge whose midpoint lies farthest off the input surface (distance along
-the normals of the nearest input points: the sagitta of a chord across a curve; a chord on a flat side scores
-about zero, so flat faces are left alone), each face on the edge into two, with the new vertex put on the surface
-(the midpoint moved onto the plane of its nearest points: a vertex left on the chord sits in a dent the
-refinement does not climb out of -- measured on a sphere, 320 faces from 20 stayed at Chamfer 0.0204 with plain
-midpoints, where a 320-face icosphere refined gets 0.0091), until the next split
-would pass the budget or no edge's midpoint is farther than ``min_error`` off the surface. A second refinement then
-pulls the new vertices onto the points.
+buys the most: it repeatedly splits the edge that bends farthest away from the input surface -- its midpoint's
+signed distance to the surface minus the mean of its two ends' (distances to the tangent planes of the nearest
+input points: the sagitta of a chord across a curve; an edge on a flat side, however offset, scores about zero, so
+flat faces are left alone) -- each face on the edge into two, with the new vertex moved by that bend along the
+surface normal (a vertex left on the chord sits in a dent the refinement does not climb out of -- measured on a
+sphere, 320 faces from 20 stayed at Chamfer 0.0204 with plain midpoints, where a 320-face icosphere refined gets
+0.0091), until the next split would pass the budget or no edge bends more than ``min_error``. A second refinement
+then pulls the new vertices onto the points.
 
 Splitting keeps the mesh's connectivity: a closed mesh stays closed, an edge shared by k faces gives 2k faces
 sharing the new vertex, orientation is kept. Nothing here is learned; its effect is measured in docs/model.md

@@ -42,10 +42,9 @@ def load_vat_model(checkpoint: str | Path | None = None, *, device: str = "cpu")
     return model, model_digest(directory)
 
 
-def encode_mesh(model, mesh, *, n_points: int = DEFAULT_POINTS, seed: int = 0, device: str = "cpu"):
-    """``(codes, normalization)``: the per-scale ids ``(1, n_s)`` a VAT model gives ``mesh`` (a trimesh, any frame;
-    moved into the unit frame by :class:`~tokenizers3d.mesh.Normalization`, ``n_points`` surface samples drawn
-    with ``seed``)."""
+def _latent_means(model, mesh, *, n_points: int, seed: int, device: str):
+    """``(mean (1, L, c), normalization)``: the encoder's latent means for ``mesh`` (any frame; moved into the unit
+    frame by :class:`~tokenizers3d.mesh.Normalization`, ``n_points`` surface samples drawn with ``seed``)."""
     import torch
 
     from .sample import sample_unit_surface
@@ -53,21 +52,23 @@ def encode_mesh(model, mesh, *, n_points: int = DEFAULT_POINTS, seed: int = 0, d
     cloud, norm = sample_unit_surface(mesh, n_points, seed=seed)
     t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)[None]  # noqa: E731
     with torch.no_grad():
-        return model.encode(t(cloud.points), t(cloud.normals)), norm
+        return model.encode_gaussian(t(cloud.points), t(cloud.normals))[0], norm
+
+
+def encode_mesh(model, mesh, *, n_points: int = DEFAULT_POINTS, seed: int = 0, device: str = "cpu"):
+    """``(codes, normalization)``: the per-scale ids ``(1, n_s)`` a VAT model gives ``mesh`` (a trimesh, any frame;
+    moved into the unit frame by :class:`~tokenizers3d.mesh.Normalization`, ``n_points`` surface samples drawn
+    with ``seed``)."""
+    mean, norm = _latent_means(model, mesh, n_points=n_points, seed=seed, device=device)
+    return model.codes_of(mean), norm
 
 
 def encode_mesh_fitted(model, mesh, settings, *, n_points: int = DEFAULT_POINTS, seed: int = 0, device: str = "cpu"):
     """``(codes, normalization, report)``: as :func:`encode_mesh`, then the ids fitted to the mesh itself
     (:func:`tokenizers3d.vat_fit.fit_codes` with ``settings``, a :class:`~tokenizers3d.vat_fit.FitSettings`)."""
-    import torch
-
-    from .sample import sample_unit_surface
     from .vat_fit import fit_codes
 
-    cloud, norm = sample_unit_surface(mesh, n_points, seed=seed)
-    t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)[None]  # noqa: E731
-    with torch.no_grad():
-        mean = model.encode_gaussian(t(cloud.points), t(cloud.normals))[0]
+    mean, norm = _latent_means(model, mesh, n_points=n_points, seed=seed, device=device)
     unit = norm.apply(np.asarray(mesh.vertices, dtype=np.float64))
     codes, report = fit_codes(model, unit, np.asarray(mesh.faces), mean, settings)
     return codes, norm, report
@@ -85,10 +86,10 @@ class CompressResult:
 
 def compress_file(mesh_path: str | Path, out_path: str | Path, *, checkpoint: str | Path | None = None,
                   scales: int | None = None, n_points: int = DEFAULT_POINTS, seed: int = 0, max_faces: int | None = None,
-                  device: str = "cpu", fit_steps: int = DEFAULT_FIT_STEPS) -> CompressResult:
+                  device: str = "cpu", fit_steps: int | None = None) -> CompressResult:
     """Write the VAT ids of ``mesh_path`` (its first ``scales`` scales, default all) to ``out_path``; with
-    ``fit_steps > 0`` the ids are fitted to the mesh first (:mod:`tokenizers3d.vat_fit`; same decoder and
-    format, closer shapes, about 0.13 s a step on one core)."""
+    ``fit_steps > 0`` (``None``: :data:`DEFAULT_FIT_STEPS`) the ids are fitted to the mesh first
+    (:mod:`tokenizers3d.vat_fit`; same decoder and format, closer shapes, about 0.13 s a step on one core)."""
     import torch
 
     from .io import check_output_path, load_mesh, refuse_overwrite
@@ -101,6 +102,7 @@ def compress_file(mesh_path: str | Path, out_path: str | Path, *, checkpoint: st
     kept = len(q.scales) if scales is None else int(scales)
     if not 1 <= kept <= len(q.scales):
         raise ConfigError(f"--scales must be between 1 and {len(q.scales)}, got {scales}")
+    fit_steps = DEFAULT_FIT_STEPS if fit_steps is None else int(fit_steps)
     if fit_steps < 0:
         raise ConfigError(f"--fit-steps must be 0 or more, got {fit_steps}")
     mesh = load_mesh(mesh_path, max_faces=max_faces)
