@@ -372,7 +372,7 @@ class Trainer:
                     elapsed = time.time() - t0
                     self._log({"step": self.step, "lr": f"{lr:.3e}", "loss": f"{sum(losses) / len(losses):.4f}",
                                "tokens_per_s": f"{tokens_seen * self.dist.world_size / elapsed:.1f}",
-                               "val_loss": f"{val['all']:.4f}", "elapsed_s": f"{elapsed0 + elapsed:.1f}",
+                               "val_loss": f"{val['all']:.4f}", "elapsed_s": f"{elapsed0 + elapsed:.3f}",
                                "val_new_vertex_loss": f"{val['new_vertex']:.4f}",
                                "val_first_vertex_loss": f"{val['first_vertex']:.4f}",
                                "val_repeat_vertex_loss": f"{val['repeat_vertex']:.4f}"})

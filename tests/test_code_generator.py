@@ -251,10 +251,10 @@ def test_training_on_shards_of_codes_and_refusing_another_vocabulary(tmp_path, v
 def test_time_budget_ends_a_run_like_its_last_step(tmp_path):
     from meshgen.train import train
 
-    res = train(_train_cfg(tmp_path, None, steps=50, max_minutes=1e-4), progress=False)
+    res = train(_train_cfg(tmp_path, None, steps=50, max_minutes=1e-9), progress=False)
     assert res["step"] == 1  # the first step already used the budget: validated, saved, stopped
     assert (tmp_path / "run" / "last" / "trainer_state.pt").exists() and (tmp_path / "run" / "best").exists()
-    again = train(_train_cfg(tmp_path, None, steps=50, max_minutes=1e-4), progress=False)
+    again = train(_train_cfg(tmp_path, None, steps=50, max_minutes=1e-9), progress=False)
     assert again["step"] == 1  # resumed past its budget: nothing more
 
 
