@@ -67,7 +67,7 @@ from meshgen.refine import RefineConfig
 from meshgen.sampling import EDGE_RULE_ROWS, check_edges_once
 from tokenizers3d.checkpoint import model_digest
 from tokenizers3d.errors import MeshInputError
-from tokenizers3d.io import atomic_write_text, load_mesh
+from tokenizers3d.io import atomic_write_text, load_mesh, save_mesh
 from tokenizers3d.mesh import Normalization
 from tokenizers3d.metrics import evaluate_mesh
 from tokenizers3d.sample import sample_surface
@@ -261,8 +261,9 @@ def _cd(metrics: dict | None) -> str:
 
 
 def evaluate_items(model, items: list[Item], *, n_points: int, seed: int, temperature: float, log,
-                   baselines: bool = True, gen_kwargs: dict | None = None) -> dict:
-    """Score the model and the baselines on ``items``; returns ``summary``, ``families``, ``tracking``, ``items``."""
+                   baselines: bool = True, gen_kwargs: dict | None = None, save_dir: Path | None = None) -> dict:
+    """Score the model and the baselines on ``items``; returns ``summary``, ``families``, ``tracking``, ``items``.
+    With ``save_dir`` each item's model output is written there as ``<index>.obj`` (its row records the file)."""
     per_item = []
     for item in items:
         ref = load_mesh(item.path)
@@ -292,6 +293,11 @@ def evaluate_items(model, items: list[Item], *, n_points: int, seed: int, temper
         row["extents"] = {"input": unit_extents(cloud.points, norm),
                           "model": None if gen.mesh is None else unit_extents(gen.mesh.vertices, norm)}
         row["model_key"] = None if gen.mesh is None else mesh_key(gen.mesh, norm)
+        if save_dir is not None and gen.mesh is not None:
+            out = Path(save_dir) / f"{len(per_item):03d}.obj"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            save_mesh(out, gen.mesh)
+            row["saved"] = str(out)
         row["ref_key"] = mesh_key(ref, Normalization.fit(ref.vertices))  # a catalog can hold one shape twice
         per_item.append(row)
         log(f"{item.id} ({item.group}): ref {n_ref} faces | model "
@@ -512,6 +518,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--invalid-rate", type=int, default=8,
                    help="inputs on which to compare sampling with and without constraints (0: skip)")
     p.add_argument("--out", default=None, help="write the JSON here too")
+    p.add_argument("--save-meshes", type=Path, default=None, metavar="DIR",
+                   help="write each model output to DIR/<split>/<index>.obj (for later analysis)")
     p.add_argument("--markdown", action="store_true", help="print the markdown tables on stderr")
     p.add_argument("--markdown-out", default=None, help="write the markdown tables to this file")
     p.add_argument("--add-floor", type=Path, default=None, metavar="JSON",
@@ -564,7 +572,9 @@ def main(argv: list[str] | None = None) -> int:
         if items:
             results["splits"][split] = evaluate_items(model, items, n_points=args.n_points, seed=args.seed,
                                                       temperature=args.temperature, log=log,
-                                                      baselines=not args.skip_baselines, gen_kwargs=gen_kwargs)
+                                                      baselines=not args.skip_baselines, gen_kwargs=gen_kwargs,
+                                                      save_dir=None if args.save_meshes is None
+                                                      else args.save_meshes / split)
     if not results["splits"]:
         print(f"error: no held-out mesh found under {args.procedural} or {args.real} (with these filters)",
               file=sys.stderr)

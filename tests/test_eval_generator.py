@@ -88,6 +88,14 @@ def test_hull_is_decimated_to_the_face_budget(budget):
     assert 0.5 < r.min() and r.max() < 2.0
 
 
+def test_poisson_baseline_is_the_same_mesh_every_run():
+    """Open3D's parallel Poisson gave a different mesh per run; the baseline runs it on one thread."""
+    cloud = sample_surface(trimesh.creation.cone(radius=0.5, height=1.0, sections=12), 1024, seed=0)
+    a, b = E.poisson_baseline(cloud, 40), E.poisson_baseline(cloud, 40)
+    assert a is not None and len(a.faces) > 0
+    assert np.array_equal(a.vertices, b.vertices) and np.array_equal(a.faces, b.faces)
+
+
 def test_hull_of_collinear_points_is_none():
     assert E.hull_baseline(np.outer(np.linspace(0, 1, 20), [1.0, 2.0, 3.0]), 12) is None
 
@@ -231,8 +239,11 @@ def test_evaluate_items_with_a_stub_generator(tmp_path, monkeypatch):
     monkeypatch.setattr(E, "evaluate_mesh", lambda pred, ref, *, seed: evaluate_mesh(pred, ref, seed=seed,
                                                                                      n_samples=1000))
     res = E.evaluate_items(None, items, n_points=256, seed=0, temperature=0.5, log=lambda m: None,
-                           baselines=False, gen_kwargs={"cfg_scale": 2.0})
+                           baselines=False, gen_kwargs={"cfg_scale": 2.0}, save_dir=tmp_path / "out")
     assert calls == [{"cfg_scale": 2.0}] * 3
+    for i, row in enumerate(res["items"]):  # --save-meshes: each output as it was scored
+        saved = trimesh.load(row["saved"], process=False)
+        assert Path(row["saved"]).name == f"{i:03d}.obj" and len(saved.faces) == 12
     assert list(res["summary"]) == ["model", "bbox"]
     assert res["tracking"]["distinct_outputs"] == 1 and res["tracking"]["distinct_references"] == 2  # two boxes: one shape scaled
     assert res["tracking"]["model_extents_std"]["x"] == pytest.approx(0.0, abs=1e-9)
