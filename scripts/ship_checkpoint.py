@@ -91,6 +91,8 @@ def _eval_command(res: dict, checkpoint: str) -> str:
         flags.append(f"--open-edge-weight {gen['open_edge_weight']:g}")
     if gen.get("edges_once"):
         flags.append(f"--edges-once {gen['edges_once']}")
+    if "fill_budget" in gen:  # absent from evaluations made before the fill default
+        flags.append("--fill" if gen["fill_budget"] else "--no-fill")
     return (f"python scripts/eval_generator.py --checkpoint {checkpoint} --n {res['n']} --max-faces {res['max_faces']} "
             f"--temperature {res['temperature']} {' '.join(flags)} --out runs/eval.json --markdown").replace("  ", " ")
 

@@ -407,6 +407,11 @@ def test_ship_checkpoint_merges_per_split_evaluations():
     assert S._family_text({}) == "15 families"
     assert S._family_text({"families": ["box", "cone", "pebble", "pebble"]}) == \
         "3 families drawn from a list of 4 (`pebble` x2)"
+    gen = {"cfg_scale": 2.0, "samples": 8, "open_edge_weight": 0.5, "edges_once": "guided"}
+    command = S._eval_command({**head, "generation": {**gen, "fill_budget": False}}, "CKPT")
+    assert "--checkpoint CKPT --n 24 --max-faces 200" in command and command.endswith("--no-fill --out runs/eval.json --markdown")
+    assert "--fill --out" in S._eval_command({**head, "generation": {**gen, "fill_budget": True}}, "CKPT")
+    assert "fill" not in S._eval_command({**head, "generation": gen}, "CKPT")  # made before the fill default
 
 
 def test_ship_checkpoint_refuses_an_evaluation_of_other_weights(tmp_path, tiny_checkpoint):
