@@ -153,14 +153,18 @@ def compress(mesh: Path = typer.Argument(..., help="Mesh file (closed surfaces w
              fit_steps: int = typer.Option(None, "--fit-steps", help="Fit the ids to this mesh through the decoder "
                                                                      "in this many steps (default: tokenizers3d."
                                                                      "compress.DEFAULT_FIT_STEPS, 150, about 20-35 s; "
-                                                                     "0: the encoder's ids, fast).")):
+                                                                     "0: the encoder's ids, fast)."),
+             level: str = typer.Option("auto", "--level", help="Surface level of the decoded occupancy, stored in "
+                                                               "the file: 'auto' picks the one closest to this mesh "
+                                                               "(about 2 s); a number in (0, 1) fixes it (0.5: the "
+                                                               "decoder's default).")):
     """Compress a shape into VAT tokens (lossy: a closed surface near the input; docs/tokenizers.md)."""
     from tokenizers3d.compress import compress_file
 
     res = compress_file(mesh, out, checkpoint=checkpoint, scales=scales, seed=seed, max_faces=max_faces,
-                        fit_steps=fit_steps)
+                        fit_steps=fit_steps, level=level)
     info = {"out": str(res.out), "bytes": res.file_bytes, "payload_bytes": res.payload_bytes, "tokens": res.tokens,
-            "scales": res.scales}
+            "scales": res.scales, "level": round(res.level, 4)}
     if res.fit is not None:
         info["fit"] = {"skipped": res.fit["skipped"], "seconds": round(res.fit["seconds"], 1),
                        "best_step": res.fit["best_step"]}

@@ -104,9 +104,12 @@ def draco_baseline(unit, budget: int, bits_options, *, seed: int = 0) -> dict:
 
 
 # ---- VAT ---------------------------------------------------------------------------------------------
-def vat_rows(model, unit, *, n_points: int, resolution: int, seed: int = 0, fit=None) -> list[dict]:
+def vat_rows(model, unit, *, n_points: int, resolution: int, seed: int = 0, fit=None, level="0.5") -> list[dict]:
     """One row per number of scales kept: bytes and scores of the decoded mesh (zeros when it is empty); ``fit``
-    (a :class:`~tokenizers3d.vat_fit.FitSettings`) fits the ids to the mesh first, as ``meshgen compress --fit``."""
+    (a :class:`~tokenizers3d.vat_fit.FitSettings`) fits the ids to the mesh first, as ``meshgen compress --fit``;
+    ``level`` ``"auto"`` picks each prefix's surface level as ``meshgen compress --scales K`` does
+    (:func:`tokenizers3d.vat_fit.choose_level`, at the evaluation's resolution; its samples are not the scoring
+    ones), a number fixes it."""
     import torch
     import trimesh
 
@@ -127,8 +130,16 @@ def vat_rows(model, unit, *, n_points: int, resolution: int, seed: int = 0, fit=
         codes = model.encode(t(cloud.points), t(cloud.normals))
     with torch.no_grad():
         for k in range(1, len(codes) + 1):
-            v, f = grid_to_mesh(model.occupancy_grid(model.decode_ids(codes, scales=k), resolution))
-            row = {"scales": k, "tokens": int(sum(c.shape[-1] for c in codes[:k])), "bytes": model.config.bytes_for(k)}
+            grid = model.occupancy_grid(model.decode_ids(codes, scales=k), resolution)
+            if level == "auto":
+                from tokenizers3d.vat_fit import choose_level
+
+                chosen, _ = choose_level(grid, np.asarray(unit.vertices), np.asarray(unit.faces))
+            else:
+                chosen = float(level)
+            v, f = grid_to_mesh(grid, level=chosen)
+            row = {"scales": k, "tokens": int(sum(c.shape[-1] for c in codes[:k])), "bytes": model.config.bytes_for(k),
+                   "level": chosen}
             if len(f):
                 m = evaluate_mesh(trimesh.Trimesh(v, f, process=False), unit, n_samples=5000, seed=seed)
                 row.update({"valid": True, **{name: float(getattr(m, name)) for name in METRICS}})
@@ -140,7 +151,7 @@ def vat_rows(model, unit, *, n_points: int, resolution: int, seed: int = 0, fit=
 
 
 def evaluate(model, paths: list[Path], *, n_points: int, resolution: int, draco: tuple[int, ...] | None,
-             log=print, fit=None) -> dict:
+             log=print, fit=None, level="0.5") -> dict:
     """Per mesh: VAT rows per scale count, Draco rows at the same byte budgets, input sizes."""
     import trimesh
 
@@ -155,7 +166,7 @@ def evaluate(model, paths: list[Path], *, n_points: int, resolution: int, draco:
         obj = mesh.export(file_type="obj")
         item = {"path": str(path), "faces": int(len(unit.faces)),
                 "obj_bytes": len(obj.encode() if isinstance(obj, str) else obj),
-                "vat": vat_rows(model, unit, n_points=n_points, resolution=resolution, fit=fit)}
+                "vat": vat_rows(model, unit, n_points=n_points, resolution=resolution, fit=fit, level=level)}
         if draco:
             item["draco_lossless_bytes"] = len(draco_bytes(unit.vertices, unit.faces, 0))
             item["draco"] = [draco_baseline(unit, r["bytes"], draco) for r in item["vat"]]
@@ -279,11 +290,21 @@ def main(argv=None) -> int:
     ap.add_argument("--fit-steps", type=int, default=0,
                     help="fit the ids to each mesh first (meshgen compress --fit; 0: the encoder's ids)")
     ap.add_argument("--fit-lr", type=float, default=None, help="learning rate of the fit (default: FitSettings')")
+    ap.add_argument("--level", default="0.5",
+                    help="surface level: 'auto' picks it per mesh and prefix as `meshgen compress` does (its "
+                         "default); a number fixes it (default 0.5, the decoder's own)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
     ap.add_argument("--markdown-out", default=None)
     ap.add_argument("--plot", default=None)
     args = ap.parse_args(argv)
+    if args.level != "auto":
+        try:
+            ok = 0.0 < float(args.level) < 1.0
+        except ValueError:
+            ok = False
+        if not ok:
+            ap.error(f"--level must be 'auto' or a number between 0 and 1, got {args.level!r}")
     import torch
 
     torch.set_num_threads(args.threads)
@@ -317,7 +338,7 @@ def main(argv=None) -> int:
     for name, paths in splits.items():
         if paths:
             results[name] = evaluate(model, paths, n_points=args.points, resolution=args.resolution,
-                                     draco=tuple(args.draco_bits) or None, fit=fit)
+                                     draco=tuple(args.draco_bits) or None, fit=fit, level=args.level)
     md = "\n".join(markdown(name, res) for name, res in results.items())
     print(md)
     out = {"checkpoint": args.checkpoint, "digest": digest, "settings": vars(args), "splits": results}

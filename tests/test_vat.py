@@ -372,6 +372,53 @@ def test_vat_file_round_trip_and_damage(tmp_path, tiny_vat):
         read_vat(tmp_path / "s.vat", scales=(1, 2))
 
 
+def test_vat_file_stores_the_surface_level(tmp_path):
+    """The level lives in the two header bytes that were reserved: 0.5 writes them as 0 (byte for byte the old
+    format), any other level to 1 / 65535; a stored level of 1 is refused, a VatFile outside (0, 1) too."""
+    import struct
+    import zlib
+
+    from tokenizers3d.errors import MeshInputError
+    from tokenizers3d.mesh import Normalization
+    from tokenizers3d.vatfile import VatFile, encode_vat, read_vat
+
+    norm = Normalization(center=(1.0, 2.0, 3.0), scale=4.0)
+    base = dict(ids=np.arange(5), bits=4, model_scales=2, scales_kept=2, digest="00" * 8, normalization=norm)
+    half = encode_vat(VatFile(**base))
+    assert half[36:38] == b"\x00\x00" and encode_vat(VatFile(**base, level=0.5)) == half
+    for level in (0.2, 0.35, 0.8):
+        (tmp_path / "l.vat").write_bytes(encode_vat(VatFile(**base, level=level)))
+        f = read_vat(tmp_path / "l.vat")
+        assert f.level == pytest.approx(level, abs=1 / 65535) and f.level != 0.5
+    (tmp_path / "h.vat").write_bytes(half)
+    assert read_vat(tmp_path / "h.vat").level == 0.5
+    body = half[:36] + struct.pack("<H", 65535) + half[38:-4]
+    (tmp_path / "one.vat").write_bytes(body + struct.pack("<I", zlib.crc32(body)))
+    with pytest.raises(MeshInputError, match="one.vat.*level"):
+        read_vat(tmp_path / "one.vat")
+    for bad in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match="level"):
+            VatFile(**base, level=bad)
+
+
+def test_choose_level_finds_the_level_of_the_mesh():
+    """A field that falls off linearly with the radius (0.5 at r = 0.3, 4 per unit): a sphere of radius 0.35 is
+    its 0.3 level and one of radius 0.3 its 0.5 level; the chooser finds each among its candidates."""
+    from tokenizers3d.vat import BOX
+    from tokenizers3d.vat_fit import LEVELS, choose_level
+
+    axis = np.linspace(-BOX, BOX, 48)
+    r = np.linalg.norm(np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1), axis=-1)
+    grid = np.clip(0.5 - 4.0 * (r - 0.3), 0.0, 1.0)
+    for radius, want in ((0.35, 0.3), (0.3, 0.5)):
+        sphere = trimesh.creation.icosphere(subdivisions=3, radius=radius)
+        level, scores = choose_level(grid, sphere.vertices, sphere.faces, n_samples=2048)
+        assert level == pytest.approx(want) and set(scores) == set(LEVELS)
+        assert scores[level] < scores[0.8] and np.isfinite(scores[level])
+    empty, scores = choose_level(np.zeros((16, 16, 16)), sphere.vertices, sphere.faces, n_samples=256)
+    assert empty == 0.5 and all(v == float("inf") for v in scores.values())
+
+
 def test_compress_and_decompress_commands(tmp_path, tiny_vat):
     import subprocess
     import sys
@@ -401,10 +448,16 @@ def test_compress_and_decompress_commands(tmp_path, tiny_vat):
     assert missing.returncode == 2 and "no-such-run" in missing.stderr and "does not exist" in missing.stderr
     bad_scales = cli("compress", box, "-o", tmp_path / "s.vat", "--checkpoint", tiny_vat, "--scales", "9")
     assert bad_scales.returncode == 2 and "--scales" in bad_scales.stderr
+    bad_level = cli("compress", box, "-o", tmp_path / "l.vat", "--checkpoint", tiny_vat, "--level", "1.5")
+    assert bad_level.returncode == 2 and "--level" in bad_level.stderr and not (tmp_path / "l.vat").exists()
+    fixed = cli("compress", box, "-o", tmp_path / "f5.vat", "--checkpoint", tiny_vat, "--level", "0.5",
+                "--fit-steps", "0")
+    assert fixed.returncode == 0 and json.loads(fixed.stdout)["level"] == 0.5
+    assert (tmp_path / "f5.vat").read_bytes()[36:38] == bytes(2)
     (tmp_path / "junk.vat").write_bytes(b"not a vat file at all, really not")
     junk = cli("decompress", tmp_path / "junk.vat", "-o", tmp_path / "j.obj", "--checkpoint", tiny_vat)
     assert junk.returncode == 2 and len(junk.stderr.strip().splitlines()) == 1 and "junk.vat" in junk.stderr
-    for proc in (wrong, foreign, missing, bad_scales, junk):
+    for proc in (wrong, foreign, missing, bad_scales, bad_level, junk):
         assert "Traceback" not in proc.stderr
 
 

@@ -25,6 +25,7 @@ from .vatfile import VatFile, read_vat, write_vat
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "checkpoints" / "vat"
 DEFAULT_POINTS = 2048
 DEFAULT_FIT_STEPS = 150  # encode-time fitting (tokenizers3d.vat_fit): docs/tokenizers.md, "Encode-time fitting"
+AUTO_LEVEL = "auto"  # the encoder picks the surface level per shape: docs/tokenizers.md, "The surface level"
 
 
 def load_vat_model(checkpoint: str | Path | None = None, *, device: str = "cpu"):
@@ -82,14 +83,19 @@ class CompressResult:
     tokens: int
     scales: int
     fit: dict | None = None  # what the encode-time fit did (FitReport's fields), when it ran
+    level: float = 0.5  # the surface level written into the file
 
 
 def compress_file(mesh_path: str | Path, out_path: str | Path, *, checkpoint: str | Path | None = None,
                   scales: int | None = None, n_points: int = DEFAULT_POINTS, seed: int = 0, max_faces: int | None = None,
-                  device: str = "cpu", fit_steps: int | None = None) -> CompressResult:
+                  device: str = "cpu", fit_steps: int | None = None,
+                  level: float | str = AUTO_LEVEL) -> CompressResult:
     """Write the VAT ids of ``mesh_path`` (its first ``scales`` scales, default all) to ``out_path``; with
     ``fit_steps > 0`` (``None``: :data:`DEFAULT_FIT_STEPS`) the ids are fitted to the mesh first
-    (:mod:`tokenizers3d.vat_fit`; same decoder and format, closer shapes, about 0.13 s a step on one core)."""
+    (:mod:`tokenizers3d.vat_fit`; same decoder and format, closer shapes, about 0.13 s a step on one core).
+    ``level``: the occupancy level the file is decoded at -- :data:`AUTO_LEVEL` (default) picks the one whose
+    surface lies closest to the mesh (:func:`tokenizers3d.vat_fit.choose_level`, about 2 s), a number in (0, 1)
+    fixes it (0.5: the decoder's own, as files were before the level was stored)."""
     import torch
 
     from .io import check_output_path, load_mesh, refuse_overwrite
@@ -102,6 +108,13 @@ def compress_file(mesh_path: str | Path, out_path: str | Path, *, checkpoint: st
     kept = len(q.scales) if scales is None else int(scales)
     if not 1 <= kept <= len(q.scales):
         raise ConfigError(f"--scales must be between 1 and {len(q.scales)}, got {scales}")
+    if level != AUTO_LEVEL:
+        try:
+            level = float(level)
+        except (TypeError, ValueError):
+            raise ConfigError(f"--level must be 'auto' or a number between 0 and 1, got {level!r}") from None
+        if not 0.0 < level < 1.0:
+            raise ConfigError(f"--level must be 'auto' or a number between 0 and 1, got {level}")
     fit_steps = DEFAULT_FIT_STEPS if fit_steps is None else int(fit_steps)
     if fit_steps < 0:
         raise ConfigError(f"--fit-steps must be 0 or more, got {fit_steps}")
@@ -118,9 +131,16 @@ def compress_file(mesh_path: str | Path, out_path: str | Path, *, checkpoint: st
     else:
         codes, norm = encode_mesh(model, mesh, n_points=n_points, seed=seed, device=device)
     ids = torch.cat(codes[:kept], dim=-1)[0].cpu().numpy()
-    f = VatFile(ids, model.config.bits_per_token, len(q.scales), kept, digest, norm)
+    if level == AUTO_LEVEL:
+        from .vat_fit import LEVEL_RESOLUTION, choose_level
+
+        with torch.no_grad():
+            grid = model.occupancy_grid(model.decode_ids(codes, scales=kept), LEVEL_RESOLUTION)
+        unit = norm.apply(np.asarray(mesh.vertices, dtype=np.float64))
+        level, _ = choose_level(grid, unit, np.asarray(mesh.faces))
+    f = VatFile(ids, model.config.bits_per_token, len(q.scales), kept, digest, norm, level)
     size = write_vat(out_path, f)
-    return CompressResult(out_path, size, f.payload_bytes, len(ids), kept, report)
+    return CompressResult(out_path, size, f.payload_bytes, len(ids), kept, report, level)
 
 
 def decompress_file(vat_path: str | Path, out_path: str | Path, *, checkpoint: str | Path | None = None,
@@ -147,7 +167,7 @@ def decompress_file(vat_path: str | Path, out_path: str | Path, *, checkpoint: s
     ids = torch.as_tensor(f.ids, device=device)[None]
     with torch.no_grad():
         planes = model.decode_ids(model.quantizer.split(ids), scales=f.scales_kept)
-        vertices, faces = grid_to_mesh(model.occupancy_grid(planes, int(resolution)))
+        vertices, faces = grid_to_mesh(model.occupancy_grid(planes, int(resolution)), level=f.level)
     if len(faces) == 0:
         raise MeshInputError(vat_path, "decodes to an empty shape (no surface in the occupancy field)")
     import trimesh

@@ -13,12 +13,14 @@ Layout (little-endian), 38 bytes of header, the packed ids, a 4-byte CRC-32::
     16      12    centre of the shape's bounding box (3 x float32, the user's frame)
     28      4     longest side of the bounding box (float32); the decoded mesh is put back with them
     32      4     number of ids (uint32) = tokens of the kept scales
-    36      2     reserved (0)
+    36      2     surface level of the occupancy field, x 65535 (uint16; 0, as in files written before
+                  2026-12-01, means 0.5): chosen by the encoder for this shape (tokenizers3d.vat_fit.choose_level)
     38      n     the ids in next-scale order, ``bits`` bits each, least significant bit first, zero-padded to a byte
     38 + n  4     CRC-32 of everything before it
 
 The payload ``n = ceil(ids x bits / 8)`` bytes is the compressed size of the shape (512 bytes for 341 ids of 12
-bits); the header and CRC add 42 bytes per file. Every problem reading a file -- too short, another magic or
+bits); the header and CRC add 42 bytes per file (the level took two bytes that were reserved, so the file's
+size did not change). Every problem reading a file -- too short, another magic or
 version, a CRC mismatch, a payload of the wrong length, ids that are not a whole number of scales -- is one
 :class:`~tokenizers3d.errors.MeshInputError` naming the file.
 """
@@ -41,6 +43,15 @@ VERSION = 1
 _HEADER = struct.Struct("<4sBBBB8s3ffIH")
 HEADER_BYTES = _HEADER.size  # 38
 CRC_BYTES = 4
+
+
+def level_code(level: float) -> int:
+    """The header's uint16 for a surface ``level`` in (0, 1): 0 for exactly 0.5 (the decoder's default, so such a
+    file is byte for byte what the format wrote before the field existed), else ``round(level x 65535)`` in
+    1 .. 65534."""
+    if float(level) == 0.5:
+        return 0
+    return min(65534, max(1, round(float(level) * 65535)))
 
 
 def pack_ids(ids: np.ndarray, bits: int) -> bytes:
@@ -68,6 +79,11 @@ class VatFile:
     scales_kept: int
     digest: str  # 16 hex digits
     normalization: Normalization
+    level: float = 0.5  # marching-cubes level of the decoded occupancy (stored to 1 / 65535)
+
+    def __post_init__(self):
+        if not 0.0 < float(self.level) < 1.0:
+            raise ValueError(f"the surface level must be strictly between 0 and 1, got {self.level}")
 
     @property
     def payload_bytes(self) -> int:
@@ -78,7 +94,8 @@ def encode_vat(f: VatFile) -> bytes:
     """The bytes of a ``.vat`` file."""
     c = f.normalization.center
     header = _HEADER.pack(MAGIC, VERSION, f.bits, f.model_scales, f.scales_kept, bytes.fromhex(f.digest)[:8],
-                          float(c[0]), float(c[1]), float(c[2]), float(f.normalization.scale), len(f.ids), 0)
+                          float(c[0]), float(c[1]), float(c[2]), float(f.normalization.scale), len(f.ids),
+                          level_code(f.level))
     body = header + pack_ids(f.ids, f.bits)
     return body + struct.pack("<I", zlib.crc32(body))
 
@@ -105,7 +122,7 @@ def read_vat(path: str | Path, *, scales: tuple[int, ...] | None = None) -> VatF
         raise MeshInputError(path, f"cannot read ({exc.strerror or exc})") from exc
     if len(data) < HEADER_BYTES + CRC_BYTES:
         raise MeshInputError(path, f"is not a .vat file ({len(data)} bytes, shorter than a header)")
-    magic, version, bits, model_scales, kept, digest, cx, cy, cz, scale, n, _ = _HEADER.unpack_from(data)
+    magic, version, bits, model_scales, kept, digest, cx, cy, cz, scale, n, code = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise MeshInputError(path, "is not a .vat file (wrong magic bytes)")
     if version != VERSION:
@@ -125,5 +142,8 @@ def read_vat(path: str | Path, *, scales: tuple[int, ...] | None = None) -> VatF
             raise MeshInputError(path, f"was made by a model of {model_scales} scales, this one has {len(scales)}")
         if n != sum(scales[:kept]):
             raise MeshInputError(path, f"holds {n} ids, the first {kept} scales have {sum(scales[:kept])}")
+    if code == 65535:
+        raise MeshInputError(path, "has a surface level of 1 (no surface can be extracted)")
     return VatFile(unpack_ids(payload, bits, n), int(bits), int(model_scales), int(kept), digest.hex(),
-                   Normalization(center=(float(cx), float(cy), float(cz)), scale=float(scale)))
+                   Normalization(center=(float(cx), float(cy), float(cz)), scale=float(scale)),
+                   0.5 if code == 0 else code / 65535)
