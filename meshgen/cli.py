@@ -156,7 +156,7 @@ def compress(mesh: Path = typer.Argument(..., help="Mesh file (closed surfaces w
                                                                      "0: the encoder's ids, fast)."),
              level: str = typer.Option("auto", "--level", help="Surface level of the decoded occupancy, stored in "
                                                                "the file: 'auto' picks the one closest to this mesh "
-                                                               "(about 2 s); a number in (0, 1) fixes it (0.5: the "
+                                                               "(one decoder pass over a 96^3 grid); a number in (0, 1) fixes it (0.5: the "
                                                                "decoder's default).")):
     """Compress a shape into VAT tokens (lossy: a closed surface near the input; docs/tokenizers.md)."""
     from tokenizers3d.compress import compress_file
