@@ -113,9 +113,11 @@ def vat_rows(model, unit, *, n_points: int, resolution: int, seed: int = 0, fit=
     import torch
     import trimesh
 
+    from tokenizers3d.compress import AUTO_LEVEL
     from tokenizers3d.metrics import evaluate_mesh
     from tokenizers3d.sample import sample_surface
     from tokenizers3d.vat import grid_to_mesh
+    from tokenizers3d.vat_fit import choose_level
 
     cloud = sample_surface(unit, n_points, seed=seed)
     t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)[None]  # noqa: E731
@@ -131,9 +133,7 @@ def vat_rows(model, unit, *, n_points: int, resolution: int, seed: int = 0, fit=
     with torch.no_grad():
         for k in range(1, len(codes) + 1):
             grid = model.occupancy_grid(model.decode_ids(codes, scales=k), resolution)
-            if level == "auto":
-                from tokenizers3d.vat_fit import choose_level
-
+            if level == AUTO_LEVEL:
                 chosen, _ = choose_level(grid, np.asarray(unit.vertices), np.asarray(unit.faces))
             else:
                 chosen = float(level)
@@ -298,13 +298,13 @@ def main(argv=None) -> int:
     ap.add_argument("--markdown-out", default=None)
     ap.add_argument("--plot", default=None)
     args = ap.parse_args(argv)
-    if args.level != "auto":
-        try:
-            ok = 0.0 < float(args.level) < 1.0
-        except ValueError:
-            ok = False
-        if not ok:
-            ap.error(f"--level must be 'auto' or a number between 0 and 1, got {args.level!r}")
+    from tokenizers3d.compress import parse_level
+    from tokenizers3d.errors import ConfigError
+
+    try:
+        args.level = parse_level(args.level)
+    except ConfigError as exc:
+        ap.error(str(exc))
     import torch
 
     torch.set_num_threads(args.threads)

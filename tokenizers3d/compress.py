@@ -75,6 +75,20 @@ def encode_mesh_fitted(model, mesh, settings, *, n_points: int = DEFAULT_POINTS,
     return codes, norm, report
 
 
+def parse_level(level: float | str) -> float | str:
+    """``level`` as :func:`compress_file` takes it: :data:`AUTO_LEVEL`, or a number strictly between 0 and 1 (a
+    string such as ``"0.3"`` is read); anything else raises :class:`ConfigError` naming ``--level``."""
+    if level == AUTO_LEVEL:
+        return AUTO_LEVEL
+    try:
+        value = float(level)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--level must be 'auto' or a number between 0 and 1, got {level!r}") from None
+    if not 0.0 < value < 1.0:
+        raise ConfigError(f"--level must be 'auto' or a number between 0 and 1, got {value}")
+    return value
+
+
 @dataclass
 class CompressResult:
     out: Path
@@ -109,13 +123,7 @@ def compress_file(mesh_path: str | Path, out_path: str | Path, *, checkpoint: st
     kept = len(q.scales) if scales is None else int(scales)
     if not 1 <= kept <= len(q.scales):
         raise ConfigError(f"--scales must be between 1 and {len(q.scales)}, got {scales}")
-    if level != AUTO_LEVEL:
-        try:
-            level = float(level)
-        except (TypeError, ValueError):
-            raise ConfigError(f"--level must be 'auto' or a number between 0 and 1, got {level!r}") from None
-        if not 0.0 < level < 1.0:
-            raise ConfigError(f"--level must be 'auto' or a number between 0 and 1, got {level}")
+    level = parse_level(level)
     fit_steps = DEFAULT_FIT_STEPS if fit_steps is None else int(fit_steps)
     if fit_steps < 0:
         raise ConfigError(f"--fit-steps must be 0 or more, got {fit_steps}")
