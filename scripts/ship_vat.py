@@ -5,6 +5,9 @@
     python scripts/ship_vat.py --run runs/vat_points --eval runs/eval_vat_points.json \\
         --config configs/vat_cpu_points.yaml
 
+``--eval`` takes several JSONs of the same weights (e.g. one process per split): their splits are merged and
+each one's command is printed in the card.
+
 The card (``README.md`` beside the weights) states the model, data, steps, wall time and machines (from the run's
 ``config.yaml``, ``log.csv`` and ``sessions.jsonl``), the validation IoU of the shipped step, the evaluation table
 (from the JSON of ``scripts/eval_vat.py``, which must be of these very weights: its ``digest`` is checked), whether
@@ -53,15 +56,34 @@ def eval_command(ev: dict) -> str:
              f"--real {s['real']}", f"--n {s['n']}", f"--max-faces {s['max_faces']}", f"--points {s['points']}",
              f"--resolution {s['resolution']}", f"--threads {s['threads']}"]
     parts.append("--draco-bits " + " ".join(map(str, s["draco_bits"])) if s["draco_bits"] else "--draco-bits")
+    parts += [f"--{k.replace('_', '-')} {s[k]}" for k in ("fit_steps", "level") if s.get(k) is not None]
     parts += [f"--{k.replace('_', '-')} {s[k]}" for k in ("out", "markdown_out", "plot") if s.get(k)]
     return " ".join(parts)
+
+
+def merge_evals(evs: list[dict], names: list[str]) -> dict:
+    """One evaluation of several JSONs of the same weights (one per split, say): the splits of all, the first
+    one's settings, every one's command (``commands``); a split measured twice or another digest is refused."""
+    merged = {**evs[0], "splits": {}, "commands": [eval_command(ev) for ev in evs]}
+    for ev, name in zip(evs, names, strict=True):
+        if ev.get("digest") != evs[0].get("digest"):
+            _fail(f"{name} evaluates weights {ev.get('digest')}, {names[0]} {evs[0].get('digest')}: not the same")
+        for split, res in ev["splits"].items():
+            if split in merged["splits"]:
+                _fail(f"{name}: split {split!r} is in two of the evaluation files")
+            merged["splits"][split] = res
+    return merged
 
 
 def eval_table(ev: dict) -> str:
     """Scales kept -> bytes, VAT and Draco per split, side by side."""
     splits = list(ev["splits"])
-    head = "| scales | bytes |" + "".join(f" {s} F@0.02 | {s} F@0.05 | {s} Chamfer | {s} Draco F@0.05 |" for s in splits)
-    lines = [head, "|" + "---|" * (2 + 4 * len(splits))]
+    draco_run = any("draco_fscore_005" in r for res in ev["splits"].values() for r in res["rows"])
+    cols = 4 if draco_run else 3
+    head = "| scales | bytes |" + "".join(f" {s} F@0.02 | {s} F@0.05 | {s} Chamfer |" + (f" {s} Draco F@0.05 |"
+                                                                                          if draco_run else "")
+                                          for s in splits)
+    lines = [head, "|" + "---|" * (2 + cols * len(splits))]
     first = ev["splits"][splits[0]]["rows"]
     for i, row in enumerate(first):
         cells = [str(row["scales"]), str(row["bytes"])]
@@ -69,8 +91,9 @@ def eval_table(ev: dict) -> str:
             r = ev["splits"][s]["rows"][i]
             draco = r.get("draco_fscore_005")
             fits = r.get("draco_fits", 0) > 0
-            cells += [f"{r['vat_fscore_002']:.3f}", f"{r['vat_fscore_005']:.3f}", f"{r['vat_chamfer']:.4f}",
-                      f"{draco:.3f}" if draco is not None and fits else "--"]
+            cells += [f"{r['vat_fscore_002']:.3f}", f"{r['vat_fscore_005']:.3f}", f"{r['vat_chamfer']:.4f}"]
+            if draco_run:
+                cells.append(f"{draco:.3f}" if draco is not None and fits else "--")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -121,6 +144,19 @@ def card(run: Path, which: str, ev: dict, recipe: str, size: int, n_params: int,
                        for split, res in ev["splits"].items())
     by_scales = " / ".join(f"{float(x):.2f}" for x in val.get("val_iou_by_scales", "").split())
     families = ", ".join(d["families"]) if d.get("families") else "the 15 default families"
+    grown = (f" grown by {m['query_blocks']} query block(s) (`model.query_blocks`: more reads of the decoded tokens)"
+             if m.get("query_blocks") else "")
+    frozen = ("\n- The encoder side (point embedding, queries, encoder, Gaussian head, codebook) was frozen"
+              " (`train.freeze_encoder`): only the decoder learned, so every shape keeps the ids the starting weights"
+              " gave it") if t.get("freeze_encoder") else ""
+    settings = ev["settings"]
+    decoding = (f"encoder's ids fitted to the mesh for {settings['fit_steps']} steps"
+                if settings.get("fit_steps") else "the encoder's ids") + (
+        ", surface level chosen per shape" if settings.get("level") == "auto" else
+        f", surface level {settings.get('level', '0.5')}")
+    draco_note = (", beside Draco compressing the quadric-decimated input into the same number of bytes (\"--\": no"
+                  " mesh fits)") if "Draco" in eval_table(ev) else " (Draco not run here)"
+    commands = "\n".join(f"`{c}`" for c in ev.get("commands", [eval_command(ev)]))
     warm = (f"\n- The run started from the weights then in `{t['init_from']}` (every tensor copied); their own training"
             " is not counted above (its recipe is named in that checkpoint's card of the time)") if t.get("init_from") else ""
     return f"""# vat
@@ -137,7 +173,7 @@ surface. It is the default checkpoint of `meshgen compress` / `meshgen decompres
 - Config (`config.json`): encoder `{m['encoder']}` (queries `{m['queries']}`), {m['enc_layers']} encoder and
   {m['dec_layers']} decoder layers of width {m['dim']}, Gaussian latent (KL weight {m['kl_weight']}), multi-scale
   residual quantization (code dim {q['dim']}, {'EMA' if q.get('ema') else 'learned'} codebook), decoder
-  `{m['decoder']}`.
+  `{m['decoder']}`{grown}.
 
 ## Data
 - Fresh procedural shapes of {families} made on the fly (stream seed {d['stream_seed']}),
@@ -149,15 +185,16 @@ surface. It is the default checkpoint of `meshgen compress` / `meshgen decompres
 ## Training
 - `python scripts/train_vat.py --config {recipe}` (resumable; AdamW lr {t['lr']}, warm-up {t['warmup_steps']}, cosine
   to {t['steps']:,} steps, batch {t['batch']}, tail drop {t['tail_drop']}), {last.get('step', '?')} steps in
-  {minutes:.0f} min of wall time over {sessions} session(s) on {RunFolder(run).machines()}.{warm}
+  {minutes:.0f} min of wall time over {sessions} session(s) on {RunFolder(run).machines()}.{warm}{frozen}
 - Validation occupancy IoU of the shipped weights ({which}, step {val.get('step', '?')}):
   {float(val.get('val_iou', 'nan')):.2f} with every scale ({by_scales} with 1-{len(q['scales'])} scales kept);
   {float(val.get('val_iou_continuous', 'nan')):.2f} from the continuous latent.
 
 ## Evaluation
-`{eval_command(ev)}`: the first {ev['settings']['n']} meshes of the procedural test split and of the real split,
-against the input mesh (distances in units of its longest side), beside Draco compressing the quadric-decimated
-input into the same number of bytes ("--": no mesh fits).
+{commands}
+
+The first {settings['n']} meshes of each split ({', '.join(ev['splits'])}), {decoding} (what `meshgen compress`
+does with these settings), against the input mesh (distances in units of its longest side){draco_note}.
 
 {eval_table(ev)}
 
@@ -173,8 +210,8 @@ Compression of the full sequence against the input files: {ratios}.
 ## Reproduce
 ```bash
 python scripts/train_vat.py --config {recipe}   # resumable: run again after a stop
-{eval_command(ev)}
-python scripts/ship_vat.py --run {run} --eval <that JSON> --config {recipe}
+{chr(10).join(ev.get("commands", [eval_command(ev)]))}
+python scripts/ship_vat.py --run {run} --eval <those JSONs> --config {recipe}
 ```
 """
 
@@ -183,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", default="runs/vat_points", help="run folder of scripts/train_vat.py")
     p.add_argument("--which", default="best", choices=["best", "last"])
-    p.add_argument("--eval", required=True, help="JSON of scripts/eval_vat.py --out, made with these weights")
+    p.add_argument("--eval", required=True, nargs="+",
+                   help="JSON(s) of scripts/eval_vat.py --out, made with these weights (several: splits merged)")
     p.add_argument("--config", default="configs/vat_cpu_points.yaml", help="the recipe, for the reproduce command")
     p.add_argument("--dest", default=str(DEFAULT_CHECKPOINT), help="where to ship (default: the bundled checkpoint)")
     p.add_argument("--no-demo", action="store_true", help="leave out the demo table's line (no decode at ship time)")
@@ -191,11 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     run, src = Path(args.run), Path(args.run) / args.which
     try:
         size = shippable_weights(src, MAX_BYTES)
-        ev = json.loads(Path(args.eval).read_text())
+        evs = [json.loads(Path(e).read_text()) for e in args.eval]
     except (MeshgenError, OSError, ValueError) as exc:
         _fail(str(exc))
+    ev = merge_evals(evs, args.eval)
     if ev.get("digest") != model_digest(src):
-        _fail(f"{args.eval} evaluates weights {ev.get('digest')}, not {src} ({model_digest(src)}); "
+        _fail(f"{args.eval[0]} evaluates weights {ev.get('digest')}, not {src} ({model_digest(src)}); "
               f"run scripts/eval_vat.py --checkpoint {src} first")
     if not (run / "config.yaml").is_file():
         _fail(f"{run}: no config.yaml (not a run folder of scripts/train_vat.py)")

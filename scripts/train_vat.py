@@ -9,7 +9,10 @@ permutations), normalizes them into the unit cube, samples ``n_points`` surface 
 on occupancy BCE + KL + commitment. Warm-up (``train``): the posterior's sampling noise ramps from 0 to 1 over
 ``noise_warmup_steps`` and the quantizer is bypassed before ``quantize_after`` (the decoder reads the continuous
 latent; the codebook is initialised from trained latents when quantization starts); ``tail_drop`` is the share of
-steps that also train the decoder on a random prefix of the scales (tail drop: cut files still decode). ``data.fixed_shapes: N``
+steps that also train the decoder on a random prefix of the scales (tail drop: cut files still decode). ``init_from`` starts a new run
+from a model directory's same-named, same-shaped weights (a model grown by ``model.query_blocks`` keeps what it
+knew: the new blocks start as the identity); ``freeze_encoder`` then trains the decoder only (encoder, queries and
+codebook fixed: every shape keeps its ids). ``data.fixed_shapes: N``
 trains on the stream's first ``N`` shapes only -- with ``augment: null`` and ``val_seed = stream_seed``,
 ``val_shapes = N`` an overfitting check that the latents of different shapes stay apart (docs/tokenizers.md). Every ``val_every`` steps ``val_shapes`` fixed shapes of ``val_seed`` are
 encoded (means, no sampling), quantized and decoded: occupancy IoU over their queries at all scales and at each
@@ -82,6 +85,7 @@ class TrainSection:
     quantize_after: int = 0  # before this step the decoder reads the continuous latent (quantizer bypassed)
     tail_drop: float = 0.0  # share of steps that also train the decoder on a random prefix of the scales
     init_from: str | None = None  # a new run starts from this VAT model directory (same-named, same-shaped weights)
+    freeze_encoder: bool = False  # train the decoder only: encoder, queries and codebook fixed (ids unchanged)
 
 
 @dataclass(frozen=True)
@@ -134,9 +138,20 @@ class VATTrainer:
         if tc.init_from and self.step == 0:  # a resumed run keeps its own weights
             copied = warm_start(self.model, tc.init_from)
             self.log(json.dumps({"init_from": tc.init_from, **copied}))
+        if tc.freeze_encoder:
+            for module in self.model.encoder_side():
+                module.requires_grad_(False)
+            self.model.queries.requires_grad_(False)
         d = cfg.data
         self.augment = AugmentConfig(**d.augment) if d.augment is not None else None
         self._val = None
+
+    def train_mode(self) -> None:
+        """Training mode, but a frozen encoder side stays in evaluation mode: its codebook takes no EMA update."""
+        self.model.train()
+        if self.cfg.train.freeze_encoder:
+            for module in self.model.encoder_side():
+                module.eval()
 
     def save(self, name: str) -> None:
         self.run.checkpoint(self.model, name, optimizer=self.opt, step=self.step, best=self.best)
@@ -178,7 +193,7 @@ class VATTrainer:
                 pred = self.model.occupancy_logits(self.model.decode_ids(codes, scales=k), batch["queries"]) > 0
                 inter[k - 1] += float((pred & truth).sum())
                 union[k - 1] += float((pred | truth).sum())
-        self.model.train()
+        self.train_mode()
         iou = inter / np.maximum(union, 1)
         spread = float(torch.cat(means).std(dim=0).mean() / torch.stack(stds).mean())
         return {"iou": float(iou[-2]), "iou_by_scales": [round(float(x), 4) for x in iou[:-1]],
@@ -192,7 +207,7 @@ class VATTrainer:
         elapsed0, t0, t_log = self.run.elapsed_before(), time.time(), time.time()
         rows, val = [], {"iou": float("nan"), "iou_by_scales": [], "iou_continuous": float("nan"),
                          "spread": float("nan"), "codes": 0}
-        self.model.train()
+        self.train_mode()
         while self.step < tc.steps:
             lr = lr_at(self.step, base=tc.lr, warmup=tc.warmup_steps, total=tc.steps, min_ratio=tc.min_lr_ratio)
             b = self.batch(self.step)

@@ -255,6 +255,58 @@ def test_occupancy_of_overlapping_pieces_is_their_union():
     assert np.array_equal(occ.astype(bool), inside)
 
 
+def test_query_blocks_grow_a_trained_decoder(tmp_path, one_thread):
+    """``query_blocks``: a cross-attention decoder grown by more reads of its tokens decodes exactly as before
+    (zero-initialised outputs) until training moves them; the new blocks get gradients; the triplane refuses them."""
+    from meshgen.train import warm_start
+
+    torch.manual_seed(0)
+    old = VATModel(replace(TINY, decoder="cross")).eval()
+    old.save_pretrained(tmp_path / "old")
+    grown = VATModel(replace(TINY, decoder="cross", query_blocks=2))
+    assert warm_start(grown, tmp_path / "old")["new"] == 2 * len(grown.query_blocks[0].state_dict())
+    grown.eval()
+    pts, nrm, queries, occ = _box_batch(np.random.default_rng(0))
+    codes = old.encode(pts, nrm)
+    with torch.no_grad():
+        torch.testing.assert_close(grown.occupancy_logits(grown.decode_ids(codes), queries),
+                                   old.occupancy_logits(old.decode_ids(codes), queries), rtol=0, atol=0)
+    grown.train()
+    grown(pts, nrm, queries, occ).loss.backward()
+    for block in grown.query_blocks:
+        assert block.attn.out_proj.weight.grad.abs().sum() > 0 and block.mlp[-1].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="query_blocks"):
+        VATConfig(query_blocks=1, decoder="triplane")
+
+
+def test_freeze_encoder_trains_the_decoder_only(tmp_path, one_thread):
+    """``train.freeze_encoder``: after training steps the encoder side (embedding, queries, encoder, Gaussian head,
+    codebook) is what ``init_from`` held -- every shape keeps its ids -- and the decoder has moved."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from train_vat import VATTrainer, load_run_config
+
+    torch.manual_seed(0)
+    VATModel(replace(TINY, decoder="cross")).eval().save_pretrained(tmp_path / "init")
+    cfg = tmp_path / "frozen.yaml"
+    cfg.write_text(f"""
+model: {{dim: 32, heads: 2, enc_layers: 1, dec_layers: 1, n_freqs: 4, mlp_hidden: 16, decoder: cross, query_blocks: 1,
+        quantizer: {{dim: 4, scales: [1, 2, 4, 8], codebook_size: 16}}}}
+data: {{max_faces: 300, n_points: 128, n_uniform: 128, n_near: 128, val_shapes: 2, fixed_shapes: 2}}
+train: {{batch: 2, steps: 3, val_every: 3, ckpt_every: 3, log_every: 3, threads: 1, lr: 1.0e-2,
+        init_from: {tmp_path / "init"}, freeze_encoder: true, out_dir: {tmp_path / "run"}}}
+""")
+    trainer = VATTrainer(load_run_config(cfg), log=lambda *_: None)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.fit()
+    after = trainer.model.state_dict()
+    encoder_side = ("point_in.", "queries", "encoder.", "read_points.", "read_norm.", "to_gauss.", "quantizer.")
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and not any(k.startswith(encoder_side) for k in moved), sorted(moved)
+    assert any(k.startswith("query_blocks.") for k in moved) and any(k.startswith("decoder.") for k in moved)
+
+
 def test_training_script_runs_resumes_and_refuses_bad_configs(tmp_path):
     import subprocess
     import sys
@@ -313,6 +365,21 @@ def _ship_the_run(tmp_path, root):
     assert "F@0.05 >= 0.95 (0.800 here: not met)" in card and "--draco-bits 8 --out runs/x.json" in card
     assert "shipped weights (best, step " in card and " with 1-3 scales kept" in card and "3 steps in" in card
     assert VATModel.from_pretrained(dest).config.plane_res == 8
+    # one JSON per split (as the evaluation is run, one process each): merged, each command printed
+    ev2 = {**ev, "settings": {**ev["settings"], "procedural": "/tmp/none", "fit_steps": 150, "level": "auto",
+                              "out": "runs/y.json"},
+           "splits": {"real": {"n": 2, "rows": [{k: v for k, v in r.items() if not k.startswith("draco")}
+                                                for r in rows], "compression_ratio": {"obj": 30.0}}}}
+    (tmp_path / "ev2.json").write_text(json.dumps(ev2))
+    done = subprocess.run([*ship[:5], str(tmp_path / "ev.json"), str(tmp_path / "ev2.json"), *ship[6:]],
+                          capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stderr
+    card = (dest / "README.md").read_text()
+    assert "| 3 | 4 | 0.200 | 0.800 | 0.0500 | 0.900 | 0.200 | 0.800 | 0.0500 | -- |" in card
+    assert "--fit-steps 150 --level auto --out runs/y.json" in card and "--out runs/x.json" in card
+    twice = subprocess.run([*ship[:5], str(tmp_path / "ev.json"), str(tmp_path / "ev.json"), *ship[6:]],
+                           capture_output=True, text=True, cwd=root)
+    assert twice.returncode == 2 and "in two of the evaluation files" in twice.stderr
     ev["digest"] = "0" * 16
     (tmp_path / "ev.json").write_text(json.dumps(ev))
     (dest / "README.md").write_text("kept")

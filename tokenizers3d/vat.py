@@ -80,6 +80,10 @@ class VATConfig:
         the triplane is spatially flat and the decoder can only predict the average occupancy: the configuration
         of ``configs/vat_cpu_perceiver.yaml`` predicted "outside" everywhere for 150 steps even with 8 fixed shapes
         and continuous latents (docs/tokenizers.md, "VAT").
+    query_blocks : int
+        ``decoder="cross"`` only: further reads of the decoded tokens by the query points after the first
+        (:class:`QueryBlock`: cross-attention and an MLP, pre-norm, residual). Their output projections start at
+        zero, so a trained model grown by them (``train.init_from``) computes exactly what it did until they learn.
     kl_weight, commit_weight : float
     """
 
@@ -97,6 +101,7 @@ class VATConfig:
     plane_pos: bool = True
     decoder: str = "triplane"
     queries: str = "learned"
+    query_blocks: int = 0
     kl_weight: float = 1e-4
     commit_weight: float = 1.0
 
@@ -107,6 +112,9 @@ class VATConfig:
             raise ValueError(f"decoder must be triplane or cross, got {self.decoder!r}")
         if self.queries not in ("learned", "points"):
             raise ValueError(f"queries must be learned or points, got {self.queries!r}")
+        if self.query_blocks < 0 or (self.query_blocks and self.decoder != "cross"):
+            raise ValueError(f"query_blocks must be 0 or more, and only with decoder='cross' (got {self.query_blocks}"
+                             f" with {self.decoder!r})")
         ratio = self.plane_res / self.plane_base
         if ratio < 1 or ratio != 2 ** round(math.log2(ratio)):
             raise ValueError(f"plane_res {self.plane_res} must be plane_base {self.plane_base} times a power of two")
@@ -174,6 +182,28 @@ def _encoder(dim: int, heads: int, layers: int) -> nn.TransformerEncoder:
     return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
 
+class QueryBlock(nn.Module):
+    """One more read of the decoded latent tokens by the query points of the cross-attention field: pre-norm
+    cross-attention, then a pre-norm MLP, each added to the query's features. Both output projections start at
+    zero: a block added to a trained decoder changes nothing until training moves them (the decoder grows
+    without losing what it knew)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.mlp_norm = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.SiLU(), nn.Linear(2 * dim, dim))
+        for layer in (self.attn.out_proj, self.mlp[-1]):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, h: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.attn_norm(h)
+        h = h + self.attn(x, tokens, tokens, need_weights=False)[0]
+        return h + self.mlp(self.mlp_norm(h))
+
+
 @dataclass
 class VATOutput:
     """What :meth:`VATModel.forward` returns (losses are scalars)."""
@@ -213,6 +243,7 @@ class VATModel(nn.Module, PretrainedMixin):
             self.query_attn = nn.MultiheadAttention(d, cfg.heads, batch_first=True)
             self.query_norm = nn.LayerNorm(d)
             self.query_mlp = nn.Sequential(nn.Linear(d, cfg.mlp_hidden), nn.SiLU(), nn.Linear(cfg.mlp_hidden, 1))
+            self.query_blocks = nn.ModuleList(QueryBlock(d, cfg.heads) for _ in range(cfg.query_blocks))
             return
         self.plane_queries = nn.Parameter(torch.randn(3 * cfg.plane_base ** 2, d) * 0.02)
         self.register_buffer("plane_pos", plane_embedding(cfg.plane_base, d) if cfg.plane_pos
@@ -227,6 +258,13 @@ class VATModel(nn.Module, PretrainedMixin):
         self.plane_up = nn.Sequential(*ups)
         self.mlp = nn.Sequential(nn.Linear(cfg.plane_channels, cfg.mlp_hidden), nn.SiLU(),
                                  nn.Linear(cfg.mlp_hidden, cfg.mlp_hidden), nn.SiLU(), nn.Linear(cfg.mlp_hidden, 1))
+
+    def encoder_side(self) -> list[nn.Module]:
+        """The modules that turn points into ids: the point embedding, queries, encoder, Gaussian head and the
+        quantizer with its codebook (what ``train.freeze_encoder`` holds fixed, so only the decoder learns and a
+        shape keeps its ids)."""
+        names = ("point_in", "encoder", "read_points", "read_norm", "to_gauss", "quantizer")
+        return [getattr(self, n) for n in names if hasattr(self, n)]
 
     # ---- encoder ----------------------------------------------------------------------------------------
     def encode_gaussian(self, points: torch.Tensor, normals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -293,6 +331,8 @@ class VATModel(nn.Module, PretrainedMixin):
         if self.config.decoder == "cross":
             q = self.query_in(fourier(queries, self.config.n_freqs))  # (B, M, D)
             h = self.query_norm(q + self.query_attn(q, planes, planes, need_weights=False)[0])
+            for block in self.query_blocks:
+                h = block(h, planes)
             return self.query_mlp(h).squeeze(-1)
         b, m, _ = queries.shape
         uv = (queries / BOX).clamp(-1.0, 1.0)
