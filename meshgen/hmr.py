@@ -162,30 +162,54 @@ class HMRModel(nn.Module, PretrainedMixin):
         tokens = [self.img_proj(f16.flatten(2).transpose(1, 2)) + self.img_pos]
         pose_ids = None
         if c.pose_tokens:
-            with torch.no_grad():
-                kp, conf = keypoints.detach(), visibility.detach().sigmoid()
-                if pose_keypoints is not None:
-                    rows = torch.ones(kp.shape[0], dtype=torch.bool) if pose_rows is None else pose_rows
-                    kp = torch.where(rows[:, None, None], pose_keypoints, kp)
-                    conf = torch.where(rows[:, None], pose_confidence, conf)
-                z = self.tokenizer.features(kp, conf)
-                b, m = z.shape[:2]
-                pose_ids = self.tokenizer.quantizer.nearest(z.reshape(b * m, -1), 0).reshape(b, m)
-                vectors = self.tokenizer.embed(pose_ids)
-            tokens.append(self.pose_proj(vectors) + self.pose_pos)
-        n_ctx = sum(t.shape[1] for t in tokens)
-        tokens.append(self.queries.expand(images.shape[0], -1, -1))
+            kp, conf = keypoints.detach(), visibility.detach().sigmoid()
+            if pose_keypoints is not None:
+                rows = torch.ones(kp.shape[0], dtype=torch.bool) if pose_rows is None else pose_rows
+                kp = torch.where(rows[:, None, None], pose_keypoints, kp)
+                conf = torch.where(rows[:, None], pose_confidence, conf)
+            pose, pose_ids = self._pose_tokens(kp, conf)
+            tokens.append(pose)
         mask = None
         if image_hidden is not None:
-            rest = torch.zeros(images.shape[0], n_ctx + self.queries.shape[0] - image_hidden.shape[1],
-                               dtype=torch.bool, device=images.device)
+            n_rest = sum(t.shape[1] for t in tokens) + self.queries.shape[0] - image_hidden.shape[1]
+            rest = torch.zeros(images.shape[0], n_rest, dtype=torch.bool, device=images.device)
             mask = torch.cat([image_hidden.to(device=images.device, dtype=torch.bool), rest], dim=1)
-        h = self.norm(self.transformer(torch.cat(tokens, dim=1), src_key_padding_mask=mask))[:, n_ctx:]
+        joints, vertices, camera = self._decode(tokens, mask)
+        return HMROutput(joints, vertices, camera, keypoints, visibility, pose_ids)
+
+    def lift(self, pose_keypoints: torch.Tensor, pose_confidence: torch.Tensor) -> HMROutput:
+        """The 3D body from a 2D pose alone: ``pose_keypoints`` (B, J, 2, crop frame) and ``pose_confidence``
+        (B, J) -> pose tokens -> the transformer with no image tokens at all -> joints, coarse vertices, camera.
+        The same as :meth:`forward` with every image token hidden and these keypoints as the tokens' input, without
+        the CNN: pose-only training (``scripts/train_hmr.py --pose-only-batch``) teaches the tokens -> 3D path on
+        poses that need no rendering. The returned ``keypoints`` are the input, ``visibility`` zeros."""
+        if not self.config.pose_tokens:
+            raise ValueError("the model without pose tokens has no 2D pose input to lift")
+        pose, pose_ids = self._pose_tokens(pose_keypoints, pose_confidence)
+        joints, vertices, camera = self._decode([pose], None)
+        return HMROutput(joints, vertices, camera, pose_keypoints, pose_confidence.new_zeros(pose_confidence.shape),
+                         pose_ids)
+
+    def _pose_tokens(self, keypoints: torch.Tensor, confidence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keypoints and confidences through the frozen tokenizer -> (pose tokens at the model width (B, M, D),
+        their ids (B, M))."""
+        with torch.no_grad():
+            z = self.tokenizer.features(keypoints.detach(), confidence.detach())
+            b, m = z.shape[:2]
+            pose_ids = self.tokenizer.quantizer.nearest(z.reshape(b * m, -1), 0).reshape(b, m)
+            vectors = self.tokenizer.embed(pose_ids)
+        return self.pose_proj(vectors) + self.pose_pos, pose_ids
+
+    def _decode(self, context: list[torch.Tensor], mask: torch.Tensor | None):
+        """Context tokens (image and / or pose, each (B, n, D)) + the learned queries -> transformer ->
+        (joints (B, J, 3), coarse vertices (B, Q, 3), camera (B, 3)); ``mask`` hides context keys."""
+        c = self.config
+        n_ctx = sum(t.shape[1] for t in context)
+        x = torch.cat([*context, self.queries.expand(context[0].shape[0], -1, -1)], dim=1)
+        h = self.norm(self.transformer(x, src_key_padding_mask=mask))[:, n_ctx:]
         cam = self.cam_head(h[:, 0])
         camera = torch.cat([F.softplus(cam[:, :1] + 0.5), cam[:, 1:]], dim=-1)
-        joints = self.joint_head(h[:, 1:1 + c.n_joints])
-        vertices = self.vert_head(h[:, 1 + c.n_joints:])
-        return HMROutput(joints, vertices, camera, keypoints, visibility, pose_ids)
+        return self.joint_head(h[:, 1:1 + c.n_joints]), self.vert_head(h[:, 1 + c.n_joints:]), camera
 
     def full_vertices(self, coarse: torch.Tensor) -> torch.Tensor:
         """Coarse vertices (B, Q, 3) -> full Anny vertices (B, V, 3) by the fixed upsampling map."""

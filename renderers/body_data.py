@@ -27,6 +27,11 @@ Labels, in the camera frame of OpenCV (``X`` right, ``Y`` down, ``Z`` forward; m
 ``camera`` (4,)
     ``f, cx, cy, size``: focal length and principal point in pixels, image side.
 
+The ``poses`` split holds labels without images (:meth:`BodyRenderer.pose_examples`: the same body, camera and
+projection, no rendering, so tens of thousands cost minutes): train seeds from :data:`POSE_SEED_OFFSET` on, far
+past any image's, for training the pose tokens -> 3D path of the model on poses alone; with no rendering there is
+no self-occlusion test, so every joint in the image has visibility 2.
+
 Datasets (:func:`write_body_dataset`, ``scripts/make_body_dataset.py``) are ``.npz`` shards of
 ``shard_size`` examples per split, each written to a temporary file and renamed, so a killed run resumes at
 the first missing shard and never leaves half a shard; ``index.json`` records the settings.
@@ -345,9 +350,15 @@ class BodyRenderer:
         """The posed body of ``seed`` in its camera's frame: full ``vertices`` (V, 3) and ``joints`` (17, 3)
         (OpenCV camera frame, metres), ``camera`` (f, cx, cy, size), and the rig (``eye``, ``R``, ``target``,
         world frame) that renders it."""
+        return self.frames([seed])[0]
+
+    def frames(self, seeds: Sequence[int]) -> list[dict]:
+        """:meth:`frame` of several seeds, the bodies posed in one batch (same values up to float rounding)."""
+        verts, joints = self.body.forward([sample_body(int(seed)) for seed in seeds])
+        return [self._place(int(seed), v, j) for seed, v, j in zip(seeds, verts, joints, strict=True)]
+
+    def _place(self, seed: int, verts: np.ndarray, joints: np.ndarray) -> dict:
         size = self.settings.image_size
-        verts, joints = self.body.forward([sample_body(seed)])
-        verts, joints = verts[0], joints[0]
         rng = np.random.default_rng([int(seed), 0xCA3])
         # look at the body's box centre (jittered) from elevation +-20 deg; the body fills 75-95 % of the frame
         lo, hi = verts.min(axis=0), verts.max(axis=0)
@@ -442,6 +453,23 @@ class BodyRenderer:
             "seed": np.int64(seed),
         }
 
+    def pose_examples(self, seeds: Sequence[int]) -> list[dict]:
+        """The labels of ``seeds`` without their images (the ``poses`` split; bodies posed in one batch):
+        ``keypoints`` (visibility 2 in the image, 0 outside: no rendering, no occlusion test), ``joints``,
+        ``vertices`` (coarse), ``camera``, ``seed`` -- :meth:`example`'s for the same seed (up to float rounding)
+        but the visibility of hidden joints."""
+        size = self.settings.image_size
+        out = []
+        for seed, fr in zip(seeds, self.frames(seeds), strict=True):
+            uv = project(fr["joints"], fr["camera"])
+            inside = (uv >= 0).all(axis=1) & (uv < size).all(axis=1)
+            vis = np.where(inside, 2, 0)
+            out.append({"keypoints": np.concatenate([uv, vis[:, None]], axis=1).astype(np.float32),
+                        "joints": fr["joints"].astype(np.float32),
+                        "vertices": fr["vertices"][self.topology.index].astype(np.float32),
+                        "camera": fr["camera"].astype(np.float32), "seed": np.int64(seed)})
+        return out
+
     def full_vertices(self, seeds: Sequence[int]) -> np.ndarray:
         """(B, V, 3) full-mesh vertices of the bodies of ``seeds``, pelvis-relative in their cameras' frames
         (the frame the model predicts in)."""
@@ -459,14 +487,19 @@ def root_relative(points: np.ndarray, joints: np.ndarray) -> np.ndarray:
 
 # ---- datasets -------------------------------------------------------------------------------------------
 ARRAYS = ("image", "keypoints", "joints", "vertices", "camera", "occlusion", "seed")
+POSE_ARRAYS = ("keypoints", "joints", "vertices", "camera", "seed")  # the ``poses`` split: no image
+POSE_SEED_OFFSET = 1_000_000  # the ``poses`` split's first seed past the train range's start
 
 
 def split_seed(split: str, i: int) -> int:
-    """Seed of example ``i`` of ``split`` (``test_occluded`` shares ``test``'s); ``ValueError`` past the split."""
-    base = {"test_occluded": "test"}.get(split, split)
+    """Seed of example ``i`` of ``split`` (``test_occluded`` shares ``test``'s; ``poses`` are train seeds from
+    :data:`POSE_SEED_OFFSET` on); ``ValueError`` past the split."""
+    base = {"test_occluded": "test", "poses": "train"}.get(split, split)
     if base not in SPLIT_SEEDS:
-        raise ValueError(f"unknown split {split!r}; choose from train, val, test, test_occluded")
+        raise ValueError(f"unknown split {split!r}; choose from train, val, test, test_occluded, poses")
     lo, hi = SPLIT_SEEDS[base]
+    if split == "poses":
+        lo += POSE_SEED_OFFSET
     if not 0 <= int(i) < hi - lo:
         raise ValueError(f"split {split!r} has {hi - lo} seeds; example {i} is past its end")
     return lo + int(i)
@@ -488,7 +521,8 @@ def write_body_dataset(out: str | Path, split: str, n: int, *, shard_size: int =
     """Write ``n`` examples of ``split`` as shards ``out/split/shard-KKKKK.npz`` (resumable).
 
     ``test`` has no occluders and ``test_occluded`` the same bodies and cameras with occluders on every
-    image; ``train`` and ``val`` draw them on ``settings.occluded_share`` of the images. A shard is kept when it
+    image; ``train`` and ``val`` draw them on ``settings.occluded_share`` of the images; ``poses`` has labels and
+    no images (:meth:`BodyRenderer.pose_examples`). A shard is kept when it
     holds exactly its seeds (so a run with a larger ``n`` completes a short last shard); the index lists the
     ``n`` examples' shards, which is what :func:`load_body_split` reads.
     """
@@ -519,11 +553,15 @@ def write_body_dataset(out: str | Path, split: str, n: int, *, shard_size: int =
     renderer = BodyRenderer(settings) if todo else None
     force = {"test": False, "test_occluded": True}.get(split)
     for k in todo:
-        rows = []
-        for seed in seeds[k]:
-            rows.append(renderer.example(seed, occluded=force))
-            bar.update(1)
-        arrays = {name: np.stack([r[name] for r in rows]) for name in ARRAYS}
+        if split == "poses":
+            rows = renderer.pose_examples(seeds[k])
+            bar.update(len(rows))
+        else:
+            rows = []
+            for seed in seeds[k]:
+                rows.append(renderer.example(seed, occluded=force))
+                bar.update(1)
+        arrays = {name: np.stack([r[name] for r in rows]) for name in (POSE_ARRAYS if split == "poses" else ARRAYS)}
         with atomic_path(folder / f"shard-{k:05d}.npz") as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, **arrays)
@@ -551,7 +589,7 @@ def load_body_split(root: str | Path, split: str) -> dict:
 
 
 __all__ = [
-    "COCO_KEYPOINTS", "FOV", "COARSE_VERTICES", "HUMAN_INSTALL", "BodyParams", "BodyModel", "BodyRenderer",
+    "COCO_KEYPOINTS", "FOV", "COARSE_VERTICES", "HUMAN_INSTALL", "POSE_SEED_OFFSET", "BodyParams", "BodyModel", "BodyRenderer",
     "BodyRenderSettings", "CoarseTopology", "coarse_topology", "farthest_points", "human_available", "load_body_split",
     "project", "root_relative", "sample_body", "split_seed", "to_opencv", "upsample", "write_body_dataset",
 ]

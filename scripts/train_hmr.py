@@ -11,6 +11,11 @@ error (mm) on its clean and its occluded images; ``OUT/best`` keeps the lowest m
 model without the pose tokens, same data and budget). ``--pose-teacher P`` feeds a share ``P`` of the training
 images' pose tokens the true keypoints instead of the head's (validation always uses the head's); ``--image-drop P``
 hides part of the image tokens of a share ``P`` of the training images from the transformer (modality dropout).
+``--pose-only-batch N`` adds to every step ``N`` labelled poses without images (the dataset's ``poses`` split,
+``make_body_dataset.py --poses``): their true 2D keypoints, jittered by ``--teacher-noise`` px, with the joints under
+a random box hidden on half of them, go through the pose tokens alone (:meth:`meshgen.hmr.HMRModel.lift`: no image
+tokens) to 3D, and their vertex, joint, reprojection, edge and normal losses, weighted by ``--pose-only-weight``,
+join the images' -- the tokens -> 3D path learns from poses that cost no rendering.
 
 Usage::
 
@@ -32,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from meshgen.hmr import HMRConfig, HMRModel, hmr_losses
+from meshgen.hmr import HMRConfig, HMRModel, LossWeights, hmr_losses
 from meshgen.train import lr_at, optimizer_step
 from tokenizers3d.checkpoint import RunFolder
 from tokenizers3d.errors import MeshgenError
@@ -40,29 +45,36 @@ from tokenizers3d.io import atomic_write_text
 from tokenizers3d.pose_tokens import PoseTokenizer, to_crop
 
 LOG_FIELDS = ["step", "lr", "loss", "vertices", "joints", "reprojection", "keypoints", "visibility", "edges",
-              "normals", "images_per_s", "val_pve", "val_mpjpe", "val_pve_occluded", "elapsed_s"]
+              "normals", "pose_only", "images_per_s", "val_pve", "val_mpjpe", "val_pve_occluded", "elapsed_s"]
+POSE_ONLY_WEIGHTS = LossWeights(keypoints=0.0, visibility=0.0)  # no image: no keypoint head to train
 
 
 class BodySplit:
-    """One split of a body dataset in memory, and its batches as tensors (pelvis-relative 3D targets)."""
+    """One split of a body dataset in memory, and its batches as tensors (pelvis-relative 3D targets); the
+    ``poses`` split has no images (its batches none)."""
 
     def __init__(self, root: Path, split: str, n_vertices: int):
         from renderers.body_data import load_body_split, root_relative
 
         d = load_body_split(root, split)
-        self.images = d["image"]
+        self.images = d.get("image")
         self.size = float(d["camera"][0, 3])
         self.joints = root_relative(d["joints"], d["joints"]).astype(np.float32)
         self.vertices = root_relative(d["vertices"][:, :n_vertices], d["joints"]).astype(np.float32)
         self.keypoints = to_crop(d["keypoints"][..., :2], self.size).astype(np.float32)
         self.vis = d["keypoints"][..., 2].astype(np.int64)
-        self.occluded = d["occlusion"] > 0
+        self.occluded = d["occlusion"] > 0 if "occlusion" in d else np.zeros(len(d["seed"]), dtype=bool)
         self.seeds = d["seed"]
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.seeds)
 
     def batch(self, idx: np.ndarray, rng: np.random.Generator | None = None) -> dict:
+        labels = {"joints": torch.from_numpy(self.joints[idx]), "vertices": torch.from_numpy(self.vertices[idx]),
+                  "keypoints": torch.from_numpy(self.keypoints[idx]), "inside": torch.from_numpy(self.vis[idx] > 0),
+                  "visible": torch.from_numpy(self.vis[idx] == 2)}
+        if self.images is None:
+            return labels
         img = torch.from_numpy(self.images[idx]).permute(0, 3, 1, 2).float() / 255.0
         if rng is not None:  # colour jitter
             b = len(idx)
@@ -73,9 +85,7 @@ class BodySplit:
             img = (img - mean) * contrast + mean + bright
             img = img * gain + torch.as_tensor(rng.normal(0, 0.02, img.shape), dtype=torch.float32)
             img = img.clamp(0, 1)
-        return {"images": img, "joints": torch.from_numpy(self.joints[idx]),
-                "vertices": torch.from_numpy(self.vertices[idx]), "keypoints": torch.from_numpy(self.keypoints[idx]),
-                "inside": torch.from_numpy(self.vis[idx] > 0), "visible": torch.from_numpy(self.vis[idx] == 2)}
+        return {"images": img, **labels}
 
 
 def install_topology(model: HMRModel, n_fit: int = 48) -> None:
@@ -108,7 +118,7 @@ def validate(model: HMRModel, data: BodySplit, batch: int = 64) -> dict:
     model.train()
     pve, mpjpe = torch.cat(pve).numpy() * 1000, torch.cat(mpjpe).numpy() * 1000
     occ = data.occluded
-    return {"pve": float(pve.mean()), "mpjpe": float(mpjpe.mean()), "pve_clean": float(pve[~occ].mean()),
+    return {"pve": float(pve.mean()), "mpjpe": float(mpjpe.mean()), "pve_clean": float(pve[~occ].mean()) if (~occ).any() else float("nan"),
             "pve_occluded": float(pve[occ].mean()) if occ.any() else float("nan")}
 
 
@@ -116,6 +126,22 @@ def hidden_image_tokens(rng: np.random.Generator, n: int, n_tokens: int, share: 
     """(n, n_tokens) bool: on a share ``share`` of the rows, a random 25-100 % of the image tokens are hidden."""
     hide = rng.random((n, n_tokens)) < rng.uniform(0.25, 1.0, (n, 1))
     return torch.as_tensor(hide & (rng.random((n, 1)) < share))
+
+
+def pose_only_inputs(rng: np.random.Generator, keypoints: torch.Tensor, inside: torch.Tensor, noise: float,
+                     box_share: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the pose tokens of a pose-only example read: the true keypoints (B, J, 2, crop frame) jittered by
+    ``noise`` (crop units), confidence 1 for the joints in the image; on a share ``box_share`` of the rows the
+    joints under a random box (centred near one of the joints, half-sides 0.1-0.4 of the crop) get confidence 0,
+    as behind an occluder -- the tokenizer was trained to complete such poses."""
+    n, j = keypoints.shape[:2]
+    kp = keypoints + torch.as_tensor(rng.normal(0.0, noise, (n, j, 2)), dtype=torch.float32)
+    centre = keypoints[torch.arange(n), torch.as_tensor(rng.integers(0, j, n))]
+    centre = centre + torch.as_tensor(rng.uniform(-0.1, 0.1, (n, 2)), dtype=torch.float32)
+    half = torch.as_tensor(rng.uniform(0.1, 0.4, (n, 1, 2)), dtype=torch.float32)
+    under = ((keypoints - centre[:, None]).abs() < half).all(-1)
+    boxed = torch.as_tensor(rng.random(n) < box_share)[:, None]
+    return kp, (inside & ~(under & boxed)).float()
 
 
 def main(argv=None) -> int:
@@ -142,7 +168,14 @@ def main(argv=None) -> int:
     ap.add_argument("--image-drop", type=float, default=0.0,
                     help="share of training images that hide a random 25-100%% of their image tokens from the "
                          "transformer (modality dropout: the rest must come from the pose tokens)")
+    ap.add_argument("--pose-only-batch", type=int, default=0,
+                    help="labelled poses without images per step (the dataset's poses split): 2D keypoints -> pose "
+                         "tokens -> 3D, no image tokens")
+    ap.add_argument("--pose-only-weight", type=float, default=1.0, help="weight of the pose-only batch's loss")
     args = ap.parse_args(argv)
+    if args.pose_only_batch and args.no_pose_tokens:
+        print("error: --pose-only-batch needs the pose tokens (not with --no-pose-tokens)", file=sys.stderr)
+        return 2
     try:
         tokenizer = PoseTokenizer.from_pretrained(args.tokenizer)
         kw = json.loads(args.model) if args.model else {}
@@ -151,6 +184,7 @@ def main(argv=None) -> int:
                          n_coarse_faces=coarse_faces_count(config.n_vertices))
         train = BodySplit(Path(args.data), "train", config.n_vertices)
         val = BodySplit(Path(args.data), "val", config.n_vertices)
+        poses = BodySplit(Path(args.data), "poses", config.n_vertices) if args.pose_only_batch else None
     except (FileNotFoundError, MeshgenError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -190,6 +224,11 @@ def main(argv=None) -> int:
             kw["image_hidden"] = hidden_image_tokens(rng, len(b["images"]), (config.image_size // 16) ** 2,
                                                      args.image_drop)
         terms = hmr_losses(model(b["images"], **kw), b, model)
+        if poses is not None:
+            pb = poses.batch(rng.choice(len(poses), args.pose_only_batch, replace=False))
+            kp, conf = pose_only_inputs(rng, pb["keypoints"], pb["inside"], args.teacher_noise * 2 / train.size)
+            terms["pose_only"] = hmr_losses(model.lift(kp, conf), pb, model, POSE_ONLY_WEIGHTS)["loss"]
+            terms["loss"] = terms["loss"] + args.pose_only_weight * terms["pose_only"]
         optimizer_step(opt, terms["loss"], model.parameters(), lr=lr, clip=1.0)
         step += 1
         rows.append({k: float(v.detach()) for k, v in terms.items()})

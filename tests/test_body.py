@@ -163,6 +163,26 @@ def test_dataset_shards_resume(renderer, tmp_path, one_thread, monkeypatch):
         bd.write_body_dataset(tmp_path, "val", 3, settings=bd.BodyRenderSettings(image_size=64), progress=False)
 
 
+def test_pose_examples_are_the_labels_without_the_image(renderer, tmp_path, one_thread, monkeypatch):
+    """The ``poses`` split: the labels of the rendered example of the same seed (bodies posed in one batch), every
+    joint in the image visible (no occlusion test without rendering), its own train seeds, no image array."""
+    import renderers.body_data as bd
+
+    a = renderer.example(10_003)
+    b, c = renderer.pose_examples([10_003, 10_004])
+    for key in ("joints", "vertices", "camera"):
+        np.testing.assert_allclose(a[key], b[key], atol=1e-5)
+    np.testing.assert_allclose(a["keypoints"][:, :2], b["keypoints"][:, :2], atol=1e-3)
+    assert np.array_equal(b["keypoints"][:, 2], np.where(a["keypoints"][:, 2] > 0, 2.0, 0.0))
+    assert not np.allclose(b["joints"], c["joints"])
+    monkeypatch.setattr(bd, "BodyRenderer", lambda settings: renderer)
+    bd.write_body_dataset(tmp_path, "poses", 3, shard_size=2, settings=bd.BodyRenderSettings(image_size=96),
+                          progress=False)
+    data = bd.load_body_split(tmp_path, "poses")
+    assert "image" not in data and data["vertices"].shape[0] == 3
+    assert list(data["seed"]) == [bd.POSE_SEED_OFFSET + 10_000 + i for i in range(3)]
+
+
 # ---- pose tokenizer --------------------------------------------------------------------------------------
 def test_pose_tokenizer_shapes_and_save_load(tmp_path, one_thread):
     torch.manual_seed(0)
@@ -289,6 +309,74 @@ def test_hidden_image_tokens(one_thread):
     assert rows.shape == (400, n_img) and rows.dtype == torch.bool
     share = rows.any(1).float().mean().item()
     assert 0.4 < share < 0.6 and rows[rows.any(1)].float().mean() > 0.5
+
+
+def test_train_hmr_with_pose_only_batches(renderer, tmp_path, one_thread, monkeypatch):
+    """scripts/train_hmr.py --pose-only-batch: a tiny run on a tiny dataset trains with pose-only batches (their
+    loss is logged) and keeps the checkpoints; the ablation refuses them; a dataset without poses is one line."""
+    import csv
+    import sys
+
+    import renderers.body_data as bd
+    from tokenizers3d.pose_tokens import PoseTokenizer
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import train_hmr
+
+    monkeypatch.setattr(bd, "BodyRenderer", lambda settings=None: renderer)
+    settings = bd.BodyRenderSettings(image_size=96)
+    for split, n in (("train", 4), ("val", 2)):
+        bd.write_body_dataset(tmp_path / "data", split, n, shard_size=4, settings=settings, progress=False)
+    torch.manual_seed(0)
+    PoseTokenizer(tiny_config().pose_tokenizer).save_pretrained(tmp_path / "tok")
+    model = json.dumps({"image_size": 96, "channels": [8, 16, 24, 32], "width": 32, "layers": 1, "heads": 2,
+                        "n_vertices": 32})
+    base = ["--data", str(tmp_path / "data"), "--tokenizer", str(tmp_path / "tok"), "--batch", "2", "--steps", "2",
+            "--val-every", "2", "--threads", "1", "--model", model, "--pose-only-batch", "4"]
+    assert train_hmr.main([*base, "--out", str(tmp_path / "none")]) == 2  # no poses split yet
+    bd.write_body_dataset(tmp_path / "data", "poses", 8, shard_size=4, settings=settings, progress=False)
+    assert train_hmr.main([*base, "--out", str(tmp_path / "run")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
+    assert rows and float(rows[-1]["pose_only"]) > 0
+    assert (tmp_path / "run" / "best" / "config.json").exists()
+    assert train_hmr.main([*base, "--out", str(tmp_path / "ablation"), "--no-pose-tokens"]) == 2
+
+
+def test_lift_is_the_model_without_its_image(one_thread):
+    """HMRModel.lift (pose-only training): the body from a 2D pose alone equals the full forward with every image
+    token hidden and the same keypoints as the tokens' input; the ablation has nothing to lift."""
+    torch.manual_seed(0)
+    model = tiny_model(pose_tokens=True).eval()
+    n_img = (model.config.image_size // 16) ** 2
+    kp, conf = torch.rand(2, 17, 2) * 2 - 1, (torch.rand(2, 17) > 0.3).float()
+    lifted = model.lift(kp, conf)
+    full = model(torch.rand(2, 3, 64, 64), pose_keypoints=kp, pose_confidence=conf,
+                 image_hidden=torch.ones(2, n_img, dtype=torch.bool))
+    assert torch.equal(lifted.pose_ids, full.pose_ids)
+    for name in ("joints", "vertices", "camera"):
+        torch.testing.assert_close(getattr(lifted, name), getattr(full, name), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(model.lift(kp.flip(1), conf).joints, lifted.joints)
+    with pytest.raises(ValueError, match="no 2D pose"):
+        tiny_model(pose_tokens=False).lift(kp, conf)
+
+
+def test_pose_only_inputs_hide_the_joints_under_a_box():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from train_hmr import pose_only_inputs
+
+    rng = np.random.default_rng(0)
+    truth = torch.rand(400, 17, 2) * 1.6 - 0.8
+    inside = torch.ones(400, 17, dtype=torch.bool)
+    inside[:, 0] = False
+    kp, conf = pose_only_inputs(rng, truth, inside, 0.01)
+    assert kp.shape == truth.shape and 0.005 < float((kp - truth).std()) < 0.02
+    assert (conf[:, 0] == 0).all()  # outside the image: never confident
+    boxed = (conf[:, 1:] == 0).any(1)
+    assert 0.35 < float(boxed.float().mean()) <= 0.5  # only the boxed half hides joints (a box may catch none)
+    assert 0.03 < float((conf[boxed, 1:] == 0).float().mean()) < 0.8
 
 
 def test_eval_body_pose_sources_and_prediction(one_thread):
