@@ -73,6 +73,11 @@ def main(argv=None) -> int:
                          "data_s_per_batch": round(data_s, 3),
                          "params": sum(p.numel() for p in model.parameters())})
             print(json.dumps(rows[-1]), file=sys.stderr)
+    return report(args, rows)
+
+
+def report(args, rows: list[dict]) -> int:
+    """Print the rows with the thread count and load average as JSON (and write them to ``--out``)."""
     result = {"threads": args.threads, "load_average": [round(x, 2) for x in os.getloadavg()], "rows": rows}
     print(json.dumps(result, indent=1))
     if args.out:
@@ -102,11 +107,7 @@ def bench_decode(args) -> int:
                              "decode_s": round(statistics.median(times), 2),
                              "params": sum(p.numel() for p in model.parameters())})
                 print(json.dumps(rows[-1]), file=sys.stderr)
-    result = {"threads": args.threads, "load_average": [round(x, 2) for x in os.getloadavg()], "rows": rows}
-    print(json.dumps(result, indent=1))
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
-    return 0
+    return report(args, rows)
 
 
 if __name__ == "__main__":

@@ -156,7 +156,7 @@ def card(run: Path, which: str, ev: dict, recipe: str, size: int, n_params: int,
         f", surface level {settings.get('level', '0.5')}")
     draco_note = (", beside Draco compressing the quadric-decimated input into the same number of bytes (\"--\": no"
                   " mesh fits)") if "Draco" in eval_table(ev) else " (Draco not run here)"
-    commands = "\n".join(f"`{c}`" for c in ev.get("commands", [eval_command(ev)]))
+    commands = ev.get("commands", [eval_command(ev)])
     warm = (f"\n- The run started from the weights then in `{t['init_from']}` (every tensor copied); their own training"
             " is not counted above (its recipe is named in that checkpoint's card of the time)") if t.get("init_from") else ""
     return f"""# vat
@@ -191,7 +191,7 @@ surface. It is the default checkpoint of `meshgen compress` / `meshgen decompres
   {float(val.get('val_iou_continuous', 'nan')):.2f} from the continuous latent.
 
 ## Evaluation
-{commands}
+{chr(10).join(f"`{c}`" for c in commands)}
 
 The first {settings['n']} meshes of each split ({', '.join(ev['splits'])}), {decoding} (what `meshgen compress`
 does with these settings), against the input mesh (distances in units of its longest side){draco_note}.
@@ -210,7 +210,7 @@ Compression of the full sequence against the input files: {ratios}.
 ## Reproduce
 ```bash
 python scripts/train_vat.py --config {recipe}   # resumable: run again after a stop
-{chr(10).join(ev.get("commands", [eval_command(ev)]))}
+{chr(10).join(commands)}
 python scripts/ship_vat.py --run {run} --eval <those JSONs> --config {recipe}
 ```
 """

@@ -139,9 +139,7 @@ class VATTrainer:
             copied = warm_start(self.model, tc.init_from)
             self.log(json.dumps({"init_from": tc.init_from, **copied}))
         if tc.freeze_encoder:
-            for module in self.model.encoder_side():
-                module.requires_grad_(False)
-            self.model.queries.requires_grad_(False)
+            self.model.freeze_encoder_side()
         d = cfg.data
         self.augment = AugmentConfig(**d.augment) if d.augment is not None else None
         self._val = None

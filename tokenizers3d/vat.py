@@ -260,11 +260,18 @@ class VATModel(nn.Module, PretrainedMixin):
                                  nn.Linear(cfg.mlp_hidden, cfg.mlp_hidden), nn.SiLU(), nn.Linear(cfg.mlp_hidden, 1))
 
     def encoder_side(self) -> list[nn.Module]:
-        """The modules that turn points into ids: the point embedding, queries, encoder, Gaussian head and the
-        quantizer with its codebook (what ``train.freeze_encoder`` holds fixed, so only the decoder learns and a
-        shape keeps its ids)."""
+        """The modules that turn points into ids: the point embedding, encoder, Gaussian head and the quantizer
+        with its codebook (with the learned ``queries``, what :meth:`freeze_encoder_side` holds fixed)."""
         names = ("point_in", "encoder", "read_points", "read_norm", "to_gauss", "quantizer")
         return [getattr(self, n) for n in names if hasattr(self, n)]
+
+    def freeze_encoder_side(self) -> None:
+        """No gradient for the encoder side and the learned queries (``train.freeze_encoder``: only the decoder
+        learns, so a shape keeps its ids); the trainer keeps :meth:`encoder_side` in evaluation mode too, so the
+        codebook takes no EMA update."""
+        for module in self.encoder_side():
+            module.requires_grad_(False)
+        self.queries.requires_grad_(False)
 
     # ---- encoder ----------------------------------------------------------------------------------------
     def encode_gaussian(self, points: torch.Tensor, normals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
