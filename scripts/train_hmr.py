@@ -158,7 +158,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-pose-tokens", action="store_true", help="the ablation without pose tokens")
     ap.add_argument("--init-from", default=None, help="start a new run from these weights (a model directory of "
-                                                      "this script with the same config; a longer second stage)")
+                                                      "this script with the same config; a longer second stage; a "
+                                                      "--no-pose-tokens run may start from a pose model)")
     ap.add_argument("--model", default=None, help="JSON of HMRConfig fields (besides the pose tokenizer's)")
     ap.add_argument("--pose-teacher", type=float, default=0.0,
                     help="share of training images whose pose tokens read the true 2D keypoints (jittered by "
@@ -178,7 +179,8 @@ def main(argv=None) -> int:
         return 2
     try:
         tokenizer = PoseTokenizer.from_pretrained(args.tokenizer)
-        kw = json.loads(args.model) if args.model else {}
+        kw = {k: tuple(v) if isinstance(v, list) else v  # JSON lists are the config's tuples
+              for k, v in (json.loads(args.model) if args.model else {}).items()}
         config = HMRConfig(**kw)
         config = replace(config, pose_tokens=not args.no_pose_tokens, pose_tokenizer=tokenizer.config,
                          n_coarse_faces=coarse_faces_count(config.n_vertices))
@@ -195,7 +197,9 @@ def main(argv=None) -> int:
                                        threads=args.threads, seed=args.seed)
     if step == 0 and args.init_from:
         start = HMRModel.from_pretrained(args.init_from)
-        if start.config != config:
+        # The two designs have the same parameters (the ablation keeps an unused tokenizer), so an ablation may start
+        # from a pose model's weights: both arms of a comparison then share every earlier stage.
+        if replace(start.config, pose_tokens=config.pose_tokens) != config:
             print(f"error: {args.init_from} holds another model config", file=sys.stderr)
             return 2
         model.load_state_dict(start.state_dict())

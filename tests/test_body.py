@@ -340,6 +340,17 @@ def test_train_hmr_with_pose_only_batches(renderer, tmp_path, one_thread, monkey
     assert rows and float(rows[-1]["pose_only"]) > 0
     assert (tmp_path / "run" / "best" / "config.json").exists()
     assert train_hmr.main([*base, "--out", str(tmp_path / "ablation"), "--no-pose-tokens"]) == 2
+    # The ablation may start from the pose run's weights (both arms share the earlier stages); other configs may not.
+    plain = [a for a in base if a not in ("--pose-only-batch", "4")]
+    init = ["--init-from", str(tmp_path / "run" / "best"), "--steps", "1", "--val-every", "1"]
+    assert train_hmr.main([*plain, *init, "--out", str(tmp_path / "abl2"), "--no-pose-tokens"]) == 0
+    from meshgen.hmr import HMRModel
+    start, abl = HMRModel.from_pretrained(tmp_path / "run" / "best"), HMRModel.from_pretrained(tmp_path / "abl2" / "best")
+    assert not abl.config.pose_tokens and start.config.pose_tokens
+    for name, value in start.tokenizer.state_dict().items():  # loaded, then left unused
+        assert torch.equal(abl.tokenizer.state_dict()[name], value)
+    wider = plain[:plain.index("--model")] + ["--model", model.replace('"width": 32', '"width": 48')]
+    assert train_hmr.main([*wider, *init, "--out", str(tmp_path / "other")]) == 2
 
 
 def test_lift_is_the_model_without_its_image(one_thread):
