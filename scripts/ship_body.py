@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -48,15 +49,31 @@ def _run_facts(run: Path) -> dict:
 
 
 def _stages(run: Path) -> list[tuple[Path, dict]]:
-    """``[(run dir, facts)]`` from the first training stage to ``run``, following ``--init-from``."""
+    """``[(run dir, facts)]`` from the first training stage to ``run``, following ``--init-from``. The chain stops at
+    a model directory that is not a run's (the bundled weights: their card tells the earlier stages)."""
     chain, seen = [], set()
     while run is not None and run.resolve() not in seen:
         seen.add(run.resolve())
         facts = _run_facts(run)
         chain.append((run, facts))
         init = facts["cfg"].get("init_from")
-        run = Path(init).parent if init else None
+        run = Path(init).parent if init and (Path(init).parent / "train_config.json").exists() else None
     return chain[::-1]
+
+
+def card_history(card: str) -> tuple[list[str], list[str]]:
+    """The earlier stages a bundled card records: ``(stage texts, train_hmr commands of the pose model)``, so that a
+    run warm-started from the bundled weights keeps the whole history in its own card."""
+    m = re.search(r"^\* Stages: (.*?); the last stage is this run\.", card, re.M | re.S)
+    stages = re.split(r"; (?=\d+ \()", " ".join(m.group(1).split())) if m else []
+    stages = [re.sub(r"^\d+ \(", "", x) for x in stages]
+    block = card.split("## Reproduce", 1)[-1]
+    cmds = re.findall(r"^python scripts/train_hmr\.py.*?(?<!\\)$", block, re.M | re.S)
+    return stages, [c for c in cmds if "--no-pose-tokens" not in c]
+
+
+def _out_of(cmd: str) -> str:
+    return re.search(r"--out (\S+)", cmd).group(1)
 
 
 def _flag_text(cfg: dict) -> str:
@@ -65,6 +82,8 @@ def _flag_text(cfg: dict) -> str:
         parts.append(f"pose teacher {cfg['pose_teacher']} ({cfg.get('teacher_noise', 2.0)} px jitter)")
     if cfg.get("image_drop"):
         parts.append(f"image-token drop {cfg['image_drop']}")
+    if cfg.get("pose_only_batch"):
+        parts.append(f"{cfg['pose_only_batch']} pose-only labels a step (weight {cfg.get('pose_only_weight', 1.0)})")
     return (", " + ", ".join(parts)) if parts else ""
 
 
@@ -81,6 +100,8 @@ def _train_cmd(run: Path, cfg: dict) -> str:
         cmd += f" --pose-teacher {cfg['pose_teacher']} --teacher-noise {cfg.get('teacher_noise', 2.0)}"
     if cfg.get("image_drop"):
         cmd += f" --image-drop {cfg['image_drop']}"
+    if cfg.get("pose_only_batch"):
+        cmd += f" --pose-only-batch {cfg['pose_only_batch']} --pose-only-weight {cfg.get('pose_only_weight', 1.0)}"
     return cmd
 
 
@@ -116,7 +137,9 @@ python scripts/train_pose_tokenizer.py --data data/body --out {run} --steps {cfg
 """
 
 
-def hmr_card(run: Path, ablation: Path | None, ev: dict, size: int, md_table: str) -> str:
+def hmr_card(run: Path, ablation: Path | None, ev: dict, size: int, md_table: str, previous: str = "") -> str:
+    """The model card. ``previous``: the card of the weights the first stage of ``run`` started from, when those
+    are a bundled model directory rather than a run (its stages and commands are carried over)."""
     f = _run_facts(run)
     v, cfg = f["val"], f["cfg"]
     n = _data_sizes(cfg["data"])
@@ -151,20 +174,29 @@ def hmr_card(run: Path, ablation: Path | None, ev: dict, size: int, md_table: st
                  "upsampled) shows the map itself costs about 2 mm.")
     chain = _stages(run)
     abl_chain = _stages(ablation) if ablation is not None else []
-    stages = ""
-    if len(chain) > 1:
-        stages = "; ".join(
-            f"{'* Stages: ' if k == 0 else ''}{k + 1} ({d}{', warm-started from the previous stage' if k else ''}): "
-            f"{fk['steps']} steps of {fk['cfg']['batch']} images, lr {fk['cfg']['lr']}{_flag_text(fk['cfg'])}, "
-            f"{fk['hours'] * 60:.1f} min" for k, (d, fk) in enumerate(chain)) + "; the last stage is this run."
-    train_cmds = "\n".join(_train_cmd(d, fk["cfg"]) for d, fk in chain)
-    abl_cmd = "\n".join(_train_cmd(d, fk["cfg"]) for d, fk in abl_chain) if abl_chain else _train_cmd(
+    prior, prior_cmds = card_history(previous) if previous else ([], [])
+    start = chain[0][1]["cfg"].get("init_from")
+
+    def cmd(d: Path, c: dict) -> str:  # the bundled weights are what the previous card's last command made
+        text = _train_cmd(d, c)
+        return text.replace(f"--init-from {start}", f"--init-from {_out_of(prior_cmds[-1])}/best") if (
+            prior_cmds and start) else text
+
+    texts = prior + [f"{d}{', warm-started from the previous stage' if k or prior else ''}): {fk['steps']} steps of "
+                     f"{fk['cfg']['batch']} images, lr {fk['cfg']['lr']}{_flag_text(fk['cfg'])}, "
+                     f"{fk['hours'] * 60:.1f} min" for k, (d, fk) in enumerate(chain)]
+    stages = ("* Stages: " + "; ".join(f"{k + 1} ({t}" for k, t in enumerate(texts)) +
+              "; the last stage is this run.") if len(texts) > 1 else ""
+    train_cmds = "\n".join(prior_cmds + [cmd(d, fk["cfg"]) for d, fk in chain])
+    abl_cmd = "\n".join(cmd(d, fk["cfg"]) for d, fk in abl_chain) if abl_chain else _train_cmd(
         Path("runs/hmr_nopose"), {**cfg, "no_pose_tokens": True, "pose_teacher": 0.0, "init_from": None})
     abl = ""
     if ablation is not None:
         fa = abl_chain[-1][1]
+        shared = (f", started from the same weights as the last stage ({start}: both arms share the earlier stages)"
+                  if start and abl_chain[0][1]["cfg"].get("init_from") == start else "")
         abl = (f"* Ablation without pose tokens (`--no-pose-tokens`, {ablation}): same data, steps ({fa['steps']}) "
-               f"and threads; {fa['hours'] * 60:.1f} min.")
+               f"and threads{shared}; {fa['hours'] * 60:.1f} min.")
     return f"""# body-hmr: human mesh recovery from one image with pose tokens (PostoMETRO on Anny)
 
 `meshgen body IMAGE -o body.obj` (`meshgen/hmr.py`, {size / 2**20:.2f} MB with the frozen pose tokenizer, the
@@ -198,7 +230,8 @@ Test images (rows 1-6 clean, 7-12 the same with occluders); columns: input, with
 ## Reproduce
 
 ```bash
-python scripts/make_body_dataset.py -o {cfg['data']} --train {n['train']} --val {n['val']} --test {n['test']}
+python scripts/make_body_dataset.py -o {cfg['data']} --train {n['train']} --val {n['val']} --test {n['test']}\
+{f" --poses {n['poses']}" if n.get('poses') else ""}
 python scripts/train_pose_tokenizer.py --data data/body --out runs/pose_tokenizer --steps 3000 --threads 2
 {train_cmds}
 {abl_cmd}
@@ -210,15 +243,18 @@ python scripts/eval_body.py --checkpoint {pose}={run}/best {nopose}={ablation or
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tokenizer-run", default="runs/pose_tokenizer")
+    ap.add_argument("--tokenizer-run", default=None,
+                    help="a pose tokenizer run to install beside the model (default: keep the bundled tokenizer, "
+                         "which must be the one inside the model)")
     ap.add_argument("--hmr-run", default="runs/hmr_pose")
     ap.add_argument("--ablation-run", default=None)
     ap.add_argument("--eval", required=True, help="JSON of scripts/eval_body.py --out")
     ap.add_argument("--markdown", default=None, help="its --markdown-out (default: beside the JSON)")
     args = ap.parse_args(argv)
-    tok_run, hmr_run = Path(args.tokenizer_run), Path(args.hmr_run)
+    hmr_run = Path(args.hmr_run)
+    tok_dir = Path(args.tokenizer_run) / "best" if args.tokenizer_run else TOKENIZER_DEST
     try:
-        tok_size = shippable_weights(tok_run / "best", MAX_BYTES)
+        tok_size = shippable_weights(tok_dir, MAX_BYTES)
         hmr_size = shippable_weights(hmr_run / "best", MAX_BYTES)
     except MeshInputError as exc:
         _fail(str(exc))
@@ -232,9 +268,9 @@ def main(argv=None) -> int:
     from safetensors.torch import load_file
 
     inside = load_file(str(hmr_run / "best" / "model.safetensors"))
-    tok = load_file(str(tok_run / "best" / "model.safetensors"))
+    tok = load_file(str(tok_dir / "model.safetensors"))
     if any(not torch.equal(inside[f"tokenizer.{k}"], v) for k, v in tok.items()):
-        _fail(f"the pose tokenizer inside {hmr_run / 'best'} is not {tok_run / 'best'}")
+        _fail(f"the pose tokenizer inside {hmr_run / 'best'} is not {tok_dir}")
     if args.ablation_run:
         a = json.loads((hmr_run / "train_config.json").read_text())
         b = json.loads((Path(args.ablation_run) / "train_config.json").read_text())
@@ -243,9 +279,13 @@ def main(argv=None) -> int:
         if differ or a.get("no_pose_tokens") or not b.get("no_pose_tokens"):
             _fail(f"the ablation run differs in {differ or 'its pose tokens'}; train it with the same settings")
     md = Path(args.markdown or Path(args.eval).with_suffix(".md")).read_text()
-    install_model_dir(tok_run / "best", TOKENIZER_DEST, tokenizer_card(tok_run, tok_size))
-    install_model_dir(hmr_run / "best", HMR_DEST,
-                      hmr_card(hmr_run, Path(args.ablation_run) if args.ablation_run else None, ev, hmr_size, md))
+    first = _stages(hmr_run)[0][1]["cfg"].get("init_from")
+    previous = ((HMR_DEST / "README.md").read_text() if first and Path(first).resolve() == HMR_DEST.resolve()
+                else "")
+    card = hmr_card(hmr_run, Path(args.ablation_run) if args.ablation_run else None, ev, hmr_size, md, previous)
+    if args.tokenizer_run:
+        install_model_dir(tok_dir, TOKENIZER_DEST, tokenizer_card(Path(args.tokenizer_run), tok_size))
+    install_model_dir(hmr_run / "best", HMR_DEST, card)
     print(json.dumps({"pose_tokenizer": str(TOKENIZER_DEST), "body_hmr": str(HMR_DEST),
                       "digest": model_digest(HMR_DEST)}))
     return 0

@@ -577,3 +577,26 @@ def test_shipped_body_model_beats_the_mean_body_on_the_samples(one_thread):
     model_err = np.linalg.norm(pred - true, axis=-1).mean()
     mean_err = np.linalg.norm(true.mean(axis=0) - true, axis=-1).mean()  # the best single body for these 8
     assert model_err < 0.9 * mean_err, (model_err, mean_err)
+
+
+def test_ship_body_carries_the_bundled_cards_history():
+    """scripts/ship_body.py: a run warm-started from the bundled weights keeps the earlier stages and their commands
+    from the bundled card (the runs that made them may be long gone)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from ship_body import card_history
+
+    card = (ROOT / "assets" / "checkpoints" / "body-hmr" / "README.md").read_text()
+    stages, cmds = card_history(card)
+    assert len(stages) >= 1 and len(cmds) == len(stages)
+    assert all("--no-pose-tokens" not in c and c.startswith("python scripts/train_hmr.py") for c in cmds)
+    assert all(c.rstrip()[-1] != "\\" for c in cmds)  # whole commands, continuation lines included
+    made = "* Stages: 1 (runs/a): 10 steps; 2 (runs/b, warm-started from the previous stage): 5 steps; the last " \
+           "stage is this run.\n\n## Reproduce\n\n```bash\npython scripts/train_hmr.py --out runs/a \\\n    --lr 1\n" \
+           "python scripts/train_hmr.py --out runs/a_nopose --no-pose-tokens\n" \
+           "python scripts/train_hmr.py --out runs/b --init-from runs/a/best\n```\n"
+    assert card_history(made) == (["runs/a): 10 steps", "runs/b, warm-started from the previous stage): 5 steps"],
+                                  ["python scripts/train_hmr.py --out runs/a \\\n    --lr 1",
+                                   "python scripts/train_hmr.py --out runs/b --init-from runs/a/best"])
+    assert card_history("# a card without stages\n") == ([], [])
