@@ -150,9 +150,16 @@ def vat_rows(model, unit, *, n_points: int, resolution: int, seed: int = 0, fit=
     return rows
 
 
+def budget_rows(config) -> list[dict]:
+    """The VAT rows of an unscored run (``--draco-only``): scale count, tokens and bytes of each prefix."""
+    return [{"scales": k, "tokens": int(sum(config.quantizer.scales[:k])), "bytes": config.bytes_for(k)}
+            for k in range(1, len(config.quantizer.scales) + 1)]
+
+
 def evaluate(model, paths: list[Path], *, n_points: int, resolution: int, draco: tuple[int, ...] | None,
-             log=print, fit=None, level="0.5") -> dict:
-    """Per mesh: VAT rows per scale count, Draco rows at the same byte budgets, input sizes."""
+             log=print, fit=None, level="0.5", vat: bool = True) -> dict:
+    """Per mesh: VAT rows per scale count, Draco rows at the same byte budgets, input sizes. ``vat=False`` scores
+    only Draco at the model's budgets (the VAT rows keep bytes and tokens, no scores)."""
     import trimesh
 
     from tokenizers3d.io import load_mesh
@@ -166,11 +173,13 @@ def evaluate(model, paths: list[Path], *, n_points: int, resolution: int, draco:
         obj = mesh.export(file_type="obj")
         item = {"path": str(path), "faces": int(len(unit.faces)),
                 "obj_bytes": len(obj.encode() if isinstance(obj, str) else obj),
-                "vat": vat_rows(model, unit, n_points=n_points, resolution=resolution, fit=fit, level=level)}
+                "vat": vat_rows(model, unit, n_points=n_points, resolution=resolution, fit=fit, level=level)
+                if vat else budget_rows(model.config)}
         if draco:
             item["draco_lossless_bytes"] = len(draco_bytes(unit.vertices, unit.faces, 0))
             item["draco"] = [draco_baseline(unit, r["bytes"], draco) for r in item["vat"]]
-        log(f"{path.name}: " + " ".join(f"K{r['scales']} {r['bytes']}B F5 {r['fscore_005']:.2f}" for r in item["vat"]))
+        rows = item["draco"] if not vat else item["vat"]
+        log(f"{path.name}: " + " ".join(f"{r['bytes']}B F5 {r['fscore_005']:.2f}" for r in rows))
         items.append(item)
     return summarize(items)
 
@@ -187,14 +196,17 @@ def summarize(items: list[dict]) -> dict:
     if not items:
         return {"n": 0, "rows": [], "items": []}
     n_scales = len(items[0]["vat"])
+    scored = "fscore_005" in items[0]["vat"][0]
     rows = []
     for k in range(n_scales):
         row = {"scales": k + 1, "bytes": items[0]["vat"][k]["bytes"], "tokens": items[0]["vat"][k]["tokens"]}
         for name in METRICS:
-            row[f"vat_{name}"] = _mean([it["vat"][k][name] for it in items])
+            if scored:
+                row[f"vat_{name}"] = _mean([it["vat"][k][name] for it in items])
             if "draco" in items[0]:
                 row[f"draco_{name}"] = _mean([it["draco"][k][name] for it in items])
-        row["vat_valid"] = float(np.mean([it["vat"][k]["valid"] for it in items]))
+        if scored:
+            row["vat_valid"] = float(np.mean([it["vat"][k]["valid"] for it in items]))
         if "draco" in items[0]:
             row["draco_fits"] = float(np.mean([it["draco"][k]["faces"] > 0 for it in items]))
             row["draco_faces"] = float(np.mean([it["draco"][k]["faces"] for it in items]))
@@ -209,15 +221,20 @@ def summarize(items: list[dict]) -> dict:
 # ---- reporting ---------------------------------------------------------------------------------------
 def markdown(name: str, res: dict) -> str:
     has_draco = res["rows"] and "draco_fscore_005" in res["rows"][0]
-    head = "| scales | tokens | bytes | VAT F@0.02 | VAT F@0.05 | VAT Chamfer | VAT NC |"
-    sep = "|---|---|---|---|---|---|---|"
+    has_vat = res["rows"] and "vat_fscore_005" in res["rows"][0]
+    head, sep = "| scales | tokens | bytes |", "|---|---|---|"
+    if has_vat:
+        head += " VAT F@0.02 | VAT F@0.05 | VAT Chamfer | VAT NC |"
+        sep += "---|---|---|---|"
     if has_draco:
         head += " Draco F@0.02 | Draco F@0.05 | Draco Chamfer | Draco faces |"
         sep += "---|---|---|---|"
     lines = [f"**{name}** ({res['n']} meshes)", "", head, sep]
     for r in res["rows"]:
-        line = (f"| {r['scales']} | {r['tokens']} | {r['bytes']} | {r['vat_fscore_002']:.3f} | {r['vat_fscore_005']:.3f} | "
-                f"{r['vat_chamfer']:.4f} | {r['vat_normal_consistency']:.3f} |")
+        line = f"| {r['scales']} | {r['tokens']} | {r['bytes']} |"
+        if has_vat:
+            line += (f" {r['vat_fscore_002']:.3f} | {r['vat_fscore_005']:.3f} | {r['vat_chamfer']:.4f} | "
+                     f"{r['vat_normal_consistency']:.3f} |")
         if has_draco:
             line += (f" {r['draco_fscore_002']:.3f} | {r['draco_fscore_005']:.3f} | {r['draco_chamfer']:.4f} | "
                      f"{r['draco_faces']:.0f} |")
@@ -244,7 +261,8 @@ def plot(results: dict, path: Path, *, width: int = 900, height: int = 520) -> N
     for split, res in results.items():
         dark, light = colours.get(split, ((60, 60, 60), (150, 150, 150)))
         xs = [r["bytes"] for r in res["rows"]]
-        series.append((f"VAT {split}", dark, xs, [r["vat_fscore_005"] for r in res["rows"]]))
+        if res["rows"] and "vat_fscore_005" in res["rows"][0]:
+            series.append((f"VAT {split}", dark, xs, [r["vat_fscore_005"] for r in res["rows"]]))
         if res["rows"] and "draco_fscore_005" in res["rows"][0]:
             series.append((f"Draco {split}", light, xs, [r["draco_fscore_005"] for r in res["rows"]]))
     allx = [x for s in series for x in s[2] if x > 0] or [1, 10]
@@ -293,6 +311,9 @@ def main(argv=None) -> int:
     ap.add_argument("--level", default="0.5",
                     help="surface level: 'auto' picks it per mesh and prefix as `meshgen compress` does (its "
                          "default); a number fixes it (default 0.5, the decoder's own)")
+    ap.add_argument("--draco-only", action="store_true",
+                    help="score only the Draco baseline at the model's byte budgets (beside an earlier VAT "
+                         "evaluation of the same meshes; minutes instead of most of an hour)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
     ap.add_argument("--markdown-out", default=None)
@@ -320,6 +341,8 @@ def main(argv=None) -> int:
     except MeshgenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.draco_only and not args.draco_bits:
+        ap.error("--draco-only needs --draco-bits settings")
     if args.draco_bits:
         try:
             import DracoPy  # noqa: F401
@@ -338,7 +361,8 @@ def main(argv=None) -> int:
     for name, paths in splits.items():
         if paths:
             results[name] = evaluate(model, paths, n_points=args.points, resolution=args.resolution,
-                                     draco=tuple(args.draco_bits) or None, fit=fit, level=args.level)
+                                     draco=tuple(args.draco_bits) or None, fit=fit, level=args.level,
+                                     vat=not args.draco_only)
     md = "\n".join(markdown(name, res) for name, res in results.items())
     print(md)
     out = {"checkpoint": args.checkpoint, "digest": digest, "settings": vars(args), "splits": results}

@@ -585,6 +585,12 @@ def test_eval_vat_rows_summary_table_and_plot(tiny_vat, tmp_path, one_thread):
     from PIL import Image
 
     assert Image.open(tmp_path / "plot.png").size == (900, 520)
+    # --draco-only: the same budgets and Draco scores, no VAT decoding
+    only = ev.evaluate(model, [path], n_points=256, resolution=16, draco=(8,), log=lambda s: None, vat=False)
+    assert [r["bytes"] for r in only["rows"]] == [r["bytes"] for r in rows]
+    assert [r["draco_fscore_005"] for r in only["rows"]] == [r["draco_fscore_005"] for r in rows]
+    assert "vat_fscore_005" not in only["rows"][0] and "VAT" not in ev.markdown("procedural", only)
+    ev.plot({"procedural": only}, tmp_path / "draco.png")
 
 
 # ---- the `vat` tokenizer ---------------------------------------------------------------------------------
