@@ -104,12 +104,15 @@ def draco_baseline(unit, budget: int, bits_options, *, seed: int = 0) -> dict:
 
 
 # ---- VAT ---------------------------------------------------------------------------------------------
-def vat_rows(model, unit, *, n_points: int, resolution: int, seed: int = 0, fit=None, level="0.5") -> list[dict]:
+def vat_rows(model, unit, *, n_points: int, resolution: int, seed: int = 0, fit=None, level="0.5",
+             offsets: int = 0) -> list[dict]:
     """One row per number of scales kept: bytes and scores of the decoded mesh (zeros when it is empty); ``fit``
     (a :class:`~tokenizers3d.vat_fit.FitSettings`) fits the ids to the mesh first, as ``meshgen compress --fit``;
     ``level`` ``"auto"`` picks each prefix's surface level as ``meshgen compress --scales K`` does
     (:func:`tokenizers3d.vat_fit.choose_level`, at the evaluation's resolution; its samples are not the scoring
-    ones), a number fixes it."""
+    ones), a number fixes it. ``offsets`` (cells per side) also scores each prefix with an occupancy-offset grid
+    as ``meshgen compress --offsets`` writes it (:func:`tokenizers3d.compress.choose_surface`: fitted on the
+    evaluation's grid, kept only when closer), under ``row["offsets"]``."""
     import torch
     import trimesh
 
@@ -146,8 +149,32 @@ def vat_rows(model, unit, *, n_points: int, resolution: int, seed: int = 0, fit=
             else:
                 row.update({"valid": False, "fscore_002": 0.0, "fscore_005": 0.0, "chamfer": float("nan"),
                             "normal_consistency": float("nan")})
+            if offsets:
+                row["offsets"] = offsets_row(model, grid, unit, level if level == AUTO_LEVEL else float(level), offsets,
+                                             k, seed)
             rows.append(row)
     return rows
+
+
+def offsets_row(model, grid, unit, level, cells: int, k: int, seed: int) -> dict:
+    """Bytes and scores of prefix ``k`` with the offset grid ``meshgen compress --offsets cells`` would write."""
+    import trimesh
+
+    from tokenizers3d.compress import choose_surface
+    from tokenizers3d.metrics import evaluate_mesh
+    from tokenizers3d.vat import grid_to_mesh
+    from tokenizers3d.vat_offsets import apply_offsets
+    from tokenizers3d.vatfile import offsets_section_bytes
+
+    chosen, found = choose_surface(grid, np.asarray(unit.vertices), np.asarray(unit.faces), level, cells)
+    v, f = grid_to_mesh(apply_offsets(grid, found) if found is not None else grid, level=chosen)
+    extra = 0 if found is None else offsets_section_bytes(found)
+    row = {"bytes": model.config.bytes_for(k) + extra, "kept": found is not None, "level": chosen}
+    if len(f):
+        m = evaluate_mesh(trimesh.Trimesh(v, f, process=False), unit, n_samples=5000, seed=seed)
+        return {**row, "valid": True, **{name: float(getattr(m, name)) for name in METRICS}}
+    return {**row, "valid": False, "fscore_002": 0.0, "fscore_005": 0.0, "chamfer": float("nan"),
+            "normal_consistency": float("nan")}
 
 
 def budget_rows(config) -> list[dict]:
@@ -157,7 +184,7 @@ def budget_rows(config) -> list[dict]:
 
 
 def evaluate(model, paths: list[Path], *, n_points: int, resolution: int, draco: tuple[int, ...] | None,
-             log=print, fit=None, level="0.5", vat: bool = True) -> dict:
+             log=print, fit=None, level="0.5", vat: bool = True, offsets: int = 0) -> dict:
     """Per mesh: VAT rows per scale count, Draco rows at the same byte budgets, input sizes. ``vat=False`` scores
     only Draco at the model's budgets (the VAT rows keep bytes and tokens, no scores)."""
     import trimesh
@@ -173,7 +200,8 @@ def evaluate(model, paths: list[Path], *, n_points: int, resolution: int, draco:
         obj = mesh.export(file_type="obj")
         item = {"path": str(path), "faces": int(len(unit.faces)),
                 "obj_bytes": len(obj.encode() if isinstance(obj, str) else obj),
-                "vat": vat_rows(model, unit, n_points=n_points, resolution=resolution, fit=fit, level=level)
+                "vat": vat_rows(model, unit, n_points=n_points, resolution=resolution, fit=fit, level=level,
+                                offsets=offsets)
                 if vat else budget_rows(model.config)}
         if draco:
             item["draco_lossless_bytes"] = len(draco_bytes(unit.vertices, unit.faces, 0))
@@ -207,6 +235,10 @@ def summarize(items: list[dict]) -> dict:
                 row[f"draco_{name}"] = _mean([it["draco"][k][name] for it in items])
         if scored:
             row["vat_valid"] = float(np.mean([it["vat"][k]["valid"] for it in items]))
+        if "offsets" in items[0]["vat"][0]:
+            got = [it["vat"][k]["offsets"] for it in items]
+            row.update({f"off_{name}": _mean([g[name] for g in got]) for name in METRICS})
+            row.update(off_bytes=max(g["bytes"] for g in got), off_kept=float(np.mean([g["kept"] for g in got])))
         if "draco" in items[0]:
             row["draco_fits"] = float(np.mean([it["draco"][k]["faces"] > 0 for it in items]))
             row["draco_faces"] = float(np.mean([it["draco"][k]["faces"] for it in items]))
@@ -226,6 +258,10 @@ def markdown(name: str, res: dict) -> str:
     if has_vat:
         head += " VAT F@0.02 | VAT F@0.05 | VAT Chamfer | VAT NC |"
         sep += "---|---|---|---|"
+    has_off = res["rows"] and "off_fscore_005" in res["rows"][0]
+    if has_off:
+        head += " +offsets bytes (most) | +offsets F@0.02 | F@0.05 | Chamfer | offsets kept |"
+        sep += "---|---|---|---|---|"
     if has_draco:
         head += " Draco F@0.02 | Draco F@0.05 | Draco Chamfer | Draco faces |"
         sep += "---|---|---|---|"
@@ -235,6 +271,9 @@ def markdown(name: str, res: dict) -> str:
         if has_vat:
             line += (f" {r['vat_fscore_002']:.3f} | {r['vat_fscore_005']:.3f} | {r['vat_chamfer']:.4f} | "
                      f"{r['vat_normal_consistency']:.3f} |")
+        if has_off:
+            line += (f" {r['off_bytes']} | {r['off_fscore_002']:.3f} | {r['off_fscore_005']:.3f} | "
+                     f"{r['off_chamfer']:.4f} | {r['off_kept'] * 100:.0f} % |")
         if has_draco:
             line += (f" {r['draco_fscore_002']:.3f} | {r['draco_fscore_005']:.3f} | {r['draco_chamfer']:.4f} | "
                      f"{r['draco_faces']:.0f} |")
@@ -263,6 +302,9 @@ def plot(results: dict, path: Path, *, width: int = 900, height: int = 520) -> N
         xs = [r["bytes"] for r in res["rows"]]
         if res["rows"] and "vat_fscore_005" in res["rows"][0]:
             series.append((f"VAT {split}", dark, xs, [r["vat_fscore_005"] for r in res["rows"]]))
+        if res["rows"] and "off_fscore_005" in res["rows"][0]:
+            series.append((f"VAT+offsets {split}", tuple(c // 2 for c in dark), [r["off_bytes"] for r in res["rows"]],
+                           [r["off_fscore_005"] for r in res["rows"]]))
         if res["rows"] and "draco_fscore_005" in res["rows"][0]:
             series.append((f"Draco {split}", light, xs, [r["draco_fscore_005"] for r in res["rows"]]))
     allx = [x for s in series for x in s[2] if x > 0] or [1, 10]
@@ -311,6 +353,9 @@ def main(argv=None) -> int:
     ap.add_argument("--level", default="0.5",
                     help="surface level: 'auto' picks it per mesh and prefix as `meshgen compress` does (its "
                          "default); a number fixes it (default 0.5, the decoder's own)")
+    ap.add_argument("--offsets", type=int, default=0,
+                    help="also score each prefix with an occupancy-offset grid of this many cells per side, as "
+                         "`meshgen compress --offsets` writes it (0: not)")
     ap.add_argument("--draco-only", action="store_true",
                     help="score only the Draco baseline at the model's byte budgets (beside an earlier VAT "
                          "evaluation of the same meshes; minutes instead of most of an hour)")
@@ -362,7 +407,7 @@ def main(argv=None) -> int:
         if paths:
             results[name] = evaluate(model, paths, n_points=args.points, resolution=args.resolution,
                                      draco=tuple(args.draco_bits) or None, fit=fit, level=args.level,
-                                     vat=not args.draco_only)
+                                     vat=not args.draco_only, offsets=args.offsets)
     md = "\n".join(markdown(name, res) for name, res in results.items())
     print(md)
     out = {"checkpoint": args.checkpoint, "digest": digest, "settings": vars(args), "splits": results}

@@ -585,6 +585,14 @@ def test_eval_vat_rows_summary_table_and_plot(tiny_vat, tmp_path, one_thread):
     from PIL import Image
 
     assert Image.open(tmp_path / "plot.png").size == (900, 520)
+    # --offsets: each prefix also scored with the offset grid compress would write (or without, when not kept)
+    off = ev.evaluate(model, [path], n_points=256, resolution=16, draco=None, log=lambda s: None, level="0.5",
+                      offsets=4)
+    for r, o in zip(rows, off["rows"], strict=True):
+        assert o["off_bytes"] == r["bytes"] + 4 + 32 and o["off_kept"] == 1.0  # a fixed level keeps them
+        assert 0.0 <= o["off_fscore_005"] <= 1.0
+    assert "+offsets" in ev.markdown("procedural", off)
+    ev.plot({"procedural": off}, tmp_path / "off.png")
     # --draco-only: the same budgets and Draco scores, no VAT decoding
     only = ev.evaluate(model, [path], n_points=256, resolution=16, draco=(8,), log=lambda s: None, vat=False)
     assert [r["bytes"] for r in only["rows"]] == [r["bytes"] for r in rows]

@@ -98,19 +98,23 @@ class CompressResult:
     scales: int
     fit: dict | None = None  # what the encode-time fit did (FitReport's fields), when it ran
     level: float = 0.5  # the surface level written into the file
+    offsets_bytes: int = 0  # the offset grid's section (0: none written, or asked for and dropped as no better)
 
 
 def compress_file(mesh_path: str | Path, out_path: str | Path, *, checkpoint: str | Path | None = None,
                   scales: int | None = None, n_points: int = DEFAULT_POINTS, seed: int = 0, max_faces: int | None = None,
                   device: str = "cpu", fit_steps: int | None = None,
-                  level: float | str = AUTO_LEVEL) -> CompressResult:
+                  level: float | str = AUTO_LEVEL, offsets: int = 0) -> CompressResult:
     """Write the VAT ids of ``mesh_path`` (its first ``scales`` scales, default all) to ``out_path``; with
     ``fit_steps > 0`` (``None``: :data:`DEFAULT_FIT_STEPS`) the ids are fitted to the mesh first
     (:mod:`tokenizers3d.vat_fit`; same decoder and format, closer shapes, about 0.13 s a step on one core).
     ``level``: the occupancy level the file is decoded at -- :data:`AUTO_LEVEL` (default) picks the one whose
     surface lies closest to the mesh (:func:`tokenizers3d.vat_fit.choose_level`: one decoder pass over a 96^3 grid
     and 13 marching cubes), a number in (0, 1)
-    fixes it (0.5: the decoder's own, as files were before the level was stored)."""
+    fixes it (0.5: the decoder's own, as files were before the level was stored). ``offsets``: cells per side of
+    an occupancy-offset grid fitted to the mesh and written after the ids (:mod:`tokenizers3d.vat_offsets`; 10:
+    504 more bytes, format version 2); 0 (default) writes the ids alone. With the automatic level the grid is kept
+    only when its surface lies closer to the mesh than the ids' own (else the file is the ids alone)."""
     import torch
 
     from .io import check_output_path, load_mesh, refuse_overwrite
@@ -124,6 +128,8 @@ def compress_file(mesh_path: str | Path, out_path: str | Path, *, checkpoint: st
     if not 1 <= kept <= len(q.scales):
         raise ConfigError(f"--scales must be between 1 and {len(q.scales)}, got {scales}")
     level = parse_level(level)
+    if offsets and not 2 <= int(offsets) <= 64:
+        raise ConfigError(f"--offsets must be 0 (none) or 2 to 64 cells per side, got {offsets}")
     fit_steps = DEFAULT_FIT_STEPS if fit_steps is None else int(fit_steps)
     if fit_steps < 0:
         raise ConfigError(f"--fit-steps must be 0 or more, got {fit_steps}")
@@ -140,16 +146,37 @@ def compress_file(mesh_path: str | Path, out_path: str | Path, *, checkpoint: st
     else:
         codes, norm = encode_mesh(model, mesh, n_points=n_points, seed=seed, device=device)
     ids = torch.cat(codes[:kept], dim=-1)[0].cpu().numpy()
-    if level == AUTO_LEVEL:
-        from .vat_fit import LEVEL_RESOLUTION, choose_level
+    grid = None
+    if level == AUTO_LEVEL or offsets:
+        from .vat_fit import LEVEL_RESOLUTION
 
         with torch.no_grad():
             grid = model.occupancy_grid(model.decode_ids(codes, scales=kept), LEVEL_RESOLUTION)
         unit = norm.apply(np.asarray(mesh.vertices, dtype=np.float64))
-        level, _ = choose_level(grid, unit, np.asarray(mesh.faces))
-    f = VatFile(ids, model.config.bits_per_token, len(q.scales), kept, digest, norm, level)
+    level, grid_offsets = choose_surface(grid, unit, np.asarray(mesh.faces), level, offsets) if grid is not None \
+        else (level, None)
+    f = VatFile(ids, model.config.bits_per_token, len(q.scales), kept, digest, norm, level, grid_offsets)
     size = write_vat(out_path, f)
-    return CompressResult(out_path, size, f.payload_bytes, len(ids), kept, report, level)
+    return CompressResult(out_path, size, f.payload_bytes, len(ids), kept, report, level,
+                          f.payload_bytes - f.ids_bytes)
+
+
+def choose_surface(grid: np.ndarray, vertices: np.ndarray, faces: np.ndarray, level: float | str, offsets: int):
+    """``(level, OffsetGrid or None)`` the encoder writes for the decoded ``grid`` of a mesh ``(vertices, faces)``
+    in the unit frame: with ``offsets`` cells an offset grid is fitted (:func:`tokenizers3d.vat_offsets.fit_offsets`);
+    with :data:`AUTO_LEVEL` the level is chosen (:func:`tokenizers3d.vat_fit.choose_level`) on the grid with and
+    without the offsets, and the offsets are kept only when their surface is the closer one (Chamfer)."""
+    from .vat_fit import choose_level
+    from .vat_offsets import apply_offsets, fit_offsets
+
+    found = fit_offsets(grid, vertices, faces, cells=int(offsets)) if offsets else None
+    if level != AUTO_LEVEL:
+        return level, found
+    plain, scores = choose_level(grid, vertices, faces)
+    if found is None:
+        return plain, None
+    refined, refined_scores = choose_level(apply_offsets(grid, found), vertices, faces)
+    return (refined, found) if refined_scores[refined] < scores[plain] else (plain, None)
 
 
 def decompress_file(vat_path: str | Path, out_path: str | Path, *, checkpoint: str | Path | None = None,
@@ -176,7 +203,12 @@ def decompress_file(vat_path: str | Path, out_path: str | Path, *, checkpoint: s
     ids = torch.as_tensor(f.ids, device=device)[None]
     with torch.no_grad():
         planes = model.decode_ids(model.quantizer.split(ids), scales=f.scales_kept)
-        vertices, faces = grid_to_mesh(model.occupancy_grid(planes, int(resolution)), level=f.level)
+        grid = model.occupancy_grid(planes, int(resolution))
+    if f.offsets is not None:
+        from .vat_offsets import apply_offsets
+
+        grid = apply_offsets(grid, f.offsets)
+    vertices, faces = grid_to_mesh(grid, level=f.level)
     if len(faces) == 0:
         raise MeshInputError(vat_path, "decodes to an empty shape (no surface in the occupancy field)")
     import trimesh
