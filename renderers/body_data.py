@@ -58,6 +58,7 @@ COCO_KEYPOINTS = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "lef
 HUMAN_INSTALL = "body recovery needs the Anny body model: pip install 'meshgen[human]' (or pip install anny)"
 FOV = 40.0  # vertical field of view of every synthetic camera, degrees
 COARSE_VERTICES = 1024
+TOPOLOGY_FILE = Path(__file__).resolve().parents[1] / "assets" / "body" / "coarse_topology.json"
 # Random pose: rotation about a random axis by up to this many degrees, per bone (both sides).
 POSE_LIMITS = {"upperarm01": 75.0, "lowerarm01": 85.0, "upperleg01": 50.0, "lowerleg01": 75.0,
                "spine03": 25.0, "spine01": 15.0, "neck01": 25.0, "head": 25.0}
@@ -195,10 +196,15 @@ class CoarseTopology:
 
     @classmethod
     def build(cls, body: BodyModel, n: int = COARSE_VERTICES) -> CoarseTopology:
+        """The first ``n`` vertices of the frozen index (:func:`frozen_coarse_index`), their Voronoi cells on the
+        rest body and the coarse faces between them."""
         from scipy.spatial import cKDTree
 
         rest = body.template
-        index = farthest_points(rest, n, start=int(np.argmax(rest[:, 2])))
+        frozen = frozen_coarse_index(len(rest))
+        if not 1 <= n <= len(frozen):
+            raise ValueError(f"a coarse topology of {n} vertices: the frozen index has {len(frozen)}")
+        index = frozen[:n]
         cell = cKDTree(rest[index]).query(rest)[1]
         c = cell[body.faces]
         keep = (c[:, 0] != c[:, 1]) & (c[:, 1] != c[:, 2]) & (c[:, 0] != c[:, 2])
@@ -247,6 +253,30 @@ def upsample(coarse, nbr, w):
     """``coarse`` (B, q, 3) (numpy or torch) -> full (B, V, 3) through a map of :meth:`CoarseTopology.upsample_map`."""
     return (coarse[:, nbr] * w[None, :, :, None]).sum(axis=2) if isinstance(coarse, np.ndarray) \
         else (coarse[:, nbr] * w[None, :, :, None]).sum(dim=2)
+
+
+@functools.lru_cache(maxsize=1)
+def _topology_file() -> dict:
+    return json.loads(TOPOLOGY_FILE.read_text())
+
+
+def frozen_coarse_index(n_full_vertices: int | None = None) -> np.ndarray:
+    """The kept full-mesh vertices of the coarse topology, nested (``assets/body/coarse_topology.json``; the first
+    256 are the bundled body model's). Frozen rather than recomputed: farthest points of Anny's rest body came out
+    as another set on another install, and a dataset whose coarse labels are other vertices than a model's
+    upsampling map expects trains that model towards the wrong points (docs/body.md)."""
+    data = _topology_file()
+    if n_full_vertices is not None and data["n_full_vertices"] != n_full_vertices:
+        raise ValueError(f"{TOPOLOGY_FILE} is for an Anny mesh of {data['n_full_vertices']} vertices, this one has "
+                         f"{n_full_vertices}")
+    return np.asarray(data["index"], dtype=np.int64)
+
+
+def coarse_index_digest(n: int = COARSE_VERTICES) -> str:
+    """16 hex digits naming the first ``n`` vertices of the frozen coarse index (a dataset records it)."""
+    import hashlib
+
+    return hashlib.sha256(frozen_coarse_index()[:n].tobytes()).hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=2)
@@ -535,7 +565,7 @@ def write_body_dataset(out: str | Path, split: str, n: int, *, shard_size: int =
     index_path = out / "index.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
     meta = json.loads(json.dumps({"settings": asdict(settings), "coarse_vertices": COARSE_VERTICES, "fov": FOV,
-                                  "keypoints": list(COCO_KEYPOINTS)}))
+                                  "keypoints": list(COCO_KEYPOINTS), "coarse_topology": coarse_index_digest()}))
     if index.get("meta", meta) != meta:
         raise ValueError(f"{out}: was written with other settings ({index['meta']}); use another folder")
     old = index.get("splits", {}).get(split)
@@ -578,9 +608,16 @@ def load_body_split(root: str | Path, split: str) -> dict:
     (see :data:`ARRAYS`)."""
     root = Path(root)
     index_path = root / "index.json"
-    entry = json.loads(index_path.read_text()).get("splits", {}).get(split) if index_path.exists() else None
+    index = json.loads(index_path.read_text()) if index_path.exists() else {}
+    entry = index.get("splits", {}).get(split)
     if not entry or not entry["shards"]:
         raise FileNotFoundError(f"{root}: no {split} split (make one with scripts/make_body_dataset.py)")
+    if index.get("meta", {}).get("coarse_topology") != coarse_index_digest():
+        from tokenizers3d.errors import MeshInputError
+
+        raise MeshInputError(root, "holds coarse vertices of another coarse body topology than "
+                                   f"{TOPOLOGY_FILE.name} (made before it was frozen, or with another one); rebuild it "
+                                   "with scripts/make_body_dataset.py into a new folder")
     parts = []
     for name in entry["shards"]:
         with np.load(root / split / name) as z:
@@ -590,6 +627,6 @@ def load_body_split(root: str | Path, split: str) -> dict:
 
 __all__ = [
     "COCO_KEYPOINTS", "FOV", "COARSE_VERTICES", "HUMAN_INSTALL", "POSE_SEED_OFFSET", "BodyParams", "BodyModel", "BodyRenderer",
-    "BodyRenderSettings", "CoarseTopology", "coarse_topology", "farthest_points", "human_available", "load_body_split",
+    "BodyRenderSettings", "CoarseTopology", "coarse_index_digest", "coarse_topology", "frozen_coarse_index", "farthest_points", "human_available", "load_body_split",
     "project", "root_relative", "sample_body", "split_seed", "to_opencv", "upsample", "write_body_dataset",
 ]

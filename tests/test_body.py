@@ -106,6 +106,38 @@ def test_coarse_topology_is_nested_and_upsamples_closely(renderer, one_thread):
     assert err < 0.01  # metres
 
 
+def test_frozen_topology_is_the_bundled_models_and_datasets_record_it(renderer, tmp_path, one_thread):
+    """The coarse vertices a dataset holds are those the bundled model's upsampling map was fitted for: true coarse
+    vertices through its map land within a few mm of the true full body (the map's floor; with a recomputed set
+    it was 16.5 mm). A dataset made with another topology is refused with one clear error."""
+    import torch
+
+    import renderers.body_data as bd
+    from meshgen.hmr import HMRModel
+    from tokenizers3d.errors import MeshInputError
+
+    checkpoint = ROOT / "assets" / "checkpoints" / "body-hmr"
+    if not (checkpoint / "model.safetensors").exists():
+        pytest.skip("no bundled body weights")
+    model = HMRModel.from_pretrained(checkpoint)
+    q = model.config.n_vertices
+    index = bd.frozen_coarse_index(len(renderer.body.template))
+    assert len(set(index.tolist())) == len(index) == bd.COARSE_VERTICES
+    np.testing.assert_array_equal(renderer.topology.index, index)
+    full = renderer.full_vertices([bd.split_seed("test", i) for i in range(4)])
+    pelvis_free = torch.as_tensor(full[:, index[:q]], dtype=torch.float32)
+    floor = np.linalg.norm(model.full_vertices(pelvis_free).numpy() - full, axis=-1).mean()
+    assert floor < 0.005, floor  # metres
+    bd.write_body_dataset(tmp_path / "d", "val", 2, shard_size=2, settings=bd.BodyRenderSettings(image_size=64),
+                          progress=False)
+    assert len(bd.load_body_split(tmp_path / "d", "val")["seed"]) == 2
+    meta = json.loads((tmp_path / "d" / "index.json").read_text())
+    meta["meta"]["coarse_topology"] = "0" * 16
+    (tmp_path / "d" / "index.json").write_text(json.dumps(meta))
+    with pytest.raises(MeshInputError, match="another coarse body topology"):
+        bd.load_body_split(tmp_path / "d", "val")
+
+
 def test_overlay_of_the_true_body_covers_its_silhouette(renderer, one_thread):
     from meshgen.body import fit_weak_perspective, overlay_image
     from renderers.body_data import root_relative
