@@ -13,6 +13,10 @@ level 10) to at most the same number of bytes: for each quantization setting in 
 face count that fits (binary search), and of those the one with the lowest Chamfer to the input (the baseline
 is given its best setting per mesh). When not even a 4-face mesh fits, the budget scores 0 (no mesh).
 
+``--offsets N`` also scores every prefix with the occupancy-offset grid ``meshgen compress --offsets N`` would
+write after its ids (:mod:`tokenizers3d.vat_offsets`; kept only where it brings the surface closer, so a row's
+bytes are the most any mesh used); ``--draco-only`` scores the Draco baseline alone at the model's budgets.
+
 Compression ratios, as the paper reports them: the input's OBJ text size and its Draco size without quantization
 (lossless floats) over the VAT bytes of the full sequence.
 
