@@ -99,8 +99,8 @@ def test_compress_with_offsets_and_the_command(tmp_path, one_thread):
     import sys
 
     from tokenizers3d.compress import compress_file, decompress_file
-    from tokenizers3d.vat import VATConfig, VATModel
     from tokenizers3d.msrq import MSRQConfig
+    from tokenizers3d.vat import VATConfig, VATModel
 
     torch.manual_seed(0)
     config = VATConfig(dim=32, heads=2, enc_layers=1, dec_layers=1, n_freqs=4, plane_base=4, plane_res=8,
