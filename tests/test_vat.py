@@ -377,6 +377,18 @@ def _ship_the_run(tmp_path, root):
     card = (dest / "README.md").read_text()
     assert "| 3 | 4 | 0.200 | 0.800 | 0.0500 | 0.900 | 0.200 | 0.800 | 0.0500 | -- |" in card
     assert "--fit-steps 150 --level auto --out runs/y.json" in card and "--out runs/x.json" in card
+    # an evaluation with the offset layer (eval_vat --offsets): its columns, its command and its own verdict
+    off_rows = [{**r, "off_bytes": r["bytes"] + 504, "off_fscore_002": 0.85, "off_fscore_005": 0.97, "off_kept": 1.0}
+                for r in rows]
+    ev3 = {**ev, "settings": {**ev["settings"], "offsets": 10, "out": "runs/z.json"},
+           "splits": {"procedural": {**ev["splits"]["procedural"], "rows": off_rows}}}
+    (tmp_path / "ev3.json").write_text(json.dumps(ev3))
+    done = subprocess.run([*ship[:5], str(tmp_path / "ev3.json"), *ship[6:]], capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stderr
+    card = (dest / "README.md").read_text()
+    assert "| 3 | 4 | 0.200 | 0.800 | 0.0500 | 0.900 | 508 | 0.850 | 0.970 |" in card and "--offsets 10" in card
+    assert "F@0.05 >= 0.95 (0.800 here: not met)" in card and "With the offset layer" in card
+    assert "F@0.05 0.970 (met); F@0.02 0.850 (met)" in card
     twice = subprocess.run([*ship[:5], str(tmp_path / "ev.json"), str(tmp_path / "ev.json"), *ship[6:]],
                            capture_output=True, text=True, cwd=root)
     assert twice.returncode == 2 and "in two of the evaluation files" in twice.stderr
