@@ -118,12 +118,9 @@ def vat_rows(model, unit, *, n_points: int, resolution: int, seed: int = 0, fit=
     as ``meshgen compress --offsets`` writes it (:func:`tokenizers3d.compress.choose_surface`: fitted on the
     evaluation's grid, kept only when closer), under ``row["offsets"]``."""
     import torch
-    import trimesh
 
     from tokenizers3d.compress import AUTO_LEVEL
-    from tokenizers3d.metrics import evaluate_mesh
     from tokenizers3d.sample import sample_surface
-    from tokenizers3d.vat import grid_to_mesh
     from tokenizers3d.vat_fit import choose_level
 
     cloud = sample_surface(unit, n_points, seed=seed)
@@ -137,48 +134,51 @@ def vat_rows(model, unit, *, n_points: int, resolution: int, seed: int = 0, fit=
         codes, _ = fit_codes(model, np.asarray(unit.vertices), np.asarray(unit.faces), mean, fit)
     else:
         codes = model.encode(t(cloud.points), t(cloud.normals))
+    vertices, faces = np.asarray(unit.vertices), np.asarray(unit.faces)
     with torch.no_grad():
         for k in range(1, len(codes) + 1):
             grid = model.occupancy_grid(model.decode_ids(codes, scales=k), resolution)
-            if level == AUTO_LEVEL:
-                chosen, _ = choose_level(grid, np.asarray(unit.vertices), np.asarray(unit.faces))
-            else:
-                chosen = float(level)
-            v, f = grid_to_mesh(grid, level=chosen)
+            plain = choose_level(grid, vertices, faces) if level == AUTO_LEVEL else (float(level), None)
             row = {"scales": k, "tokens": int(sum(c.shape[-1] for c in codes[:k])), "bytes": model.config.bytes_for(k),
-                   "level": chosen}
-            if len(f):
-                m = evaluate_mesh(trimesh.Trimesh(v, f, process=False), unit, n_samples=5000, seed=seed)
-                row.update({"valid": True, **{name: float(getattr(m, name)) for name in METRICS}})
-            else:
-                row.update({"valid": False, "fscore_002": 0.0, "fscore_005": 0.0, "chamfer": float("nan"),
-                            "normal_consistency": float("nan")})
+                   "level": plain[0], **_scores(grid, plain[0], unit, seed)}
             if offsets:
-                row["offsets"] = offsets_row(model, grid, unit, level if level == AUTO_LEVEL else float(level), offsets,
-                                             k, seed)
+                row["offsets"] = offsets_row(model, grid, unit, level, plain, row, offsets, k, seed)
             rows.append(row)
     return rows
 
 
-def offsets_row(model, grid, unit, level, cells: int, k: int, seed: int) -> dict:
-    """Bytes and scores of prefix ``k`` with the offset grid ``meshgen compress --offsets cells`` would write."""
+def _scores(grid, level: float, unit, seed: int) -> dict:
+    """``valid`` and :data:`METRICS` of the marching-cubes surface of ``grid`` at ``level`` against ``unit`` (zeros
+    and NaNs when the surface is empty)."""
     import trimesh
 
-    from tokenizers3d.compress import choose_surface
     from tokenizers3d.metrics import evaluate_mesh
     from tokenizers3d.vat import grid_to_mesh
+
+    v, f = grid_to_mesh(grid, level=level)
+    if not len(f):
+        return {"valid": False, "fscore_002": 0.0, "fscore_005": 0.0, "chamfer": float("nan"),
+                "normal_consistency": float("nan")}
+    m = evaluate_mesh(trimesh.Trimesh(v, f, process=False), unit, n_samples=5000, seed=seed)
+    return {"valid": True, **{name: float(getattr(m, name)) for name in METRICS}}
+
+
+def offsets_row(model, grid, unit, level, plain, row: dict, cells: int, k: int, seed: int) -> dict:
+    """Bytes and scores of prefix ``k`` with the offset grid ``meshgen compress --offsets cells`` would write;
+    ``plain`` (``choose_level``'s answer for ``grid``) and ``row`` (its scores) are the prefix's without offsets,
+    reused when the offsets are not kept."""
+    from tokenizers3d.compress import AUTO_LEVEL, choose_surface
     from tokenizers3d.vat_offsets import apply_offsets
     from tokenizers3d.vatfile import offsets_section_bytes
 
-    chosen, found = choose_surface(grid, np.asarray(unit.vertices), np.asarray(unit.faces), level, cells)
-    v, f = grid_to_mesh(apply_offsets(grid, found) if found is not None else grid, level=chosen)
-    extra = 0 if found is None else offsets_section_bytes(found)
-    row = {"bytes": model.config.bytes_for(k) + extra, "kept": found is not None, "level": chosen}
-    if len(f):
-        m = evaluate_mesh(trimesh.Trimesh(v, f, process=False), unit, n_samples=5000, seed=seed)
-        return {**row, "valid": True, **{name: float(getattr(m, name)) for name in METRICS}}
-    return {**row, "valid": False, "fscore_002": 0.0, "fscore_005": 0.0, "chamfer": float("nan"),
-            "normal_consistency": float("nan")}
+    chosen, found = choose_surface(grid, np.asarray(unit.vertices), np.asarray(unit.faces),
+                                   level if level == AUTO_LEVEL else float(level), cells,
+                                   plain=plain if level == AUTO_LEVEL else None)
+    if found is None:
+        return {"bytes": row["bytes"], "kept": False, "level": chosen,
+                **{key: row[key] for key in ("valid", *METRICS)}}
+    return {"bytes": model.config.bytes_for(k) + offsets_section_bytes(found), "kept": True, "level": chosen,
+            **_scores(apply_offsets(grid, found), chosen, unit, seed)}
 
 
 def budget_rows(config) -> list[dict]:

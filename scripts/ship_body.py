@@ -137,9 +137,9 @@ python scripts/train_pose_tokenizer.py --data data/body --out {run} --steps {cfg
 """
 
 
-def hmr_card(run: Path, ablation: Path | None, ev: dict, size: int, md_table: str, previous: str = "") -> str:
-    """The model card. ``previous``: the card of the weights the first stage of ``run`` started from, when those
-    are a bundled model directory rather than a run (its stages and commands are carried over)."""
+def hmr_card(run: Path, ablation: Path | None, ev: dict, size: int, md_table: str) -> str:
+    """The model card. When the first stage of ``run`` started from the bundled weights (not a run), their card's
+    stages and commands are carried over (read before the new weights replace them)."""
     f = _run_facts(run)
     v, cfg = f["val"], f["cfg"]
     n = _data_sizes(cfg["data"])
@@ -174,8 +174,9 @@ def hmr_card(run: Path, ablation: Path | None, ev: dict, size: int, md_table: st
                  "upsampled) shows the map itself costs about 2 mm.")
     chain = _stages(run)
     abl_chain = _stages(ablation) if ablation is not None else []
-    prior, prior_cmds = card_history(previous) if previous else ([], [])
     start = chain[0][1]["cfg"].get("init_from")
+    bundled = start and Path(start).resolve() == HMR_DEST.resolve()
+    prior, prior_cmds = card_history((HMR_DEST / "README.md").read_text()) if bundled else ([], [])
 
     def cmd(d: Path, c: dict) -> str:  # the bundled weights are what the previous card's last command made
         text = _train_cmd(d, c)
@@ -279,10 +280,7 @@ def main(argv=None) -> int:
         if differ or a.get("no_pose_tokens") or not b.get("no_pose_tokens"):
             _fail(f"the ablation run differs in {differ or 'its pose tokens'}; train it with the same settings")
     md = Path(args.markdown or Path(args.eval).with_suffix(".md")).read_text()
-    first = _stages(hmr_run)[0][1]["cfg"].get("init_from")
-    previous = ((HMR_DEST / "README.md").read_text() if first and Path(first).resolve() == HMR_DEST.resolve()
-                else "")
-    card = hmr_card(hmr_run, Path(args.ablation_run) if args.ablation_run else None, ev, hmr_size, md, previous)
+    card = hmr_card(hmr_run, Path(args.ablation_run) if args.ablation_run else None, ev, hmr_size, md)
     if args.tokenizer_run:
         install_model_dir(tok_dir, TOKENIZER_DEST, tokenizer_card(Path(args.tokenizer_run), tok_size))
     install_model_dir(hmr_run / "best", HMR_DEST, card)

@@ -161,22 +161,24 @@ def compress_file(mesh_path: str | Path, out_path: str | Path, *, checkpoint: st
                           f.payload_bytes - f.ids_bytes)
 
 
-def choose_surface(grid: np.ndarray, vertices: np.ndarray, faces: np.ndarray, level: float | str, offsets: int):
+def choose_surface(grid: np.ndarray, vertices: np.ndarray, faces: np.ndarray, level: float | str, offsets: int, *,
+                   plain: tuple[float, dict] | None = None):
     """``(level, OffsetGrid or None)`` the encoder writes for the decoded ``grid`` of a mesh ``(vertices, faces)``
     in the unit frame: with ``offsets`` cells an offset grid is fitted (:func:`tokenizers3d.vat_offsets.fit_offsets`);
     with :data:`AUTO_LEVEL` the level is chosen (:func:`tokenizers3d.vat_fit.choose_level`) on the grid with and
-    without the offsets, and the offsets are kept only when their surface is the closer one (Chamfer)."""
+    without the offsets, and the offsets are kept only when their surface is the closer one (Chamfer). ``plain``:
+    ``choose_level``'s answer for ``grid`` when the caller has it already."""
     from .vat_fit import choose_level
     from .vat_offsets import apply_offsets, fit_offsets
 
     found = fit_offsets(grid, vertices, faces, cells=int(offsets)) if offsets else None
     if level != AUTO_LEVEL:
         return level, found
-    plain, scores = choose_level(grid, vertices, faces)
+    best, scores = plain if plain is not None else choose_level(grid, vertices, faces)
     if found is None:
-        return plain, None
+        return best, None
     refined, refined_scores = choose_level(apply_offsets(grid, found), vertices, faces)
-    return (refined, found) if refined_scores[refined] < scores[plain] else (plain, None)
+    return (refined, found) if refined_scores[refined] < scores[best] else (best, None)
 
 
 def decompress_file(vat_path: str | Path, out_path: str | Path, *, checkpoint: str | Path | None = None,
