@@ -123,9 +123,12 @@ def recover_body(model, image: np.ndarray, *, overlay: bool = True) -> BodyResul
         out = model(x)
         full = model.full_vertices(out.vertices)[0].numpy().astype(np.float64)
     flip = np.array([1.0, -1.0, -1.0])  # OpenCV camera axes -> x right, y up, z towards the viewer
-    kp = (out.keypoints[0].numpy() + 1.0) * (size / 2.0) * scale - np.array([ox, oy])
+    # the 2D pose the model read: its separate estimator's when it carries one, else its keypoint head's
+    kp2d, seen = ((out.estimate.keypoints, out.estimate.seen) if out.estimate is not None
+                  else (out.keypoints, torch.sigmoid(out.visibility)))
+    kp = (kp2d[0].numpy() + 1.0) * (size / 2.0) * scale - np.array([ox, oy])
     result = BodyResult(full * flip, model.full_faces.numpy(), out.joints[0].numpy() * flip, kp,
-                        torch.sigmoid(out.visibility[0]).numpy(), out.camera[0].numpy(),
+                        seen[0].numpy(), out.camera[0].numpy(),
                         None if out.pose_ids is None else out.pose_ids[0].tolist())
     if overlay:
         result.overlay = overlay_image(image, full, result.faces, out.camera[0].numpy(), scale, (ox, oy), kp)

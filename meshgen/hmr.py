@@ -7,7 +7,9 @@
    tokens with learned positions.
 2. **2D keypoint head**: 17 heatmaps at 1/4 resolution from the two finest stages, soft-argmax -> keypoints
    in the crop frame ``[-1, 1]``, and a visibility logit per joint.
-3. **Pose tokens**: the predicted keypoints (detached) and their visibility go through the frozen 2D pose
+3. **Pose tokens**: the predicted keypoints (detached) and their visibility -- or, when the model carries one
+   (``HMRConfig.keypoint_net``, :func:`attach_keypoint_net`), the keypoints of a separate frozen 2D pose estimator
+   (:class:`meshgen.keypoints.KeypointNet`, as PostoMETRO reads its tokens from one) -- go through the frozen 2D pose
    tokenizer (:class:`tokenizers3d.pose_tokens.PoseTokenizer`, its weights saved inside this model) -> ``M``
    discrete tokens -> their codebook vectors, projected to the model width. Off (``pose_tokens=False``) for
    the ablation: everything else is the same.
@@ -34,6 +36,8 @@ from torch.nn import functional as F
 from tokenizers3d.checkpoint import PretrainedMixin
 from tokenizers3d.pose_tokens import PoseTokenizer, PoseTokenizerConfig
 
+from .keypoints import KeypointConfig, KeypointNet, KeypointOutput, soft_argmax
+
 
 @dataclass(frozen=True)
 class HMRConfig:
@@ -53,6 +57,7 @@ class HMRConfig:
     pose_tokens: bool = True
     pose_tokenizer: PoseTokenizerConfig = field(default_factory=PoseTokenizerConfig)
     dropout: float = 0.0
+    keypoint_net: KeypointConfig | None = None  # a 2D pose estimator of its own (frozen) feeds the pose tokens
 
     def __post_init__(self):
         if self.image_size % 16:
@@ -68,15 +73,6 @@ def _stage(cin: int, cout: int) -> nn.Sequential:
     )
 
 
-def soft_argmax(heatmaps: torch.Tensor) -> torch.Tensor:
-    """(B, J, H, W) logits -> (B, J, 2) expected ``x, y`` in ``[-1, 1]`` (pixel centres)."""
-    b, j, h, w = heatmaps.shape
-    p = heatmaps.flatten(2).softmax(-1).view(b, j, h, w)
-    xs = (torch.arange(w, dtype=p.dtype, device=p.device) + 0.5) * (2.0 / w) - 1.0
-    ys = (torch.arange(h, dtype=p.dtype, device=p.device) + 0.5) * (2.0 / h) - 1.0
-    return torch.stack([(p.sum(2) * xs).sum(-1), (p.sum(3) * ys).sum(-1)], dim=-1)
-
-
 @dataclass
 class HMROutput:
     joints: torch.Tensor  # (B, J, 3) pelvis-relative, camera axes
@@ -85,6 +81,7 @@ class HMROutput:
     keypoints: torch.Tensor  # (B, J, 2) keypoint head, crop frame
     visibility: torch.Tensor  # (B, J) logits
     pose_ids: torch.Tensor | None  # (B, M)
+    estimate: KeypointOutput | None = None  # the model's own 2D pose estimator, when it carries one
 
     def project(self, points: torch.Tensor) -> torch.Tensor:
         """Weak-perspective projection of pelvis-relative points (B, N, 3) into the crop frame (B, N, 2)."""
@@ -111,6 +108,10 @@ class HMRModel(nn.Module, PretrainedMixin):
         self.img_pos = nn.Parameter(torch.randn(n_img, c.width) * 0.02)
         self.tokenizer = PoseTokenizer(c.pose_tokenizer)
         self.tokenizer.requires_grad_(False)
+        self.keypoint_net = None
+        if c.keypoint_net is not None:
+            self.keypoint_net = KeypointNet(c.keypoint_net)
+            self.keypoint_net.requires_grad_(False)
         m = c.pose_tokenizer.n_tokens
         self.pose_proj = nn.Linear(c.pose_tokenizer.code_dim, c.width)
         self.pose_pos = nn.Parameter(torch.randn(m, c.width) * 0.02)
@@ -131,6 +132,8 @@ class HMRModel(nn.Module, PretrainedMixin):
     def train(self, mode: bool = True):
         super().train(mode)
         self.tokenizer.eval()  # frozen: no EMA codebook updates, no dead-code restarts
+        if self.keypoint_net is not None:
+            self.keypoint_net.eval()  # frozen: its batch norms keep their statistics
         return self
 
     def forward(self, images: torch.Tensor, *, pose_keypoints: torch.Tensor | None = None,
@@ -160,9 +163,13 @@ class HMRModel(nn.Module, PretrainedMixin):
         keypoints = soft_argmax(heat)
         visibility = self.vis_head(f16.mean(dim=(2, 3)))
         tokens = [self.img_proj(f16.flatten(2).transpose(1, 2)) + self.img_pos]
-        pose_ids = None
+        pose_ids = estimate = None
         if c.pose_tokens:
             kp, conf = keypoints.detach(), visibility.detach().sigmoid()
+            if self.keypoint_net is not None:
+                with torch.no_grad():
+                    estimate = self.keypoint_net(images)
+                kp, conf = estimate.keypoints, estimate.inside
             if pose_keypoints is not None:
                 rows = torch.ones(kp.shape[0], dtype=torch.bool) if pose_rows is None else pose_rows
                 kp = torch.where(rows[:, None, None], pose_keypoints, kp)
@@ -175,7 +182,7 @@ class HMRModel(nn.Module, PretrainedMixin):
             rest = torch.zeros(images.shape[0], n_rest, dtype=torch.bool, device=images.device)
             mask = torch.cat([image_hidden.to(device=images.device, dtype=torch.bool), rest], dim=1)
         joints, vertices, camera = self._decode(tokens, mask)
-        return HMROutput(joints, vertices, camera, keypoints, visibility, pose_ids)
+        return HMROutput(joints, vertices, camera, keypoints, visibility, pose_ids, estimate)
 
     def lift(self, pose_keypoints: torch.Tensor, pose_confidence: torch.Tensor) -> HMROutput:
         """The 3D body from a 2D pose alone: ``pose_keypoints`` (B, J, 2, crop frame) and ``pose_confidence``
@@ -266,4 +273,35 @@ def hmr_losses(out: HMROutput, batch: dict, model: HMRModel, weights: LossWeight
     return terms
 
 
-__all__ = ["HMRConfig", "HMRModel", "HMROutput", "LossWeights", "hmr_losses", "soft_argmax"]
+def colour_jitter(rng, images: torch.Tensor) -> torch.Tensor:
+    """Training augmentation of (B, 3, S, S) floats in [0, 1], per image: a gain per channel (0.8-1.2), brightness
+    (+-0.1), contrast (0.7-1.3) and pixel noise (std 0.02), drawn from the numpy generator ``rng``."""
+    b = images.shape[0]
+    gain = torch.as_tensor(rng.uniform(0.8, 1.2, (b, 3, 1, 1)), dtype=torch.float32)
+    bright = torch.as_tensor(rng.uniform(-0.1, 0.1, (b, 1, 1, 1)), dtype=torch.float32)
+    contrast = torch.as_tensor(rng.uniform(0.7, 1.3, (b, 1, 1, 1)), dtype=torch.float32)
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    images = (images - mean) * contrast + mean + bright
+    images = images * gain + torch.as_tensor(rng.normal(0, 0.02, images.shape), dtype=torch.float32)
+    return images.clamp(0, 1)
+
+
+def attach_keypoint_net(model: HMRModel, net: KeypointNet) -> HMRModel:
+    """A copy of ``model`` (with pose tokens) whose pose tokens read ``net``'s keypoints, with the probability of
+    being inside the image as confidence, instead of the keypoint head's; the net is frozen inside it and saved with
+    its weights. Replaces a net the model already carries."""
+    from dataclasses import replace
+
+    if not model.config.pose_tokens:
+        raise ValueError("a model without pose tokens has nothing to feed a 2D pose estimator's keypoints to")
+    if net.config.image_size != model.config.image_size or net.config.n_joints != model.config.n_joints:
+        raise ValueError(f"the keypoint net takes {net.config.image_size} px images and {net.config.n_joints} "
+                         f"joints, the body model {model.config.image_size} px and {model.config.n_joints}")
+    out = HMRModel(replace(model.config, keypoint_net=net.config))
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("keypoint_net.")}
+    state.update({f"keypoint_net.{k}": v for k, v in net.state_dict().items()})
+    out.load_state_dict(state)
+    return out.train(model.training)
+
+
+__all__ = ["HMRConfig", "HMRModel", "HMROutput", "LossWeights", "attach_keypoint_net", "colour_jitter", "hmr_losses", "soft_argmax"]

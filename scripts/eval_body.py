@@ -10,7 +10,9 @@ test images (``test``) and on the same bodies and cameras with occluders (``test
 * PVE: mean distance of the predicted full Anny mesh (13,718 vertices, upsampled from the model's coarse
   vertices by its fixed map) to the true mesh, after the same pelvis alignment, mm; ``PVE coarse`` on the
   model's own vertices;
-* the 2D keypoint head's error in pixels (joints inside the image).
+* the 2D keypoint head's error in pixels (joints inside the image), and that of the model's separate 2D pose
+  estimator when it carries one (``--keypoint-net DIR`` attaches one to every model with pose tokens), on all
+  joints in the image and on the hidden ones.
 
 The true full meshes are rebuilt from the seeds (needs ``anny``). Also ``--floor``: PVE of the upsampling map
 applied to the *true* coarse vertices (the best any model of this size can do). Writes JSON (``--out``), a
@@ -80,8 +82,13 @@ def predict(model, images: np.ndarray, batch: int = 64, pose: tuple[np.ndarray, 
                                       "pose_confidence": torch.from_numpy(pose[1][s:s + batch])}
         if hard_visibility:
             first = model(x)
-            kw = {"pose_keypoints": first.keypoints, "pose_confidence": (first.visibility > 0).float()}
+            if first.estimate is not None:
+                kw = {"pose_keypoints": first.estimate.keypoints, "pose_confidence": (first.estimate.seen > 0.5).float()}
+            else:
+                kw = {"pose_keypoints": first.keypoints, "pose_confidence": (first.visibility > 0).float()}
         o = model(x, **kw)
+        if o.estimate is not None:
+            outs.setdefault("estimate", []).append(o.estimate.keypoints.numpy())
         outs["joints"].append(o.joints.numpy())
         outs["coarse"].append(o.vertices.numpy())
         outs["full"].append(model.full_vertices(o.vertices).numpy())
@@ -105,6 +112,12 @@ def metrics(pred: dict, data: dict, full_true: np.ndarray, q: int) -> dict:
     inside = data["keypoints"][..., 2] > 0
     kp_err = np.linalg.norm(pred["keypoints"] - kp, axis=-1) * size / 2
     mm = 1000.0
+    extra = {}
+    if "estimate" in pred:  # the model's own 2D pose estimator: all joints in the image, and the hidden ones
+        err = np.linalg.norm(pred["estimate"] - kp, axis=-1) * size / 2
+        extra = {"estimator_px": float(err[inside].mean()),
+                 "estimator_px_hidden": float(err[data["keypoints"][..., 2] == 1].mean())
+                 if (data["keypoints"][..., 2] == 1).any() else float("nan")}
     return {
         "n": int(len(joints)),
         "mpjpe": float(np.linalg.norm(pred["joints"] - joints, axis=-1).mean() * mm),
@@ -112,6 +125,7 @@ def metrics(pred: dict, data: dict, full_true: np.ndarray, q: int) -> dict:
         "pve": float(np.linalg.norm(pred["full"] - full_true, axis=-1).mean() * mm),
         "pve_coarse": float(np.linalg.norm(pred["coarse"] - coarse, axis=-1).mean() * mm),
         "keypoints_px": float(kp_err[inside].mean()),
+        **extra,
     }
 
 
@@ -150,9 +164,13 @@ def main(argv=None) -> int:
     ap.add_argument("--markdown-out", default=None)
     ap.add_argument("--grid", default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--keypoint-net", default=None,
+                    help="a 2D pose estimator (scripts/train_keypoints.py) to attach to every model with pose tokens "
+                         "(meshgen.hmr.attach_keypoint_net): their tokens read its keypoints")
     ap.add_argument("--pose-from", choices=("head", "head-hard", "truth", "shuffled"), default="head",
-                    help="what the pose tokens read (models with pose tokens): the keypoint head (default), the head "
-                         "with the joints it calls hidden masked (head-hard), the true 2D keypoints (upper bound), or "
+                    help="what the pose tokens read (models with pose tokens): the model's own 2D pose (default: its "
+                         "keypoint head, or its estimator when it carries one), the same with the joints it calls hidden "
+                         "masked (head-hard), the true 2D keypoints (upper bound), or "
                          "another image's true keypoints (reliance on the tokens)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -167,7 +185,13 @@ def main(argv=None) -> int:
             name, _, path = spec.rpartition("=")
             name = name or Path(path).parent.name
             models[name], paths[name] = load_body_model(path), path
-    except (FileNotFoundError, MeshgenError) as exc:
+        if args.keypoint_net:
+            from meshgen.hmr import attach_keypoint_net
+            from meshgen.keypoints import KeypointNet
+
+            net = KeypointNet.from_pretrained(args.keypoint_net).eval()
+            models = {k: attach_keypoint_net(m, net).eval() if m.config.pose_tokens else m for k, m in models.items()}
+    except (FileNotFoundError, MeshgenError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.n:
@@ -191,16 +215,20 @@ def main(argv=None) -> int:
         r["pose_tokens"] = bool(model.config.pose_tokens)
         r["pose_from"] = source
         r["checkpoint"] = paths[name]
+        r["keypoint_net"] = args.keypoint_net if args.keypoint_net and model.config.pose_tokens else (
+            "carried" if model.keypoint_net is not None else None)
         result["models"][name] = r
         print(json.dumps({name: r}), flush=True)
-    lines = ["| model | pose tokens | images | MPJPE | PA-MPJPE | PVE | PVE coarse | 2D keypoints (px) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | pose tokens | images | MPJPE | PA-MPJPE | PVE | PVE coarse | 2D keypoints (px) | "
+             "2D estimator (px; hidden joints) |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in result["models"].items():
-        tokens = "no" if not r["pose_tokens"] else ("yes" if r["pose_from"] == "head" else f"from {r['pose_from']}")
+        own = "yes, from its estimator" if r["keypoint_net"] else "yes"
+        tokens = "no" if not r["pose_tokens"] else (own if r["pose_from"] == "head" else f"from {r['pose_from']}")
         for key, label in (("test", "clean"), ("test_occluded", "occluded")):
             m = r[key]
             lines.append(f"| {name} | {tokens} | {label} | {m['mpjpe']:.1f} | "
-                         f"{m['pa_mpjpe']:.1f} | {m['pve']:.1f} | {m['pve_coarse']:.1f} | {m['keypoints_px']:.2f} |")
+                         f"{m['pa_mpjpe']:.1f} | {m['pve']:.1f} | {m['pve_coarse']:.1f} | {m['keypoints_px']:.2f} | "
+                         + (f"{m['estimator_px']:.2f}; {m['estimator_px_hidden']:.2f} |" if "estimator_px" in m else "-- |"))
     md = "\n".join(lines) + f"\n\nmm on Anny's scale, {result['n']} test bodies (seeds {int(clean['seed'][0])}-" \
                             f"{int(clean['seed'][-1])}); upsampling floor PVE " + \
          ", ".join(f"{k} {r['upsampling_floor_pve']:.1f}" for k, r in result["models"].items()) + ".\n"

@@ -102,7 +102,32 @@ def _train_cmd(run: Path, cfg: dict) -> str:
         cmd += f" --image-drop {cfg['image_drop']}"
     if cfg.get("pose_only_batch"):
         cmd += f" --pose-only-batch {cfg['pose_only_batch']} --pose-only-weight {cfg.get('pose_only_weight', 1.0)}"
+    if cfg.get("keypoint_net"):
+        cmd += f" --keypoint-net {cfg['keypoint_net']}"
     return cmd
+
+
+def estimator_text(chain: list[tuple[Path, dict]]) -> tuple[str, str]:
+    """(card line, reproducing command) of the 2D pose estimator the last stage installed (``--keypoint-net``), or
+    empty strings."""
+    path = chain[-1][1]["cfg"].get("keypoint_net") if chain else None
+    if not path or not (Path(path).parent / "train_config.json").exists():
+        return "", ""
+    run = Path(path).parent
+    f = _run_facts(run)
+    v, c = f["val"], f["cfg"]
+    n = _data_sizes(c["data"])
+    line = (f"* 2D pose estimator (`meshgen/keypoints.py`, `scripts/train_keypoints.py`, {run}): a separate CNN with "
+            f"a self-attention block and heatmaps at 1/4 resolution, trained from scratch on the {c.get('max_train') or n['train']:,} "
+            f"train images with flips and occluders pasted on {c['paste'] * 100:.0f} % of them; {f['steps']} steps of "
+            f"{c['batch']}, lr {c['lr']}, {f['hours'] * 60:.1f} min on {f['machines']}. Best validation (step "
+            f"{v['step']}): {v['px_clean']:.2f} px clean, {v['px_occluded']:.2f} px occluded ({v['px_hidden']:.2f} px on "
+            f"hidden joints). Frozen inside the model: its keypoints, with the probability of lying in the image as "
+            f"confidence, are what the pose tokens read (the keypoint head still trains the CNN). The ablation has no "
+            f"pose tokens and so no use for it.")
+    cmd = (f"python scripts/train_keypoints.py --data {c['data']} --out {run} --steps {c['steps']} --batch {c['batch']} "
+           f"--lr {c['lr']} --paste {c['paste']} --threads {c['threads']}" + (f" --model '{c['model']}'" if c.get("model") else ""))
+    return line, cmd
 
 
 def tokenizer_card(run: Path, size: int) -> str:
@@ -188,7 +213,8 @@ def hmr_card(run: Path, ablation: Path | None, ev: dict, size: int, md_table: st
                      f"{fk['hours'] * 60:.1f} min" for k, (d, fk) in enumerate(chain)]
     stages = ("* Stages: " + "; ".join(f"{k + 1} ({t}" for k, t in enumerate(texts)) +
               "; the last stage is this run.") if len(texts) > 1 else ""
-    train_cmds = "\n".join(prior_cmds + [cmd(d, fk["cfg"]) for d, fk in chain])
+    est_line, est_cmd = estimator_text(chain)
+    train_cmds = "\n".join(prior_cmds + ([est_cmd] if est_cmd else []) + [cmd(d, fk["cfg"]) for d, fk in chain])
     abl_cmd = "\n".join(cmd(d, fk["cfg"]) for d, fk in abl_chain) if abl_chain else _train_cmd(
         Path("runs/hmr_nopose"), {**cfg, "no_pose_tokens": True, "pose_teacher": 0.0, "init_from": None})
     abl = ""
@@ -214,6 +240,7 @@ No downloaded weights: everything was trained here on the CPU.
 * Training (`scripts/train_hmr.py`): {f['steps']} steps of {cfg['batch']} images, AdamW lr {cfg['lr']} (warmup
   100, cosine), colour jitter; {f['hours'] * 60:.1f} min of wall time (pauses for other jobs included) on {f['machines']}.
 {stages}
+{est_line}
 {abl}
 * Shipped: best validation, step {v['step']}: coarse-vertex error {v['pve']:.1f} mm ({v['pve_clean']:.1f} clean,
   {v['pve_occluded']:.1f} occluded), MPJPE {v['mpjpe']:.1f} mm.

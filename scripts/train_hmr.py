@@ -11,6 +11,8 @@ error (mm) on its clean and its occluded images; ``OUT/best`` keeps the lowest m
 model without the pose tokens, same data and budget). ``--pose-teacher P`` feeds a share ``P`` of the training
 images' pose tokens the true keypoints instead of the head's (validation always uses the head's); ``--image-drop P``
 hides part of the image tokens of a share ``P`` of the training images from the transformer (modality dropout).
+``--keypoint-net DIR`` installs a separate 2D pose estimator (``scripts/train_keypoints.py``; frozen, saved inside
+the model) whose keypoints the pose tokens read instead of the keypoint head's, as PostoMETRO's do.
 ``--pose-only-batch N`` adds to every step ``N`` labelled poses without images (the dataset's ``poses`` split,
 ``make_body_dataset.py --poses``): their true 2D keypoints, jittered by ``--teacher-noise`` px, with the joints under
 a random box hidden on half of them, go through the pose tokens alone (:meth:`meshgen.hmr.HMRModel.lift`: no image
@@ -37,7 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from meshgen.hmr import HMRConfig, HMRModel, LossWeights, hmr_losses
+from meshgen.hmr import HMRConfig, HMRModel, LossWeights, colour_jitter, hmr_losses
+from meshgen.keypoints import KeypointNet
 from meshgen.train import lr_at, optimizer_step
 from tokenizers3d.checkpoint import RunFolder
 from tokenizers3d.errors import MeshgenError
@@ -76,15 +79,8 @@ class BodySplit:
         if self.images is None:
             return labels
         img = torch.from_numpy(self.images[idx]).permute(0, 3, 1, 2).float() / 255.0
-        if rng is not None:  # colour jitter
-            b = len(idx)
-            gain = torch.as_tensor(rng.uniform(0.8, 1.2, (b, 3, 1, 1)), dtype=torch.float32)
-            bright = torch.as_tensor(rng.uniform(-0.1, 0.1, (b, 1, 1, 1)), dtype=torch.float32)
-            contrast = torch.as_tensor(rng.uniform(0.7, 1.3, (b, 1, 1, 1)), dtype=torch.float32)
-            mean = img.mean(dim=(1, 2, 3), keepdim=True)
-            img = (img - mean) * contrast + mean + bright
-            img = img * gain + torch.as_tensor(rng.normal(0, 0.02, img.shape), dtype=torch.float32)
-            img = img.clamp(0, 1)
+        if rng is not None:
+            img = colour_jitter(rng, img)
         return {"images": img, **labels}
 
 
@@ -173,17 +169,23 @@ def main(argv=None) -> int:
                     help="labelled poses without images per step (the dataset's poses split): 2D keypoints -> pose "
                          "tokens -> 3D, no image tokens")
     ap.add_argument("--pose-only-weight", type=float, default=1.0, help="weight of the pose-only batch's loss")
+    ap.add_argument("--keypoint-net", default=None,
+                    help="a 2D pose estimator (model directory of scripts/train_keypoints.py) whose keypoints the "
+                         "pose tokens read instead of the keypoint head's; frozen, saved inside the model")
     args = ap.parse_args(argv)
-    if args.pose_only_batch and args.no_pose_tokens:
-        print("error: --pose-only-batch needs the pose tokens (not with --no-pose-tokens)", file=sys.stderr)
-        return 2
+    for flag, given in (("--pose-only-batch", args.pose_only_batch), ("--keypoint-net", args.keypoint_net)):
+        if given and args.no_pose_tokens:
+            print(f"error: {flag} needs the pose tokens (not with --no-pose-tokens)", file=sys.stderr)
+            return 2
     try:
         tokenizer = PoseTokenizer.from_pretrained(args.tokenizer)
         kw = {k: tuple(v) if isinstance(v, list) else v  # JSON lists are the config's tuples
               for k, v in (json.loads(args.model) if args.model else {}).items()}
         config = HMRConfig(**kw)
+        net = KeypointNet.from_pretrained(args.keypoint_net) if args.keypoint_net else None
         config = replace(config, pose_tokens=not args.no_pose_tokens, pose_tokenizer=tokenizer.config,
-                         n_coarse_faces=coarse_faces_count(config.n_vertices))
+                         n_coarse_faces=coarse_faces_count(config.n_vertices),
+                         keypoint_net=None if net is None else net.config)
         train = BodySplit(Path(args.data), "train", config.n_vertices)
         val = BodySplit(Path(args.data), "val", config.n_vertices)
         poses = BodySplit(Path(args.data), "poses", config.n_vertices) if args.pose_only_batch else None
@@ -199,13 +201,18 @@ def main(argv=None) -> int:
         start = HMRModel.from_pretrained(args.init_from)
         # The two designs have the same parameters (the ablation keeps an unused tokenizer), so an ablation may start
         # from a pose model's weights: both arms of a comparison then share every earlier stage.
-        if replace(start.config, pose_tokens=config.pose_tokens) != config:
+        if replace(start.config, pose_tokens=config.pose_tokens, keypoint_net=config.keypoint_net) != config:
             print(f"error: {args.init_from} holds another model config", file=sys.stderr)
             return 2
-        model.load_state_dict(start.state_dict())
+        state = {k: v for k, v in start.state_dict().items() if not k.startswith("keypoint_net.")}
+        if net is not None:  # the given estimator, in place of any the start weights carry
+            state.update({f"keypoint_net.{k}": v for k, v in net.state_dict().items()})
+        model.load_state_dict(state)
     elif step == 0:
         model.tokenizer.load_state_dict(tokenizer.state_dict())
         install_topology(model)
+        if net is not None:
+            model.keypoint_net.load_state_dict(net.state_dict())
     best = float("inf") if best < 0 else best
     run.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run.out / "train_config.json", json.dumps(vars(args), indent=1) + "\n")
@@ -239,10 +246,7 @@ def main(argv=None) -> int:
         if step % args.val_every == 0 or step == args.steps:
             val_row = validate(model, val)
             print(json.dumps({"step": step, "val": val_row}), flush=True)
-            if val_row["pve"] < best:
-                best = val_row["pve"]
-                run.checkpoint(model, "best")
-                atomic_write_text(run.out / "best" / "val.json", json.dumps({"step": step, **val_row}, indent=1) + "\n")
+            best = run.keep_best(model, step, val_row["pve"], best, val_row)
         if step % 25 == 0 or step == args.steps:
             now = time.time()
             row = run.log_means(rows, LOG_FIELDS, step=step, lr=f"{lr:.3e}",

@@ -114,10 +114,7 @@ def main(argv=None) -> int:
         if step % args.val_every == 0 or step == args.steps:
             val = validate(model, val_kp, size, torch.Generator().manual_seed(1))
             print(json.dumps({"step": step, "val": val}), flush=True)
-            if val["px"] < best:
-                best = val["px"]
-                run.checkpoint(model, "best")
-                atomic_write_text(run.out / "best" / "val.json", json.dumps({"step": step, **val}, indent=1) + "\n")
+            best = run.keep_best(model, step, val["px"], best, val)
         if step % 50 == 0 or step == args.steps:
             now = time.time()
             row = run.log_means(rows, LOG_FIELDS, step=step, lr=f"{lr:.3e}",

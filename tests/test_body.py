@@ -383,6 +383,19 @@ def test_train_hmr_with_pose_only_batches(renderer, tmp_path, one_thread, monkey
         assert torch.equal(abl.tokenizer.state_dict()[name], value)
     wider = plain[:plain.index("--model")] + ["--model", model.replace('"width": 32', '"width": 48')]
     assert train_hmr.main([*wider, *init, "--out", str(tmp_path / "other")]) == 2
+    # --keypoint-net: a separate 2D pose estimator, installed frozen into the model (its weights as given)
+    from meshgen.keypoints import KeypointConfig, KeypointNet
+
+    torch.manual_seed(2)
+    net = KeypointNet(KeypointConfig(image_size=96, channels=(8, 16, 16, 16), decoder=16, attention_heads=2))
+    net.save_pretrained(tmp_path / "net")
+    with_net = [*plain, *init, "--keypoint-net", str(tmp_path / "net")]
+    assert train_hmr.main([*with_net, "--out", str(tmp_path / "kp")]) == 0
+    carried = HMRModel.from_pretrained(tmp_path / "kp" / "best")
+    assert carried.config.keypoint_net == net.config
+    for name, value in net.state_dict().items():
+        assert torch.equal(carried.keypoint_net.state_dict()[name], value)
+    assert train_hmr.main([*with_net, "--out", str(tmp_path / "kp_abl"), "--no-pose-tokens"]) == 2
 
 
 def test_lift_is_the_model_without_its_image(one_thread):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,6 +49,8 @@ def config_from_dict(cls, d: dict):
     kw = {}
     for name, value in d.items():
         tp = hints[name]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):  # an optional nested config: X | None
+            tp = next((a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)), tp)
         if dataclasses.is_dataclass(tp) and isinstance(value, dict):
             value = config_from_dict(tp, value)
         elif typing.get_origin(tp) is tuple and isinstance(value, list):
@@ -424,6 +427,15 @@ class RunFolder:
             state = {"optimizer": optimizer.state_dict(), "step": int(step), "best": float(best),
                      "rng_cpu": torch.get_rng_state()}
         self.save(model, name, state)
+
+    def keep_best(self, model, step: int, score: float, best: float, row: dict) -> float:
+        """After a validation: when ``score`` is below ``best``, save ``model`` as ``best`` with ``best/val.json``
+        (``{"step": step, **row}``). Returns the new best score."""
+        if score >= best:
+            return best
+        self.checkpoint(model, "best")
+        atomic_write_text(self.out / "best" / "val.json", json.dumps({"step": int(step), **row}, indent=1) + "\n")
+        return float(score)
 
     def record_session(self, **extra) -> None:
         """Append the machine this (re)start runs on to ``sessions.jsonl`` (model cards list them)."""
