@@ -87,6 +87,12 @@ def _flag_text(cfg: dict) -> str:
     return (", " + ", ".join(parts)) if parts else ""
 
 
+def _of_train(facts: dict) -> str:
+    """' (of N train images)' as the stage's first session recorded it, or ''."""
+    n = facts["sessions"][0].get("train_images") if facts.get("sessions") else None
+    return f" (of {n:,} train images)" if n else ""
+
+
 def _train_cmd(run: Path, cfg: dict) -> str:
     """The ``train_hmr.py`` command of one stage, from its ``train_config.json``."""
     cmd = (f"python scripts/train_hmr.py --data {cfg['data']} --tokenizer {cfg['tokenizer']} --out {run} "
@@ -209,11 +215,13 @@ def hmr_card(run: Path, ablation: Path | None, ev: dict, size: int, md_table: st
             prior_cmds and start) else text
 
     texts = prior + [f"{d}{', warm-started from the previous stage' if k or prior else ''}): {fk['steps']} steps of "
-                     f"{fk['cfg']['batch']} images, lr {fk['cfg']['lr']}{_flag_text(fk['cfg'])}, "
+                     f"{fk['cfg']['batch']} images{_of_train(fk)}, lr {fk['cfg']['lr']}{_flag_text(fk['cfg'])}, "
                      f"{fk['hours'] * 60:.1f} min" for k, (d, fk) in enumerate(chain)]
     stages = ("* Stages: " + "; ".join(f"{k + 1} ({t}" for k, t in enumerate(texts)) +
               "; the last stage is this run.") if len(texts) > 1 else ""
     est_line, est_cmd = estimator_text(chain)
+    intro_pose = ("a separate 2D pose estimator, also trained here, predicts the 17 COCO keypoints (the CNN keeps a "
+                  "keypoint head as an auxiliary task)" if est_line else "a keypoint head predicts the 17 COCO keypoints")
     train_cmds = "\n".join(prior_cmds + ([est_cmd] if est_cmd else []) + [cmd(d, fk["cfg"]) for d, fk in chain])
     abl_cmd = "\n".join(cmd(d, fk["cfg"]) for d, fk in abl_chain) if abl_chain else _train_cmd(
         Path("runs/hmr_nopose"), {**cfg, "no_pose_tokens": True, "pose_teacher": 0.0, "init_from": None})
@@ -228,7 +236,7 @@ def hmr_card(run: Path, ablation: Path | None, ev: dict, size: int, md_table: st
 
 `meshgen body IMAGE -o body.obj` (`meshgen/hmr.py`, {size / 2**20:.2f} MB with the frozen pose tokenizer, the
 coarse -> full upsampling map and Anny's faces). A CNN trained from scratch turns a 128 px crop into 64 image
-tokens; a keypoint head predicts the 17 COCO keypoints, which the pose tokenizer turns into 16 pose tokens; a
+tokens; {intro_pose}, which the pose tokenizer turns into 16 pose tokens; a
 transformer over image and pose tokens with learned camera, joint and vertex queries predicts 17 3D joints and
 256 coarse vertices (pelvis-relative, metres), upsampled to Anny's 13,718 vertices by a fixed linear map.
 No downloaded weights: everything was trained here on the CPU.

@@ -163,6 +163,16 @@ def test_train_keypoints_runs_resumes_and_refuses_bad_input(tmp_path, one_thread
     assert val["step"] in (2, 4) and val["px_clean"] > 0 and val["px_occluded"] > 0
     net = KeypointNet.from_pretrained(out / "best")
     assert net.config.channels == (8, 16, 16, 16)
+    # the body model's card names the estimator its last stage installed, with its figures and command
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from ship_body import estimator_text
+    finally:
+        sys.path.pop(0)
+    line, cmd = estimator_text([(tmp_path / "hmr", {"cfg": {"keypoint_net": str(out / "best")}})])
+    assert f"{val['px_clean']:.2f} px clean" in line and f"step {val['step']}" in line
+    assert cmd.startswith("python scripts/train_keypoints.py") and "--steps 4" in cmd and '"decoder": 16' in cmd
+    assert estimator_text([(tmp_path / "hmr", {"cfg": {}})]) == ("", "")
     wrong = model.replace('"image_size": 64', '"image_size": 96')
     assert train_keypoints.main(["--data", str(tmp_path / "data"), "--model", wrong, "--out", str(tmp_path / "w")]) == 2
     assert train_keypoints.main(["--data", str(tmp_path / "none"), "--out", str(tmp_path / "n")]) == 2
@@ -193,3 +203,21 @@ def test_attached_estimator_feeds_the_pose_tokens_and_is_saved(tmp_path, one_thr
     with pytest.raises(ValueError, match="px images"):
         attach_keypoint_net(body, KeypointNet(KeypointConfig(image_size=96, channels=(8, 16, 16, 16), decoder=16,
                                                              attention_heads=2)))
+
+
+def test_meshgen_body_reports_the_estimators_keypoints(one_thread):
+    """recover_body (the job behind `meshgen body`): with an estimator inside the model, body.json's keypoints and
+    visibility are the estimator's (mapped back to the image's pixels), not the auxiliary head's."""
+    from meshgen.body import recover_body, square_crop
+    from test_body import tiny_model
+
+    torch.manual_seed(1)
+    model = attach_keypoint_net(tiny_model(pose_tokens=True), KeypointNet(TINY)).eval()
+    image = np.random.default_rng(0).integers(0, 255, (80, 64, 3)).astype(np.uint8)
+    res = recover_body(model, image, overlay=False)
+    crop, scale, (ox, oy) = square_crop(image, 64)
+    with torch.no_grad():
+        est = model.keypoint_net(torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 255.0)
+    expect = (est.keypoints[0].numpy() + 1.0) * 32.0 * scale - np.array([ox, oy])
+    np.testing.assert_allclose(res.keypoints, expect, atol=1e-4)
+    np.testing.assert_allclose(res.visibility, est.seen[0].numpy(), atol=1e-6)
