@@ -208,8 +208,9 @@ def test_attached_estimator_feeds_the_pose_tokens_and_is_saved(tmp_path, one_thr
 def test_meshgen_body_reports_the_estimators_keypoints(one_thread):
     """recover_body (the job behind `meshgen body`): with an estimator inside the model, body.json's keypoints and
     visibility are the estimator's (mapped back to the image's pixels), not the auxiliary head's."""
-    from meshgen.body import recover_body, square_crop
     from test_body import tiny_model
+
+    from meshgen.body import recover_body, square_crop
 
     torch.manual_seed(1)
     model = attach_keypoint_net(tiny_model(pose_tokens=True), KeypointNet(TINY)).eval()
