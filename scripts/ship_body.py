@@ -130,7 +130,8 @@ def estimator_text(chain: list[tuple[Path, dict]]) -> tuple[str, str]:
             f"{v['step']}): {v['px_clean']:.2f} px clean, {v['px_occluded']:.2f} px occluded ({v['px_hidden']:.2f} px on "
             f"hidden joints). Frozen inside the model: its keypoints, with the probability of lying in the image as "
             f"confidence, are what the pose tokens read (the keypoint head still trains the CNN). The ablation has no "
-            f"pose tokens and so no use for it.")
+            f"pose tokens and so no use for it: the estimator's training is compute the pose model has on top of the "
+            f"ablation's.")
     cmd = (f"python scripts/train_keypoints.py --data {c['data']} --out {run} --steps {c['steps']} --batch {c['batch']} "
            f"--lr {c['lr']} --paste {c['paste']} --threads {c['threads']}" + (f" --model '{c['model']}'" if c.get("model") else ""))
     return line, cmd
@@ -228,10 +229,23 @@ def hmr_card(run: Path, ablation: Path | None, ev: dict, size: int, md_table: st
     abl = ""
     if ablation is not None:
         fa = abl_chain[-1][1]
-        shared = (f", started from the same weights as the last stage ({start}: both arms share the earlier stages)"
-                  if start and abl_chain[0][1]["cfg"].get("init_from") == start else "")
+        same_start = start and abl_chain[0][1]["cfg"].get("init_from") == start
+        if same_start and len(abl_chain) == 1:
+            shared = f", started from the same weights as the last stage ({start}: both arms share the earlier stages)"
+        elif same_start:
+            shared = (f", in as many stages from the same weights ({start}: both arms share the stages before it; "
+                      + ", ".join(f"{d} {fk['steps']} steps" for d, fk in abl_chain) + ")")
+        else:
+            shared = ""
+        minutes = sum(fk["hours"] for _, fk in abl_chain) * 60
         abl = (f"* Ablation without pose tokens (`--no-pose-tokens`, {ablation}): same data, steps ({fa['steps']}) "
-               f"and threads{shared}; {fa['hours'] * 60:.1f} min.")
+               f"and threads{shared}; {minutes:.1f} min.")
+    sizes = sorted({fk["sessions"][0]["train_images"] for _, fk in chain + abl_chain
+                    if fk.get("sessions") and fk["sessions"][0].get("train_images")})
+    if len(sizes) > 1:
+        est_line += ("\n* The stages were trained as the dataset grew (" + ", ".join(f"{x:,}" for x in sizes) +
+                     " train images: a larger dataset keeps the seeds of a smaller one); to reproduce a stage exactly, "
+                     "make the dataset with its size first (`--train N`), then extend it.")
     return f"""# body-hmr: human mesh recovery from one image with pose tokens (PostoMETRO on Anny)
 
 `meshgen body IMAGE -o body.obj` (`meshgen/hmr.py`, {size / 2**20:.2f} MB with the frozen pose tokenizer, the
