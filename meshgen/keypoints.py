@@ -153,7 +153,7 @@ def heatmap_targets(keypoints: torch.Tensor, size: int, sigma: float) -> torch.T
 
 
 def keypoint_losses(out: KeypointOutput, keypoints: torch.Tensor, flags: torch.Tensor, sigma: float,
-                    weights: tuple[float, float, float] = (1.0, 1.0, 0.1)) -> dict:
+                    weights: tuple[float, float, float] = (1.0, 5.0, 0.2)) -> dict:
     """Loss terms for true ``keypoints`` (B, J, 2, crop frame) and visibility ``flags`` (B, J: 0 outside, 1
     hidden, 2 seen): heatmap cross-entropy and keypoint L1 on the joints inside the image, visibility
     cross-entropy on all; ``loss`` weighs them by ``weights``."""

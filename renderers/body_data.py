@@ -350,7 +350,10 @@ def _occluders(rng: np.random.Generator, mask: np.ndarray, lo: float, hi: float)
     return best, best_share
 
 
-def _paint_occluders(rng, img, rects):
+def paint_occluders(rng: np.random.Generator, img: np.ndarray, rects) -> None:
+    """Paint rectangles ``rects`` ((y0, y1, x0, x1) each) into ``img`` (S, S, 3 floats in [0, 1], in place), each
+    plain, striped or noisy in random colours: the occluders of the dataset and of ``train_keypoints.py``'s
+    pasted ones."""
     size = img.shape[0]
     yy, xx = np.mgrid[0:size, 0:size]
     for y0, y1, x0, x1 in rects:
@@ -457,7 +460,7 @@ class BodyRenderer:
         # occluders
         draw = rng.uniform() < s.occluded_share if occluded is None else bool(occluded)
         rects, share = _occluders(rng, mask, *s.occlusion_range) if draw else ([], 0.0)
-        _paint_occluders(rng, img, rects)
+        paint_occluders(rng, img, rects)
         img = np.clip(img + rng.normal(0, 0.02, img.shape), 0, 1)
         # keypoints and visibility
         uv = project(joints_cam, camera)
@@ -627,6 +630,6 @@ def load_body_split(root: str | Path, split: str) -> dict:
 
 __all__ = [
     "COCO_KEYPOINTS", "FOV", "COARSE_VERTICES", "HUMAN_INSTALL", "POSE_SEED_OFFSET", "BodyParams", "BodyModel", "BodyRenderer",
-    "BodyRenderSettings", "CoarseTopology", "coarse_index_digest", "coarse_topology", "frozen_coarse_index", "farthest_points", "human_available", "load_body_split",
+    "BodyRenderSettings", "CoarseTopology", "coarse_index_digest", "coarse_topology", "frozen_coarse_index", "farthest_points", "human_available", "load_body_split", "paint_occluders",
     "project", "root_relative", "sample_body", "split_seed", "to_opencv", "upsample", "write_body_dataset",
 ]

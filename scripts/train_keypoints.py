@@ -47,7 +47,7 @@ def paste_occluders(rng: np.random.Generator, images: np.ndarray, keypoints_px: 
     """On a share ``share`` of ``images`` (B, S, S, 3 uint8, modified copy returned), 1-3 rectangles over the body
     (its keypoints' box), painted as the dataset's occluders; seen joints under one become hidden. Returns
     (images, flags)."""
-    from renderers.body_data import _paint_occluders
+    from renderers.body_data import paint_occluders
 
     images, flags = images.copy(), flags.copy()
     size = images.shape[1]
@@ -64,7 +64,7 @@ def paste_occluders(rng: np.random.Generator, images: np.ndarray, keypoints_px: 
             y0, x0 = int(max(cy - h / 2, 0)), int(max(cx - w / 2, 0))
             rects.append((y0, int(min(cy + h / 2, size)), x0, int(min(cx + w / 2, size))))
         img = images[i].astype(np.float64) / 255.0
-        _paint_occluders(rng, img, rects)
+        paint_occluders(rng, img, rects)
         images[i] = np.round(img * 255.0).astype(np.uint8)
         for y0, y1, x0, x1 in rects:
             kp = keypoints_px[i]
@@ -156,12 +156,11 @@ def main(argv=None) -> int:
     rng = np.random.default_rng([args.seed, step])
     elapsed0, t0, t_log, rows = run.elapsed_before(), time.time(), time.time(), []
     val_row = {"px": float("nan"), "px_clean": float("nan"), "px_occluded": float("nan"), "px_hidden": float("nan")}
-    weights = (1.0, 5.0, 0.2)
     model.train()
     while step < args.steps:
         lr = lr_at(step, base=args.lr, warmup=100, total=args.steps, min_ratio=0.05)
         b = training_batch(train, rng.choice(n_train, args.batch, replace=False), rng, args.paste)
-        terms = keypoint_losses(model(b["images"]), b["keypoints"], b["flags"], config.sigma, weights)
+        terms = keypoint_losses(model(b["images"]), b["keypoints"], b["flags"], config.sigma)
         optimizer_step(opt, terms["loss"], model.parameters(), lr=lr, clip=1.0)
         step += 1
         rows.append({k: float(v.detach()) for k, v in terms.items()})
