@@ -123,10 +123,13 @@ def estimator_text(chain: list[tuple[Path, dict]]) -> tuple[str, str]:
     f = _run_facts(run)
     v, c = f["val"], f["cfg"]
     n = _data_sizes(c["data"])
+    later = [x["from_step"] for x in f["sessions"][1:] if x.get("from_step")]
+    resumed = (" (resumed at step " + ", ".join(f"{x:,}" for x in later) + " with a longer schedule: a warm restart of "
+               "the cosine; the first part's command had a shorter --steps)") if later else ""
     line = (f"* 2D pose estimator (`meshgen/keypoints.py`, `scripts/train_keypoints.py`, {run}): a separate CNN with "
             f"a self-attention block and heatmaps at 1/4 resolution, trained from scratch on the {c.get('max_train') or n['train']:,} "
             f"train images with flips and occluders pasted on {c['paste'] * 100:.0f} % of them; {f['steps']} steps of "
-            f"{c['batch']}, lr {c['lr']}, {f['hours'] * 60:.1f} min on {f['machines']}. Best validation (step "
+            f"{c['batch']}, lr {c['lr']}{resumed}, {f['hours'] * 60:.1f} min on {f['machines']}. Best validation (step "
             f"{v['step']}): {v['px_clean']:.2f} px clean, {v['px_occluded']:.2f} px occluded ({v['px_hidden']:.2f} px on "
             f"hidden joints). Frozen inside the model: its keypoints, with the probability of lying in the image as "
             f"confidence, are what the pose tokens read (the keypoint head still trains the CNN). The ablation has no "
@@ -209,6 +212,11 @@ def hmr_card(run: Path, ablation: Path | None, ev: dict, size: int, md_table: st
     start = chain[0][1]["cfg"].get("init_from")
     bundled = start and Path(start).resolve() == HMR_DEST.resolve()
     prior, prior_cmds = card_history((HMR_DEST / "README.md").read_text()) if bundled else ([], [])
+    # A bundled card made from an earlier run of this same chain already lists those runs: keep each stage once.
+    in_chain = {str(d) for d, _ in chain}
+    keep = [re.match(r"[^,)]+", t).group(0) not in in_chain for t in prior]
+    prior = [t for t, k in zip(prior, keep, strict=True) if k]
+    prior_cmds = [c for c in prior_cmds if _out_of(c) not in in_chain]
 
     def cmd(d: Path, c: dict) -> str:  # the bundled weights are what the previous card's last command made
         text = _train_cmd(d, c)
