@@ -72,6 +72,14 @@ def card_history(card: str) -> tuple[list[str], list[str]]:
     return stages, [c for c in cmds if "--no-pose-tokens" not in c]
 
 
+def drop_chain_stages(stages: list[str], cmds: list[str], chain: list) -> tuple[list[str], list[str]]:
+    """The bundled card's stages and commands without those of the runs in ``chain`` (a bundled card made from an
+    earlier run of the same chain already lists them): each stage once."""
+    runs = {str(d) for d in chain}
+    return ([t for t in stages if re.match(r"[^,)]+", t).group(0) not in runs],
+            [c for c in cmds if _out_of(c) not in runs])
+
+
 def _out_of(cmd: str) -> str:
     return re.search(r"--out (\S+)", cmd).group(1)
 
@@ -212,11 +220,7 @@ def hmr_card(run: Path, ablation: Path | None, ev: dict, size: int, md_table: st
     start = chain[0][1]["cfg"].get("init_from")
     bundled = start and Path(start).resolve() == HMR_DEST.resolve()
     prior, prior_cmds = card_history((HMR_DEST / "README.md").read_text()) if bundled else ([], [])
-    # A bundled card made from an earlier run of this same chain already lists those runs: keep each stage once.
-    in_chain = {str(d) for d, _ in chain}
-    keep = [re.match(r"[^,)]+", t).group(0) not in in_chain for t in prior]
-    prior = [t for t, k in zip(prior, keep, strict=True) if k]
-    prior_cmds = [c for c in prior_cmds if _out_of(c) not in in_chain]
+    prior, prior_cmds = drop_chain_stages(prior, prior_cmds, [d for d, _ in chain])
 
     def cmd(d: Path, c: dict) -> str:  # the bundled weights are what the previous card's last command made
         text = _train_cmd(d, c)

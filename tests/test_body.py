@@ -645,3 +645,8 @@ def test_ship_body_carries_the_bundled_cards_history():
                                   ["python scripts/train_hmr.py --out runs/a \\\n    --lr 1",
                                    "python scripts/train_hmr.py --out runs/b --init-from runs/a/best"])
     assert card_history("# a card without stages\n") == ([], [])
+    from ship_body import drop_chain_stages
+
+    stages, cmds = card_history(made)  # a card made from runs/b, then runs/b -> runs/c shipped: runs/b once
+    assert drop_chain_stages(stages, cmds, [Path("runs/b"), Path("runs/c")]) == (
+        ["runs/a): 10 steps"], ["python scripts/train_hmr.py --out runs/a \\\n    --lr 1"])
