@@ -298,10 +298,18 @@ def attach_keypoint_net(model: HMRModel, net: KeypointNet) -> HMRModel:
         raise ValueError(f"the keypoint net takes {net.config.image_size} px images and {net.config.n_joints} "
                          f"joints, the body model {model.config.image_size} px and {model.config.n_joints}")
     out = HMRModel(replace(model.config, keypoint_net=net.config))
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith("keypoint_net.")}
-    state.update({f"keypoint_net.{k}": v for k, v in net.state_dict().items()})
-    out.load_state_dict(state)
+    out.load_state_dict(with_keypoint_net(model.state_dict(), net))
     return out.train(model.training)
 
 
-__all__ = ["HMRConfig", "HMRModel", "HMROutput", "LossWeights", "attach_keypoint_net", "colour_jitter", "hmr_losses", "soft_argmax"]
+def with_keypoint_net(state: dict, net: KeypointNet | None) -> dict:
+    """A body model's ``state`` dict with ``net``'s weights as its ``keypoint_net`` in place of any it held (none
+    when ``net`` is None)."""
+    out = {k: v for k, v in state.items() if not k.startswith("keypoint_net.")}
+    if net is not None:
+        out.update({f"keypoint_net.{k}": v for k, v in net.state_dict().items()})
+    return out
+
+
+__all__ = ["HMRConfig", "HMRModel", "HMROutput", "LossWeights", "attach_keypoint_net", "colour_jitter", "hmr_losses", "soft_argmax",
+           "with_keypoint_net"]

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from meshgen.hmr import HMRConfig, HMRModel, LossWeights, colour_jitter, hmr_losses
+from meshgen.hmr import HMRConfig, HMRModel, LossWeights, colour_jitter, hmr_losses, with_keypoint_net
 from meshgen.keypoints import KeypointNet
 from meshgen.train import lr_at, optimizer_step
 from tokenizers3d.checkpoint import RunFolder
@@ -204,10 +204,7 @@ def main(argv=None) -> int:
         if replace(start.config, pose_tokens=config.pose_tokens, keypoint_net=config.keypoint_net) != config:
             print(f"error: {args.init_from} holds another model config", file=sys.stderr)
             return 2
-        state = {k: v for k, v in start.state_dict().items() if not k.startswith("keypoint_net.")}
-        if net is not None:  # the given estimator, in place of any the start weights carry
-            state.update({f"keypoint_net.{k}": v for k, v in net.state_dict().items()})
-        model.load_state_dict(state)
+        model.load_state_dict(with_keypoint_net(start.state_dict(), net))  # the given estimator, if any
     elif step == 0:
         model.tokenizer.load_state_dict(tokenizer.state_dict())
         install_topology(model)
